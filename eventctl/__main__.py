@@ -1,0 +1,3 @@
+from eventctl.cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""Configuration for both services, loaded by one rule.
+
+Precedence, lowest first: built-in defaults < YAML file < `EVENTCTL_*` environment
+variables < command-line flags. Every error names where the bad value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from eventctl.errors import ConfigError
+
+DEFAULT_CONSUMER_CONFIG = Path("config/consumer_config.yaml")
+DEFAULT_PROPAGATOR_CONFIG = Path("config/propagator_config.yaml")
+ENV_PREFIX = "EVENTCTL_"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+Check = Callable[[Any], str | None]
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be between 0 and 65535"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 and math.isfinite(value) else "must be a number greater than 0"
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    return "must be an http:// or https:// URL"
+
+
+def _database_url(value: str) -> str | None:
+    scheme = urlsplit(value).scheme
+    if scheme in ("sqlite", "postgres", "postgresql"):
+        return None
+    return "must start with sqlite:/// or postgresql://"
+
+
+def _log_level(value: str) -> str | None:
+    return None if value in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
+
+
+def _option(default: Any, check: Check | None, doc: str, flag: str | None = None) -> Any:
+    return field(default=default, metadata={"check": check, "doc": doc, "flag": flag})
+
+
+def flag_name(f: dataclasses.Field[Any]) -> str:
+    """The command-line flag that overrides a config key."""
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """Settings of `eventctl serve` (config/consumer_config.yaml)."""
+
+    port: int = _option(8000, _port, "TCP port to listen on")
+    database_url: str = _option("sqlite:///events.db", _database_url, "where events are stored")
+    host: str = _option("127.0.0.1", None, "address to listen on")
+    max_body_bytes: int = _option(1_048_576, _positive, "largest request body accepted")
+    log_level: str = _option("warning", _log_level, "server log level")
+
+
+@dataclass(frozen=True)
+class PropagatorConfig:
+    """Settings of `eventctl propagate` (config/propagator_config.yaml)."""
+
+    interval_seconds: float = _option(5.0, _positive, "seconds between two events", "--interval")
+    api_endpoint: str = _option(
+        "http://localhost:8000/event", _http_url, "where events are sent", "--endpoint"
+    )
+    events_file: str = _option("events/events.json", None, "JSON list of events to choose from")
+
+
+C = TypeVar("C", ConsumerConfig, PropagatorConfig)
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(kind: type, value: Any) -> Any:
+    """Return `value` as `kind`, or raise ValueError. bool is never a number."""
+    if isinstance(value, bool):
+        raise ValueError
+    if kind is float and isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, kind):
+        return value
+    raise ValueError
+
+
+def _from_text(kind: type, text: str) -> Any:
+    return kind(text.strip()) if kind in (int, float) else text
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of keys to values")
+    return data
+
+
+def load_config(
+    cls: type[C],
+    path: Path,
+    *,
+    required: bool,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Build a config of type `cls` from defaults, the YAML file, the environment and flags.
+
+    `required=False` lets a missing file stand for an empty one (the default path);
+    a file the user named must exist. `overrides` maps keys to flag values; None means
+    the flag was not given. Raises ConfigError naming the file, variable or flag.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kinds: dict[str, type] = {name: _field_type(f) for name, f in fields.items()}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    if required or path.exists():
+        for key, value in _read_yaml(path).items():
+            where = f"{path}: {key}"
+            if key not in fields:
+                hint = difflib.get_close_matches(str(key), fields, n=1)
+                suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+                raise ConfigError(
+                    f"{path}: unknown key {key!r}{suggestion}; known keys: {', '.join(fields)}"
+                )
+            try:
+                values[key] = _coerce(kinds[key], value)
+            except ValueError:
+                raise ConfigError(
+                    f"{where}: must be {_TYPE_NAMES[kinds[key]]}, not {value!r}"
+                ) from None
+            sources[key] = where
+
+    for key, kind in kinds.items():
+        var = ENV_PREFIX + key.upper()
+        if var in environ:
+            try:
+                values[key] = _from_text(kind, environ[var])
+            except ValueError:
+                raise ConfigError(
+                    f"{var}: must be {_TYPE_NAMES[kind]}, not {environ[var]!r}"
+                ) from None
+            sources[key] = var
+
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            sources[key] = flag_name(fields[key])
+            try:
+                values[key] = _coerce(kinds[key], value)
+            except ValueError:
+                raise ConfigError(
+                    f"{sources[key]}: must be {_TYPE_NAMES[kinds[key]]}, not {value!r}"
+                ) from None
+
+    for key, value in values.items():
+        check: Check | None = fields[key].metadata["check"]
+        if check and (problem := check(value)):
+            raise ConfigError(f"{sources[key]}: {problem}, not {value!r}")
+    return cls(**values)
+
+
+def _field_type(f: dataclasses.Field[Any]) -> type:
+    return {"int": int, "float": float, "str": str}[str(f.type)]
+
+
+def describe(cls: type[ConsumerConfig | PropagatorConfig]) -> list[tuple[str, str, str, Any]]:
+    """(key, environment variable, flag, default) for every key of a config class."""
+    return [
+        (f.name, ENV_PREFIX + f.name.upper(), flag_name(f), f.default)
+        for f in dataclasses.fields(cls)
+    ]

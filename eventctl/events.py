@@ -1,0 +1,106 @@
+"""The Event type and the one set of rules every event must follow."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eventctl.errors import InvalidEvent
+
+MAX_EVENT_TYPE_LENGTH = 255
+FIELDS = frozenset({"event_type", "event_payload"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event as the consumer accepts it: two strings and nothing else."""
+
+    event_type: str
+    event_payload: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"event_type": self.event_type, "event_payload": self.event_payload}
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _check_text(field: str, value: str) -> None:
+    if "\x00" in value:
+        raise InvalidEvent(field, "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(field, "must be valid Unicode (it has an unpaired surrogate)") from None
+
+
+def validate_event(obj: object) -> Event:
+    """Return `obj` as an Event, or raise InvalidEvent naming the first field at fault.
+
+    The rules: a JSON object with exactly the string fields `event_type` and
+    `event_payload`; `event_type` is 1-255 characters, not blank and without control
+    characters; neither field holds NUL or unpaired surrogates (no database stores those).
+    """
+    if not isinstance(obj, dict):
+        raise InvalidEvent(None, f"an event must be a JSON object, not {json_type(obj)}")
+    if extra := sorted(obj.keys() - FIELDS):
+        raise InvalidEvent(extra[0], "is not allowed (an event has only two fields)")
+    values: dict[str, str] = {}
+    for name in ("event_type", "event_payload"):
+        if name not in obj:
+            raise InvalidEvent(name, "is required")
+        value = obj[name]
+        if not isinstance(value, str):
+            raise InvalidEvent(name, f"must be a string, not {json_type(value)}")
+        _check_text(name, value)
+        values[name] = value
+    event_type = values["event_type"]
+    if not event_type.strip():
+        raise InvalidEvent("event_type", "must not be empty")
+    if len(event_type) > MAX_EVENT_TYPE_LENGTH:
+        limit = MAX_EVENT_TYPE_LENGTH
+        raise InvalidEvent(
+            "event_type", f"must be at most {limit} characters, not {len(event_type)}"
+        )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in event_type):
+        raise InvalidEvent("event_type", "must not contain control characters")
+    return Event(event_type, values["event_payload"])
+
+
+def load_events_file(path: Path) -> list[Event]:
+    """Read and validate a JSON list of events; errors name the file and the 0-based index."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidEvent(None, f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(None, f"{path}: cannot read: {exc}") from None
+    try:
+        data: Any = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidEvent(None, f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise InvalidEvent(None, f"{path}: must be a JSON list of events, not {json_type(data)}")
+    if not data:
+        raise InvalidEvent(None, f"{path}: the list of events is empty")
+    events = []
+    for index, item in enumerate(data):
+        try:
+            events.append(validate_event(item))
+        except InvalidEvent as exc:
+            raise InvalidEvent(None, f"{path}[{index}]: {exc}") from None
+    return events

@@ -1,0 +1,228 @@
+"""Event storage behind one database URL (SQLite or PostgreSQL), via Peewee.
+
+No SQL dialect leaks out of this module. Every public method is blocking: call it from
+a worker thread, never from the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import peewee
+from playhouse.db_url import connect
+
+from eventctl.errors import DatabaseError
+from eventctl.events import MAX_EVENT_TYPE_LENGTH, Event
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "full",
+    "busy_timeout": 10_000,
+}
+INSERT_CHUNK = 1000
+PG_CONNECT_TIMEOUT = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """An accepted event on its way into the table."""
+
+    event_id: str
+    event: Event
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One row of the events table."""
+
+    id: int
+    event_id: str
+    event_type: str
+    event_payload: str
+    received_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "event_payload": self.event_payload,
+            "received_at": iso(self.received_at),
+        }
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 in UTC with a Z suffix, e.g. 2026-11-27T09:14:42.123456Z."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+class _EventModel(peewee.Model):
+    id = peewee.AutoField()
+    event_id = peewee.CharField(max_length=255, unique=True)
+    event_type = peewee.CharField(max_length=MAX_EVENT_TYPE_LENGTH, index=True)
+    event_payload = peewee.TextField()
+    received_at = peewee.DateTimeField(index=True)
+
+
+def _bind(database: peewee.Database) -> type[_EventModel]:
+    """A model class bound to one database, so several stores can live in one process."""
+
+    class EventRow(_EventModel):
+        class Meta:
+            table_name = "events"
+
+    EventRow._meta.set_database(database)
+    return EventRow
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file behind a sqlite:/// URL, or None for other backends."""
+    parts = urlsplit(database_url)
+    if parts.scheme != "sqlite":
+        return None
+    return Path(parts.path[1:])
+
+
+def describe_url(database_url: str) -> str:
+    """The URL with any password hidden, safe for messages and logs."""
+    parts = urlsplit(database_url)
+    if parts.password is None:
+        return database_url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+class Store:
+    """The events table in one database. Thread-safe: each thread gets its own connection."""
+
+    def __init__(self, database: peewee.Database, url: str) -> None:
+        self.database = database
+        self.url = url
+        self.model = _bind(database)
+
+    @classmethod
+    def open(cls, database_url: str, *, create: bool = False) -> Store:
+        """Connect to the database and check (or, with `create`, make) the events table.
+
+        Without `create`, a SQLite file that does not exist is an error, not a new file.
+        """
+        where = describe_url(database_url)
+        path = sqlite_path(database_url)
+        kwargs: dict[str, Any] = {}
+        if path is not None:
+            if str(path) in ("", ":memory:"):
+                raise DatabaseError(
+                    f"{where}: in-memory SQLite is not supported (each connection would "
+                    "see a different database); use a file, e.g. sqlite:///events.db"
+                )
+            if not create and not path.exists():
+                raise DatabaseError(
+                    f"{where}: database file {path} does not exist "
+                    "(start `eventctl serve` to create it, or pass --database-url)"
+                )
+            kwargs["pragmas"] = SQLITE_PRAGMAS
+        elif "connect_timeout" not in database_url:
+            kwargs["connect_timeout"] = PG_CONNECT_TIMEOUT
+        try:
+            database = connect(database_url, **kwargs)
+        except (RuntimeError, ValueError, ImportError) as exc:
+            raise DatabaseError(f"{where}: cannot use this database URL: {exc}") from None
+        store = cls(database, database_url)
+        with store._errors("cannot open the database"):
+            database.connect(reuse_if_open=True)
+            if create:
+                database.create_tables([store.model], safe=True)
+            elif not database.table_exists("events"):
+                store.close()
+                raise DatabaseError(f"{where}: no events table here; is this an eventctl database?")
+        return store
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except peewee.PeeweeException as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatabaseError(f"{describe_url(self.url)}: {doing}: {message}") from exc
+
+    def insert(self, records: Sequence[Incoming]) -> set[str]:
+        """Store all records in one transaction; return the event ids that were new.
+
+        A record whose event id is already stored (or repeated earlier in `records`) is
+        skipped, so retrying a batch never stores an event twice.
+        """
+        rows: dict[str, dict[str, Any]] = {}
+        for record in records:
+            rows.setdefault(
+                record.event_id,
+                {
+                    "event_id": record.event_id,
+                    "event_type": record.event.event_type,
+                    "event_payload": record.event.event_payload,
+                    "received_at": _naive_utc(record.received_at),
+                },
+            )
+        values = list(rows.values())
+        model = self.model
+        stored: set[str] = set()
+        with self._errors("cannot store events"), self.database.atomic():
+            for start in range(0, len(values), INSERT_CHUNK):
+                query = (
+                    model.insert_many(values[start : start + INSERT_CHUNK])
+                    .on_conflict_ignore()
+                    .returning(model.event_id)
+                    .tuples()
+                )
+                stored.update(event_id for (event_id,) in query.execute())
+        return stored
+
+    def events(
+        self,
+        *,
+        limit: int,
+        event_type: str | None = None,
+        since: datetime | None = None,
+    ) -> list[StoredEvent]:
+        """The newest `limit` events, newest first, optionally filtered."""
+        model = self.model
+        query = model.select().order_by(model.id.desc()).limit(limit)
+        if event_type is not None:
+            query = query.where(model.event_type == event_type)
+        if since is not None:
+            query = query.where(model.received_at >= _naive_utc(since))
+        with self._errors("cannot read events"):
+            return [
+                StoredEvent(
+                    id=row.id,
+                    event_id=row.event_id,
+                    event_type=row.event_type,
+                    event_payload=row.event_payload,
+                    received_at=row.received_at.replace(tzinfo=UTC),
+                )
+                for row in query
+            ]
+
+    def count(self) -> int:
+        with self._errors("cannot count events"):
+            return int(self.model.select().count())
+
+    def ping(self) -> None:
+        """Raise DatabaseError unless the database answers a query on the events table."""
+        with self._errors("not answering"), self.database.connection_context():
+            list(self.model.select(self.model.id).limit(1))
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        if not self.database.is_closed():
+            self.database.close()
