@@ -79,7 +79,7 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help=f"Consumer config file [default: {DEFAULT_CONSUMER_CONFIG}, if it exists]",
+        help=f"Consumer config file (default: {DEFAULT_CONSUMER_CONFIG}, if it exists)",
         dir_okay=False,
     ),
 ]
@@ -119,13 +119,16 @@ def _listen(host: str, port: int) -> socket.socket:
 def serve(
     config: ConfigOption = None,
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1]")
+        str | None, typer.Option(help="Address to listen on (default: 127.0.0.1)")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: 8000)")] = None,
     database_url: DatabaseUrlOption = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(help="Largest request body accepted (default: 1048576)")
+    ] = None,
     log_level: Annotated[
         str | None,
-        typer.Option(help=f"Server log level: {', '.join(LOG_LEVELS)} [default: warning]"),
+        typer.Option(help=f"Server log level: {', '.join(LOG_LEVELS)} (default: warning)"),
     ] = None,
 ) -> None:
     """Run the Event Consumer: accept events on POST /event and store them."""
@@ -134,7 +137,12 @@ def serve(
     from eventctl.app import create_app
 
     cfg = consumer_config(
-        config, host=host, port=port, database_url=database_url, log_level=log_level
+        config,
+        host=host,
+        port=port,
+        database_url=database_url,
+        max_body_bytes=max_body_bytes,
+        log_level=log_level,
     )
     store = Store.open(cfg.database_url, create=True)
     try:

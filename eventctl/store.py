@@ -132,8 +132,12 @@ class Store:
                     "(start `eventctl serve` to create it, or pass --database-url)"
                 )
             kwargs["pragmas"] = SQLITE_PRAGMAS
-        elif "connect_timeout" not in database_url:
-            kwargs["connect_timeout"] = PG_CONNECT_TIMEOUT
+        else:
+            query = urlsplit(database_url).query
+            if "connect_timeout=" not in query:
+                kwargs["connect_timeout"] = PG_CONNECT_TIMEOUT
+            if "options=" not in query:
+                kwargs["options"] = "-c synchronous_commit=on"
         try:
             database = connect(database_url, **kwargs)
         except (RuntimeError, ValueError, ImportError) as exc:

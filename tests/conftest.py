@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from eventctl.store import Store
+
+POSTGRES_ENV = "EVENTCTL_TEST_POSTGRES_URL"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("EVENTCTL_") and not name.startswith("EVENTCTL_TEST_"):
+            monkeypatch.delenv(name)
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL URL; skip without one, except under CI where it must be there."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {POSTGRES_ENV} is not set")
+        pytest.skip(f"set {POSTGRES_ENV}=postgresql://... to run PostgreSQL tests")
+    return url
+
+
+def _drop_events_table(url: str) -> None:
+    store = Store.open(url, create=True)
+    try:
+        store.database.drop_tables([store.model])
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'events.db'}"
+        return
+    url = postgres_url()
+    _drop_events_table(url)
+    yield url
+    _drop_events_table(url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'events.db'}"
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    opened = Store.open(database_url, create=True)
+    yield opened
+    opened.close()
+
+
+@asynccontextmanager
+async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and talk to it through httpx's ASGI transport."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://eventctl.test") as c:
+            yield c
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCTL_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m eventctl ARGS` as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "eventctl", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env=env or cli_env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Server:
+    """A real `eventctl serve` subprocess on a free loopback port."""
+
+    def __init__(self, database_url: str, cwd: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database_url = database_url
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "eventctl",
+                "serve",
+                "--port",
+                str(self.port),
+                "--database-url",
+                database_url,
+                *extra,
+            ],
+            cwd=cwd,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited early: {self.process.communicate()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("serve did not become healthy in time")
+
+    def stop(self, timeout: float = 20) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.terminate()
+        _, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, err
+
+
+@pytest.fixture
+def server(sqlite_url: str, tmp_path: Path) -> Iterator[Server]:
+    running = Server(sqlite_url, tmp_path)
+    yield running
+    running.stop()

@@ -1,0 +1,71 @@
+"""The docs cover every command, flag, config key, exit code and HTTP error."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+
+from eventctl.cli import app
+from eventctl.config import ConsumerConfig, PropagatorConfig, describe
+from eventctl.errors import ExitCode
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def commands() -> dict[str, Any]:
+    group: Any = typer.main.get_command(app)
+    return dict(group.commands)
+
+
+@pytest.mark.parametrize("name", sorted(commands()))
+def test_every_command_and_flag_is_in_cli_md(name: str) -> None:
+    text = (DOCS / "cli.md").read_text()
+    assert f"## `eventctl {name}`" in text
+    section = text.split(f"## `eventctl {name}`", 1)[1].split("\n## ", 1)[0]
+    for param in commands()[name].params:
+        for opt in param.opts:
+            if opt.startswith("--") and opt != "--help":
+                assert f"`{opt}" in section, f"{opt} of {name} is not in docs/cli.md"
+
+
+@pytest.mark.parametrize("cls", [ConsumerConfig, PropagatorConfig])
+def test_every_config_key_is_in_configuration_md(
+    cls: type[ConsumerConfig | PropagatorConfig],
+) -> None:
+    text = (DOCS / "configuration.md").read_text()
+    for key, variable, flag, _default in describe(cls):
+        row = next((line for line in text.splitlines() if line.startswith(f"| `{key}` |")), "")
+        assert row, f"{key} has no row in docs/configuration.md"
+        assert f"`{variable}`" in row
+        assert f"`{flag}`" in row
+
+
+def test_every_exit_code_is_in_cli_md() -> None:
+    text = (DOCS / "cli.md").read_text()
+    for code in ExitCode:
+        assert f"| {code.value} | `{code.name}` |" in text
+
+
+def test_every_error_code_and_status_is_in_http_api_md() -> None:
+    source = (ROOT / "eventctl" / "app.py").read_text()
+    found = set(re.findall(r"(\d{3}),\s*\"([a-z_]+)\"", source))
+    found |= {(str(s), c) for s, c in [(404, "not_found"), (405, "method_not_allowed")]}
+    assert len(found) >= 9
+    text = (DOCS / "http-api.md").read_text()
+    for status, code in found:
+        assert re.search(rf"\| {status} \| `{code}` \|", text), f"{status} {code} is undocumented"
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = (
+        "python3 scripts/poetry.py install --all-extras && python3 scripts/poetry.py run pytest"
+    )
+    assert command in readme
+    assert command in ci

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eventctl.errors import InvalidEvent
+from eventctl.events import Event, load_events_file, validate_event
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_valid_event() -> None:
+    assert validate_event({"event_type": "a.b", "event_payload": ""}) == Event("a.b", "")
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "problem"),
+    [
+        ([], None, "an event must be a JSON object, not array"),
+        ("x", None, "an event must be a JSON object, not string"),
+        ({"event_payload": "p"}, "event_type", "is required"),
+        ({"event_type": "t"}, "event_payload", "is required"),
+        ({"event_type": "t", "event_payload": "p", "extra": 1}, "extra", "is not allowed"),
+        ({"event_type": 1, "event_payload": "p"}, "event_type", "must be a string, not number"),
+        ({"event_type": True, "event_payload": "p"}, "event_type", "not boolean"),
+        ({"event_type": "t", "event_payload": None}, "event_payload", "not null"),
+        ({"event_type": "t", "event_payload": {"a": 1}}, "event_payload", "not object"),
+        ({"event_type": "t", "event_payload": [1]}, "event_payload", "not array"),
+        ({"event_type": "", "event_payload": "p"}, "event_type", "must not be empty"),
+        ({"event_type": "  ", "event_payload": "p"}, "event_type", "must not be empty"),
+        ({"event_type": "x" * 256, "event_payload": "p"}, "event_type", "at most 255"),
+        ({"event_type": "a\nb", "event_payload": "p"}, "event_type", "control characters"),
+        ({"event_type": "t", "event_payload": "a\x00b"}, "event_payload", "NUL"),
+        ({"event_type": "t", "event_payload": "\ud800"}, "event_payload", "unpaired surrogate"),
+    ],
+)
+def test_invalid_events_name_the_field(obj: object, field: str | None, problem: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        validate_event(obj)
+    assert caught.value.field == field
+    assert problem in str(caught.value)
+    if field:
+        assert str(caught.value).startswith(field)
+
+
+def test_event_type_of_exactly_255_characters_is_fine() -> None:
+    assert validate_event({"event_type": "x" * 255, "event_payload": "p"}).event_type == "x" * 255
+
+
+def test_shipped_events_file_is_valid_and_varied() -> None:
+    events = load_events_file(ROOT / "events" / "events.json")
+    assert len(events) >= 8
+    types = [e.event_type for e in events]
+    assert len(set(types)) >= 4
+    assert max(types.count(t) for t in types) <= 0.4 * len(types)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{}", "must be a JSON list of events, not object"),
+        ("[]", "the list of events is empty"),
+        ("[1", "not valid JSON"),
+        (
+            json.dumps([{"event_type": "a", "event_payload": "b"}, {"event_type": 5}]),
+            "[1]: event_type must be a string",
+        ),
+    ],
+)
+def test_events_file_errors_name_file_and_index(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "events.json"
+    path.write_text(content)
+    with pytest.raises(InvalidEvent) as caught:
+        load_events_file(path)
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
+
+
+def test_missing_events_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidEvent, match="no such file"):
+        load_events_file(tmp_path / "nope.json")

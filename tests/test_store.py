@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from eventctl.errors import DatabaseError
+from eventctl.events import Event
+from eventctl.store import Incoming, Store, describe_url
+from tests.conftest import postgres_url
+
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+
+
+def incoming(event_id: str, event_type: str = "t", at: datetime = T0) -> Incoming:
+    return Incoming(event_id, Event(event_type, f"payload of {event_id}"), at)
+
+
+def test_insert_returns_only_new_ids_and_never_stores_twice(store: Store) -> None:
+    assert store.insert([incoming("a"), incoming("b"), incoming("a")]) == {"a", "b"}
+    assert store.insert([incoming("b"), incoming("c")]) == {"c"}
+    assert store.count() == 3
+
+
+def test_rows_keep_every_field(store: Store) -> None:
+    store.insert([incoming("a", "order.created")])
+    [row] = store.events(limit=10)
+    assert (row.event_id, row.event_type, row.event_payload) == (
+        "a",
+        "order.created",
+        "payload of a",
+    )
+    assert row.received_at == T0
+    assert row.to_json()["received_at"] == "2026-11-27T09:00:00.000000Z"
+
+
+def test_events_newest_first_with_limit_type_and_since(store: Store) -> None:
+    store.insert(
+        [
+            incoming(f"e{i}", "odd" if i % 2 else "even", T0 + timedelta(minutes=i))
+            for i in range(10)
+        ]
+    )
+    assert [e.event_id for e in store.events(limit=3)] == ["e9", "e8", "e7"]
+    assert [e.event_id for e in store.events(limit=3, event_type="even")] == ["e8", "e6", "e4"]
+    since = T0 + timedelta(minutes=7)
+    assert [e.event_id for e in store.events(limit=50, since=since)] == ["e9", "e8", "e7"]
+
+
+def test_a_large_batch_is_one_transaction(store: Store) -> None:
+    assert len(store.insert([incoming(f"e{i}") for i in range(2500)])) == 2500
+    assert store.count() == 2500
+
+
+def test_ping(store: Store) -> None:
+    store.ping()
+
+
+def test_opening_a_missing_sqlite_file_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "nothing.db"
+    with pytest.raises(DatabaseError, match="does not exist"):
+        Store.open(f"sqlite:///{path}")
+    assert not path.exists()
+
+
+def test_a_sqlite_file_without_the_table_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    Store.open(f"sqlite:///{path}", create=True).close()
+    other = Store.open(f"sqlite:///{path}")
+    other.database.drop_tables([other.model])
+    other.close()
+    with pytest.raises(DatabaseError, match="no events table"):
+        Store.open(f"sqlite:///{path}")
+
+
+def test_in_memory_sqlite_is_refused() -> None:
+    with pytest.raises(DatabaseError, match="in-memory SQLite is not supported"):
+        Store.open("sqlite:///:memory:", create=True)
+
+
+def test_sqlite_is_durable_wal_and_synchronous_full(sqlite_url: str) -> None:
+    store = Store.open(sqlite_url, create=True)
+    try:
+        pragma = store.database.execute_sql  # type: ignore[attr-defined]
+        assert pragma("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert pragma("PRAGMA synchronous").fetchone() == (2,)
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_commits_synchronously() -> None:
+    store = Store.open(postgres_url(), create=True)
+    try:
+        show = store.database.execute_sql  # type: ignore[attr-defined]
+        assert show("SHOW synchronous_commit").fetchone() == ("on",)
+    finally:
+        store.close()
+
+
+def test_a_directory_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseError, match="cannot open the database"):
+        Store.open(f"sqlite:///{tmp_path}/no/such/dir/events.db", create=True)
+
+
+def test_unreachable_postgres_is_a_clean_error() -> None:
+    with pytest.raises(DatabaseError) as caught:
+        Store.open("postgresql://nobody:secret@127.0.0.1:1/none", create=True)
+    assert "secret" not in str(caught.value)
+    assert "cannot open the database" in str(caught.value)
+
+
+def test_describe_url_hides_the_password() -> None:
+    assert describe_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert describe_url("sqlite:///events.db") == "sqlite:///events.db"
