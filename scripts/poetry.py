@@ -56,11 +56,15 @@ def ensure_poetry() -> Path:
     return python
 
 
-def main() -> int:
+def main() -> None:
     python = ensure_poetry()
     env = dict(os.environ, POETRY_VIRTUALENVS_IN_PROJECT="true")
-    return subprocess.call([str(python), "-c", LAUNCH, *sys.argv[1:]], cwd=ROOT, env=env)
+    argv = [str(python), "-c", LAUNCH, *sys.argv[1:]]
+    if os.name == "nt":
+        sys.exit(subprocess.call(argv, env=env))
+    # Replace this process, so Ctrl-C and SIGTERM reach Poetry (and what it runs) directly.
+    os.execve(argv[0], argv, env)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
