@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -26,7 +23,7 @@ from starlette.routing import Route
 
 from eventctl.config import ConsumerConfig
 from eventctl.errors import DatabaseError, InvalidEvent
-from eventctl.events import validate_event
+from eventctl.events import new_event_id, validate_event
 from eventctl.store import Incoming, Store
 from eventctl.writer import Overloaded, Writer
 
@@ -71,15 +68,6 @@ def error_response(
 ) -> JSONResponse:
     body = {"status": "error", "code": code, "message": message, "errors": errors or []}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def new_event_id() -> str:
-    """A UUIDv7 (RFC 9562): sortable by creation time to the millisecond, random after that."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
-    value |= 0b10 << 62 | rand & (2**62 - 1)
-    return str(uuid.UUID(int=value))
 
 
 def _require_json(request: Request) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
-import socket
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,13 +18,22 @@ from rich.table import Table
 from eventctl import __version__
 from eventctl.config import (
     DEFAULT_CONSUMER_CONFIG,
+    DEFAULT_PROPAGATOR_CONFIG,
     LOG_LEVELS,
     ConsumerConfig,
+    PropagatorConfig,
     load_config,
 )
-from eventctl.errors import EventctlError, ExitCode, Unavailable
-from eventctl.store import Store, StoredEvent, describe_url, iso
-from eventctl.timefmt import parse_since
+from eventctl.errors import (
+    EventctlError,
+    ExitCode,
+    InvalidEvent,
+    Refused,
+    ServerFailed,
+)
+from eventctl.events import Event, load_events_file, new_event_id, validate_event
+from eventctl.store import Store, StoredEvent, iso
+from eventctl.timefmt import parse_duration, parse_since
 
 app = typer.Typer(
     name="eventctl",
@@ -99,24 +106,9 @@ def consumer_config(config: Path | None, **overrides: Any) -> ConsumerConfig:
     )
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        reason = exc.strerror or str(exc)
-        raise Unavailable(f"cannot listen on {host}:{port}: {reason.lower()}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-@app.command()
+@app.command("serve")
 @guarded
-def serve(
+def serve_command(
     config: ConfigOption = None,
     host: Annotated[
         str | None, typer.Option(help="Address to listen on (default: 127.0.0.1)")
@@ -132,9 +124,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the Event Consumer: accept events on POST /event and store them."""
-    import uvicorn
-
-    from eventctl.app import create_app
+    from eventctl.runner import listen, serve
 
     cfg = consumer_config(
         config,
@@ -144,35 +134,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         log_level=log_level,
     )
-    store = Store.open(cfg.database_url, create=True)
-    try:
-        sock = _listen(cfg.host, cfg.port)
-        bound_port = sock.getsockname()[1]
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(cfg, store),
-                log_level=cfg.log_level,
-                access_log=cfg.log_level in ("info", "debug"),
-                lifespan="on",
-                timeout_graceful_shutdown=10,
-            )
-        )
-        shown_host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-        typer.echo(
-            f"eventctl serve: listening on http://{shown_host}:{bound_port} "
-            f"(database {describe_url(cfg.database_url)}); Ctrl-C stops",
-            err=True,
-        )
-        # uvicorn restores the handlers it found and then re-raises the signal it caught;
-        # with these no-op handlers in place, that re-raise ends in a normal exit 0.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: None)
-        server.run(sockets=[sock])
-    finally:
-        store.close()
-    if not server.started:
-        raise EventctlError("the server did not start (see the log above)")
-    typer.echo("eventctl serve: stopped", err=True)
+    serve(cfg, listen(cfg.host, cfg.port), Console(stderr=True, highlight=False))
 
 
 @app.command("list-events")
@@ -234,6 +196,249 @@ def _events_table(events: list[StoredEvent]) -> Table:
             _shorten(event.event_payload),
         )
     return table
+
+
+PropagatorConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help=f"Propagator config file (default: {DEFAULT_PROPAGATOR_CONFIG}, if it exists)",
+        dir_okay=False,
+    ),
+]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option("--endpoint", help="URL to POST events to (default: http://localhost:8000/event)"),
+]
+EventsFileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--events-file", help="JSON list of events to choose from (default: events/events.json)"
+    ),
+]
+IntervalOption = Annotated[
+    float | None,
+    typer.Option("--interval", help="Seconds between two events (default: 5)"),
+]
+CountOption = Annotated[
+    int | None, typer.Option("--count", min=1, help="Stop after sending this many events.")
+]
+SeedOption = Annotated[
+    int | None, typer.Option("--seed", help="Seed the random choice of events (reproducible).")
+]
+
+
+def _duration(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if seconds <= 0:
+        raise typer.BadParameter("must be greater than 0")
+    return seconds
+
+
+DurationOption = Annotated[
+    str | None,
+    typer.Option(
+        "--duration", help="Stop sending after this long, e.g. 30s, 5m, 1h30m.", metavar="TIME"
+    ),
+]
+
+
+def propagator_config(config: Path | None, **overrides: Any) -> PropagatorConfig:
+    return load_config(
+        PropagatorConfig,
+        config or DEFAULT_PROPAGATOR_CONFIG,
+        required=config is not None,
+        environ=os.environ,
+        overrides=overrides,
+    )
+
+
+@app.command()
+@guarded
+def propagate(
+    config: PropagatorConfigOption = None,
+    interval: IntervalOption = None,
+    endpoint: EndpointOption = None,
+    events_file: EventsFileOption = None,
+    count: CountOption = None,
+    duration: DurationOption = None,
+    seed: SeedOption = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="Most events unsettled at once (default: 100).")
+    ] = None,
+    retry_attempts: Annotated[
+        int | None, typer.Option(help="Attempts per event before it fails (default: 8).")
+    ] = None,
+    retry_base_seconds: Annotated[
+        float | None, typer.Option(help="First retry delay, doubled each time (default: 0.2).")
+    ] = None,
+    retry_max_seconds: Annotated[
+        float | None, typer.Option(help="Longest retry delay (default: 10).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for one answer (default: 5).")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live status or log lines; only the summary.")
+    ] = False,
+    json_log: Annotated[
+        bool, typer.Option("--json-log", help="One JSON object per attempt on stdout (NDJSON).")
+    ] = False,
+) -> None:
+    """Run the Event Propagator: send a random event from the events file every interval."""
+    from eventctl.runner import DisplayMode, propagate_events
+
+    cfg = propagator_config(
+        config,
+        interval_seconds=interval,
+        api_endpoint=endpoint,
+        events_file=events_file,
+        max_in_flight=max_in_flight,
+        retry_attempts=retry_attempts,
+        retry_base_seconds=retry_base_seconds,
+        retry_max_seconds=retry_max_seconds,
+        request_timeout_seconds=timeout,
+    )
+    seconds = _duration(duration)
+    events = load_events_file(Path(cfg.events_file))
+    mode = DisplayMode.choose(quiet=quiet, json_log=json_log, tty=sys.stderr.isatty())
+    stats = propagate_events(cfg, events, count=count, duration=seconds, seed=seed, mode=mode)
+    if not stats.all_delivered:
+        raise typer.Exit(ExitCode.UNDELIVERED)
+
+
+def _event_from_flags(
+    event_type: str | None, payload: str | None, file: str | None
+) -> Event | None:
+    if file is not None:
+        if event_type is not None or payload is not None:
+            raise typer.BadParameter("give either --file or --type/--payload", param_hint="--file")
+        where = "stdin" if file == "-" else file
+        try:
+            text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidEvent(None, f"{where}: cannot read: {exc}") from None
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise InvalidEvent(None, f"{where}: not valid JSON: {exc}") from None
+        try:
+            return validate_event(data)
+        except InvalidEvent as exc:
+            raise InvalidEvent(None, f"{where}: {exc}") from None
+    if event_type is None and payload is None:
+        return None
+    if event_type is None or payload is None:
+        raise typer.BadParameter("--type and --payload go together", param_hint="--type")
+    return validate_event({"event_type": event_type, "event_payload": payload})
+
+
+@app.command("send-once")
+@guarded
+def send_once(
+    config: PropagatorConfigOption = None,
+    endpoint: EndpointOption = None,
+    events_file: EventsFileOption = None,
+    event_type: Annotated[
+        str | None, typer.Option("--type", help="event_type of the event to send.")
+    ] = None,
+    payload: Annotated[
+        str | None, typer.Option("--payload", help="event_payload of the event to send.")
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option("--file", help="Send the JSON event in this file ('-' reads stdin)."),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Send this Idempotency-Key (default: a new UUIDv7)."),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for the answer (default: 5).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Send exactly one event and print the outcome."""
+    import time
+
+    from eventctl.propagator import send_event
+
+    cfg = propagator_config(
+        config,
+        api_endpoint=endpoint,
+        events_file=events_file,
+        request_timeout_seconds=timeout,
+    )
+    event = _event_from_flags(event_type, payload, file)
+    if event is None:
+        import random
+
+        event = random.choice(load_events_file(Path(cfg.events_file)))
+    sent = send_event(
+        cfg.api_endpoint,
+        event,
+        event_id=idempotency_key or new_event_id(),
+        timeout=cfg.request_timeout_seconds,
+        clock=time.monotonic,
+    )
+    if as_json:
+        json.dump(
+            {
+                "endpoint": cfg.api_endpoint,
+                "status_code": sent.status,
+                "event_id": sent.event_id,
+                "replayed": sent.replayed,
+                "latency_ms": round(sent.latency * 1000, 3),
+                "event": event.to_json(),
+                "response": sent.body,
+            },
+            sys.stdout,
+            ensure_ascii=False,
+        )
+        sys.stdout.write("\n")
+    where = f"{cfg.api_endpoint}: {sent.status}"
+    if 400 <= sent.status < 500:
+        raise Refused(f"refused by {where} {sent.error_text()}")
+    if not 200 <= sent.status < 300:
+        raise ServerFailed(f"server error from {where} {sent.error_text()}")
+    if not as_json:
+        replayed = " (replayed: already stored)" if sent.replayed else ""
+        typer.echo(
+            f"{sent.status} {event.event_type} -> {cfg.api_endpoint} "
+            f"event_id={sent.event_id} {sent.latency * 1000:.1f} ms{replayed}"
+        )
+
+
+@app.command()
+@guarded
+def up(
+    port: Annotated[int | None, typer.Option(help="Consumer port (default: 8000)")] = None,
+    interval: IntervalOption = None,
+    database_url: DatabaseUrlOption = None,
+    count: CountOption = None,
+    duration: DurationOption = None,
+    seed: SeedOption = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live status or log lines; only the summary.")
+    ] = False,
+) -> None:
+    """Run the consumer and the propagator together, until Ctrl-C (or --count/--duration)."""
+    from eventctl.runner import DisplayMode, listen, run_up
+
+    ccfg = consumer_config(None, port=port, database_url=database_url)
+    pcfg = propagator_config(None, interval_seconds=interval)
+    seconds = _duration(duration)
+    events = load_events_file(Path(pcfg.events_file))
+    mode = DisplayMode.choose(quiet=quiet, json_log=False, tty=sys.stderr.isatty())
+    sock = listen(ccfg.host, ccfg.port)
+    stats = run_up(ccfg, pcfg, events, sock, count=count, duration=seconds, seed=seed, mode=mode)
+    if not stats.all_delivered:
+        raise typer.Exit(ExitCode.UNDELIVERED)
 
 
 def main() -> None:

@@ -53,3 +53,15 @@ class Unavailable(EventctlError):
     """A socket could not be bound, or a peer could not be reached."""
 
     exit_code = ExitCode.UNAVAILABLE
+
+
+class Refused(EventctlError):
+    """The consumer answered 4xx: the event itself was refused."""
+
+    exit_code = ExitCode.REFUSED
+
+
+class ServerFailed(EventctlError):
+    """The consumer answered 5xx."""
+
+    exit_code = ExitCode.SERVER_ERROR

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,15 @@ class Event:
 
     def to_json(self) -> dict[str, str]:
         return {"event_type": self.event_type, "event_payload": self.event_payload}
+
+
+def new_event_id() -> str:
+    """A UUIDv7 (RFC 9562): sortable by creation time to the millisecond, random after that."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
+    value |= 0b10 << 62 | rand & (2**62 - 1)
+    return str(uuid.UUID(int=value))
 
 
 def json_type(value: object) -> str:

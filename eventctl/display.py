@@ -1,0 +1,210 @@
+"""How a propagator run looks: a pure `render(stats, now)`, and the sinks that show records.
+
+The live view draws on stderr; log lines go to stderr; NDJSON goes to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from eventctl.propagator import Record, Stats
+
+OUTCOME_STYLE = {"delivered": "green", "retrying": "yellow", "failed": "bold red"}
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}"
+
+
+def render(stats: Stats, now: float) -> RenderableType:
+    """The live status of a run as a Rich renderable. Pure: same input, same output."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="dim")
+    head.add_column()
+    head.add_column(style="dim")
+    head.add_column()
+    in_flight = Text(f"{stats.in_flight} / {stats.max_in_flight}")
+    if stats.capped:
+        in_flight.append("  cap hit: ticks skipped", style="bold yellow")
+    head.add_row("endpoint", stats.endpoint, "elapsed", _elapsed(now - stats.started_at))
+    head.add_row("interval", f"{stats.interval:g} s", "in flight", in_flight)
+
+    counts = Table.grid(padding=(0, 3))
+    names = ("sent", "delivered", "retrying", "failed", "replayed", "skipped")
+    values = (
+        stats.generated,
+        stats.delivered,
+        stats.retrying,
+        stats.failed,
+        stats.replayed,
+        stats.skipped_ticks,
+    )
+    styles = ("", "green", "yellow", "red", "", "yellow")
+    for _ in names:
+        counts.add_column(justify="right")
+    counts.add_row(*(Text(n, style="dim") for n in names))
+    counts.add_row(
+        *(Text(str(v), style=s if v else "") for v, s in zip(values, styles, strict=True))
+    )
+
+    last = stats.last
+    latency = Table.grid(padding=(0, 2))
+    latency.add_column(style="dim")
+    latency.add_column()
+    latency.add_row(
+        "last",
+        "-" if last is None else f"{last.event_type}  {last.result}",
+    )
+    latency.add_row(
+        "latency", f"p50 {_ms(stats.percentile(0.5))}   p99 {_ms(stats.percentile(0.99))}"
+    )
+
+    recent = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
+    recent.add_column("at", justify="right")
+    recent.add_column("event_type", max_width=28, no_wrap=True, overflow="ellipsis")
+    recent.add_column("outcome")
+    recent.add_column("status", justify="right")
+    recent.add_column("latency", justify="right")
+    recent.add_column("try", justify="right")
+    for record in reversed(stats.recent):
+        recent.add_row(
+            f"{record.at - stats.started_at:.1f}s",
+            record.event_type,
+            Text(record.outcome, style=OUTCOME_STYLE[record.outcome]),
+            record.result,
+            _ms(record.latency),
+            str(record.attempt),
+        )
+    parts: list[RenderableType] = [head, Text(), counts, Text(), latency]
+    if stats.recent:
+        parts += [Text(), recent]
+    return Panel(Group(*parts), title="eventctl propagate", title_align="left", expand=False)
+
+
+def log_line(record: Record, started_at: float) -> str:
+    """One human line per record, for when there is no live view."""
+    parts = [
+        f"{record.at - started_at:8.3f}s",
+        f"{record.outcome:<9}",
+        record.event_type,
+        record.result,
+    ]
+    if record.latency is not None:
+        parts.append(_ms(record.latency))
+    if record.attempt > 1 or record.outcome != "delivered":
+        parts.append(f"attempt {record.attempt}")
+    if record.retry_in is not None:
+        parts.append(f"retry in {record.retry_in:.2f}s")
+    if record.replayed:
+        parts.append("replayed")
+    parts.append(f"id={record.event_id}")
+    return "  ".join(parts)
+
+
+def record_json(record: Record, started_at: float) -> dict[str, Any]:
+    return {
+        "kind": record.outcome,
+        "t": round(record.at - started_at, 6),
+        "event_id": record.event_id,
+        "event_type": record.event_type,
+        "attempt": record.attempt,
+        "status": record.status,
+        "error": record.error,
+        "latency_ms": None if record.latency is None else round(record.latency * 1000, 3),
+        "retry_in": record.retry_in,
+        "replayed": record.replayed,
+    }
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The end-of-run summary as a few plain lines."""
+    return [
+        f"eventctl propagate: {summary['generated']} sent, {summary['delivered']} delivered, "
+        f"{summary['failed']} failed, {summary['pending']} pending "
+        f"in {summary['elapsed_seconds']:.1f}s ({summary['attempts']} attempts, "
+        f"{summary['replayed']} replayed, {summary['skipped_ticks']} ticks skipped)",
+        f"latency p50 {summary['latency_p50_ms'] or '-'} ms, "
+        f"p99 {summary['latency_p99_ms'] or '-'} ms",
+    ]
+
+
+class Display:
+    """Where a run's progress goes: the base shows only the summary, on `console` (stderr)."""
+
+    def __init__(self, stats: Stats, console: Console) -> None:
+        self.stats = stats
+        self.console = console
+
+    def __enter__(self) -> Display:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def record(self, record: Record) -> None:
+        """Called for every attempt's outcome."""
+
+    def refresh(self, now: float) -> None:
+        """Called a few times a second."""
+
+    def print(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        for line in summary_lines(summary):
+            self.print(line)
+
+
+class LiveDisplay(Display):
+    """A Rich live panel on the console, redrawn by refresh()."""
+
+    def __init__(self, stats: Stats, console: Console, now: float) -> None:
+        super().__init__(stats, console)
+        self._live = Live(render(stats, now), console=console, auto_refresh=False)
+
+    def __enter__(self) -> Display:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def refresh(self, now: float) -> None:
+        self._live.update(render(self.stats, now), refresh=True)
+
+
+class LogDisplay(Display):
+    """One line per record."""
+
+    def record(self, record: Record) -> None:
+        self.print(log_line(record, self.stats.started_at))
+
+
+class JsonDisplay(Display):
+    """NDJSON on `stream` (stdout): one object per record, then one `summary` object."""
+
+    def __init__(self, stats: Stats, console: Console, stream: IO[str]) -> None:
+        super().__init__(stats, console)
+        self.stream = stream
+
+    def record(self, record: Record) -> None:
+        self.stream.write(json.dumps(record_json(record, self.stats.started_at)) + "\n")
+        self.stream.flush()
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self.stream.write(json.dumps({"kind": "summary", **summary}) + "\n")
+        self.stream.flush()
+        super().summary(summary)

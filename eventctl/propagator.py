@@ -1,0 +1,397 @@
+"""The Event Propagator: picks an event at random on a drift-free schedule and delivers it.
+
+Library code with every outside effect injected (clock, sleep, random source, HTTP client,
+id maker); it reports through callbacks and never prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import statistics
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+import httpx
+
+from eventctl.errors import Unavailable
+from eventctl.events import Event, new_event_id
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+RETRYABLE_4XX = frozenset({408, 429})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+MAX_RETRY_AFTER_SECONDS = 3600.0
+LATENCY_WINDOW = 10_000
+RECENT = 8
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits about base * 2**(n-1), capped."""
+
+    attempts: int = 8
+    base_seconds: float = 0.2
+    max_seconds: float = 10.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt `attempt` (from 1): half fixed, half random."""
+        ceiling = min(self.max_seconds, self.base_seconds * 2.0 ** (attempt - 1))
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """The delay a Retry-After header asks for (seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+Outcome = Literal["delivered", "retrying", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What happened to one attempt to deliver one event."""
+
+    outcome: Outcome
+    event_id: str
+    event_type: str
+    attempt: int
+    at: float
+    status: int | None = None
+    error: str | None = None
+    latency: float | None = None
+    retry_in: float | None = None
+    replayed: bool = False
+
+    @property
+    def result(self) -> str:
+        """The status code, or the transport error, as one short word or phrase."""
+        return str(self.status) if self.status is not None else (self.error or "?")
+
+
+@dataclass
+class Stats:
+    """Counts and recent history of a run; what the display renders and the summary reports."""
+
+    endpoint: str
+    interval: float
+    max_in_flight: int
+    started_at: float = 0.0
+    finished_at: float | None = None
+    generated: int = 0
+    attempts: int = 0
+    delivered: int = 0
+    failed: int = 0
+    retrying: int = 0
+    in_flight: int = 0
+    pending_at_exit: int = 0
+    replayed: int = 0
+    skipped_ticks: int = 0
+    capped: bool = False
+    last: Record | None = None
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    recent: deque[Record] = field(default_factory=lambda: deque(maxlen=RECENT))
+
+    def percentile(self, q: float) -> float | None:
+        """Latency quantile (0-1) over the last LATENCY_WINDOW deliveries, in seconds."""
+        if not self.latencies:
+            return None
+        if len(self.latencies) == 1:
+            return self.latencies[0]
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[round(q * 100) - 1]
+
+    @property
+    def all_delivered(self) -> bool:
+        return self.failed == 0 and self.pending_at_exit == 0
+
+    def summary(self, now: float) -> dict[str, object]:
+        p50, p99 = self.percentile(0.5), self.percentile(0.99)
+        return {
+            "endpoint": self.endpoint,
+            "elapsed_seconds": round((self.finished_at or now) - self.started_at, 3),
+            "generated": self.generated,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "pending": self.pending_at_exit,
+            "attempts": self.attempts,
+            "replayed": self.replayed,
+            "skipped_ticks": self.skipped_ticks,
+            "latency_p50_ms": None if p50 is None else round(p50 * 1000, 2),
+            "latency_p99_ms": None if p99 is None else round(p99 * 1000, 2),
+        }
+
+
+class Propagator:
+    """Sends one random event per tick to `endpoint` until stopped, `count` or `duration`.
+
+    Tick k is due at start + k * interval on `clock`, whatever the responses do. At most
+    `max_in_flight` events are unsettled at once; a tick that finds the cap full is skipped
+    (no event is generated for it) and counted. Each event keeps its id, sent as
+    `Idempotency-Key`, across retries, and ends delivered, failed, or pending at exit.
+    """
+
+    def __init__(
+        self,
+        events: Sequence[Event],
+        endpoint: str,
+        client: httpx.AsyncClient,
+        *,
+        interval: float,
+        policy: RetryPolicy | None = None,
+        max_in_flight: int = 100,
+        count: int | None = None,
+        duration: float | None = None,
+        rng: random.Random | None = None,
+        jitter_rng: random.Random | None = None,
+        clock: Clock,
+        sleep: Sleep = asyncio.sleep,
+        new_id: Callable[[], str] = new_event_id,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_record: Callable[[Record], None] | None = None,
+    ) -> None:
+        if not events:
+            raise ValueError("no events to send")
+        self.events = list(events)
+        self.endpoint = endpoint
+        self.client = client
+        self.interval = interval
+        self.policy = policy or RetryPolicy()
+        self.max_in_flight = max_in_flight
+        self.count = count
+        self.duration = duration
+        self.rng = rng or random.Random()
+        self.jitter_rng = jitter_rng or random.Random()
+        self.clock = clock
+        self.sleep = sleep
+        self.new_id = new_id
+        self.wall_clock = wall_clock
+        self.on_record = on_record
+        self.stats = Stats(endpoint, interval, max_in_flight)
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        """Stop generating; run() then gives in-flight events the grace period and returns."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def _sleep_or_stop(self, seconds: float) -> bool:
+        """Sleep; return True early if stop() was called."""
+        if self._stop.is_set():
+            return True
+        if seconds <= 0:
+            return False
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (sleeper, stopper):
+            task.cancel()
+        return self._stop.is_set()
+
+    async def run(self, grace: float = 3.0) -> Stats:
+        """Generate and deliver until done; return the final stats."""
+        stats = self.stats
+        start = stats.started_at = self.clock()
+        tick = 0
+        while self.count is None or stats.generated < self.count:
+            due = start + tick * self.interval
+            if self.duration is not None and due - start >= self.duration:
+                break
+            tick += 1
+            if await self._sleep_or_stop(due - self.clock()):
+                break
+            if len(self._tasks) >= self.max_in_flight:
+                stats.skipped_ticks += 1
+                stats.capped = True
+                continue
+            stats.capped = False
+            self._launch(self.rng.choice(self.events))
+        await self._settle(grace)
+        stats.finished_at = self.clock()
+        return stats
+
+    def _launch(self, event: Event) -> None:
+        self.stats.generated += 1
+        self.stats.in_flight += 1
+        task = asyncio.ensure_future(self._deliver(self.new_id(), event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, grace: float) -> None:
+        """Wait for in-flight events: all of them, or (once stopped) for `grace` seconds."""
+        if self._tasks and not self._stop.is_set():
+            everything = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
+            stopper = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({everything, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            everything.cancel()
+        if self._tasks:
+            await self._sleep_until_settled(grace)
+        leftover = set(self._tasks)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.wait(leftover)
+        self.stats.pending_at_exit = len(leftover)
+
+    async def _sleep_until_settled(self, grace: float) -> None:
+        everything = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
+        timer = asyncio.ensure_future(self.sleep(grace))
+        await asyncio.wait({everything, timer}, return_when=asyncio.FIRST_COMPLETED)
+        timer.cancel()
+        everything.cancel()
+
+    def _report(self, record: Record) -> None:
+        self.stats.last = record
+        self.stats.recent.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    async def _post(self, event_id: str, event: Event, attempt: int) -> tuple[Record, float | None]:
+        """One attempt: the record of what happened, and the Retry-After delay if any."""
+        sent_at = self.clock()
+        status: int | None = None
+        error: str | None = None
+        try:
+            response = await self.client.post(
+                self.endpoint, json=event.to_json(), headers={"Idempotency-Key": event_id}
+            )
+        except httpx.TimeoutException:
+            error = "timeout"
+        except httpx.TransportError as exc:
+            error = transport_error_text(exc)
+        else:
+            status = response.status_code
+        now = self.clock()
+        record = Record("failed", event_id, event.event_type, attempt, now, status, error)
+        if status is None:
+            return record, None
+        if 200 <= status < 300:
+            replayed = response.headers.get("Idempotent-Replayed") == "true"
+            return replace(
+                record, outcome="delivered", latency=now - sent_at, replayed=replayed
+            ), None
+        if status in RETRY_AFTER_STATUSES:
+            header = response.headers.get("Retry-After")
+            return record, retry_after_seconds(header, self.wall_clock())
+        return record, None
+
+    async def _deliver(self, event_id: str, event: Event) -> None:
+        stats = self.stats
+        try:
+            for attempt in range(1, self.policy.attempts + 1):
+                stats.attempts += 1
+                record, retry_after = await self._post(event_id, event, attempt)
+                if record.outcome == "delivered":
+                    stats.delivered += 1
+                    stats.replayed += record.replayed
+                    stats.latencies.append(record.latency or 0.0)
+                    self._report(record)
+                    return
+                status = record.status
+                retryable = status is None or status >= 500 or status in RETRYABLE_4XX
+                if not retryable or attempt == self.policy.attempts:
+                    break
+                delay = retry_after
+                if delay is None:
+                    delay = self.policy.delay(attempt, self.jitter_rng)
+                self._report(replace(record, outcome="retrying", retry_in=delay))
+                stats.retrying += 1
+                try:
+                    await self.sleep(delay)
+                finally:
+                    stats.retrying -= 1
+            stats.failed += 1
+            self._report(record)
+        finally:
+            stats.in_flight -= 1
+
+
+def transport_error_text(exc: httpx.TransportError) -> str:
+    """A short reason for a failed connection, e.g. 'connection refused'."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "unknown host"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "connection dropped"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:80]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The answer to one event sent by `send_event`."""
+
+    event_id: str
+    status: int
+    body: object
+    replayed: bool
+    latency: float
+
+    def error_text(self) -> str:
+        """The server's error, from the consumer's error shape when it is one."""
+        if isinstance(self.body, dict) and "message" in self.body:
+            code = self.body.get("code")
+            return f"{code}: {self.body['message']}" if code else str(self.body["message"])
+        return str(self.body)[:200] or "(empty body)"
+
+
+def send_event(
+    endpoint: str,
+    event: Event,
+    *,
+    event_id: str,
+    timeout: float,
+    transport: httpx.BaseTransport | None = None,
+    clock: Clock,
+) -> Sent:
+    """POST one event and return the answer; raise Unavailable when there is none."""
+    started = clock()
+    try:
+        with httpx.Client(timeout=timeout, transport=transport) as client:
+            response = client.post(
+                endpoint, json=event.to_json(), headers={"Idempotency-Key": event_id}
+            )
+    except httpx.TimeoutException:
+        raise Unavailable(f"cannot reach {endpoint}: no answer within {timeout:g}s") from None
+    except httpx.TransportError as exc:
+        raise Unavailable(f"cannot connect to {endpoint}: {transport_error_text(exc)}") from None
+    try:
+        body: object = response.json()
+    except ValueError:
+        body = response.text
+    return Sent(
+        event_id=response.headers.get("Event-Id", event_id),
+        status=response.status_code,
+        body=body,
+        replayed=response.headers.get("Idempotent-Replayed") == "true",
+        latency=clock() - started,
+    )

@@ -1,0 +1,243 @@
+"""Running the services in a process: sockets, uvicorn, signals and the propagator's display.
+
+The CLI calls these; they raise domain errors and print only through a Display.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+
+import httpx
+import uvicorn
+from rich.console import Console
+
+from eventctl.app import create_app
+from eventctl.config import ConsumerConfig, PropagatorConfig
+from eventctl.display import Display, JsonDisplay, LiveDisplay, LogDisplay
+from eventctl.errors import EventctlError, Unavailable
+from eventctl.events import Event
+from eventctl.propagator import Propagator, RetryPolicy, Stats
+from eventctl.store import Store, describe_url
+
+REFRESH_SECONDS = 0.25
+GRACE_SECONDS = 3.0
+STARTUP_TIMEOUT_SECONDS = 15.0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, or Unavailable with the reason (e.g. address already in use)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise Unavailable(f"cannot listen on {host}:{port}: {reason.lower()}") from None
+    return sock
+
+
+def local_url(sock: socket.socket, path: str = "") -> str:
+    """http://host:port of a listening socket, with a wildcard host replaced by loopback."""
+    host, port = sock.getsockname()[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{path}"
+
+
+def consumer_server(cfg: ConsumerConfig, store: Store) -> uvicorn.Server:
+    return uvicorn.Server(
+        uvicorn.Config(
+            create_app(cfg, store),
+            log_level=cfg.log_level,
+            access_log=cfg.log_level in ("info", "debug"),
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    )
+
+
+def serve(cfg: ConsumerConfig, sock: socket.socket, console: Console) -> None:
+    """Run the consumer on `sock` until SIGINT/SIGTERM; return after a graceful shutdown."""
+    store = Store.open(cfg.database_url, create=True)
+    try:
+        server = consumer_server(cfg, store)
+        console.print(
+            f"eventctl serve: listening on {local_url(sock)} "
+            f"(database {describe_url(cfg.database_url)}); Ctrl-C stops",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        # uvicorn restores the handlers it found and then re-raises the signal it caught;
+        # with these no-op handlers in place, that re-raise ends in a normal return.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: None)
+        server.run(sockets=[sock])
+    finally:
+        store.close()
+        sock.close()
+    if not server.started:
+        raise EventctlError("the server did not start (see the log above)")
+    console.print("eventctl serve: stopped", highlight=False)
+
+
+class DisplayMode(enum.Enum):
+    LIVE = "live"
+    LOG = "log"
+    JSON = "json"
+    QUIET = "quiet"
+
+    @classmethod
+    def choose(cls, *, quiet: bool, json_log: bool, tty: bool) -> DisplayMode:
+        if json_log:
+            return cls.JSON
+        if quiet:
+            return cls.QUIET
+        return cls.LIVE if tty else cls.LOG
+
+
+def make_display(mode: DisplayMode, stats: Stats, now: float) -> Display:
+    console = Console(stderr=True, highlight=False)
+    if mode is DisplayMode.LIVE:
+        return LiveDisplay(stats, console, now)
+    if mode is DisplayMode.LOG:
+        return LogDisplay(stats, console)
+    if mode is DisplayMode.JSON:
+        return JsonDisplay(stats, console, sys.stdout)
+    return Display(stats, console)
+
+
+async def _propagate(
+    cfg: PropagatorConfig,
+    events: Sequence[Event],
+    *,
+    count: int | None,
+    duration: float | None,
+    seed: int | None,
+    mode: DisplayMode,
+) -> Stats:
+    clock = time.monotonic
+    limits = httpx.Limits(max_connections=cfg.max_in_flight)
+    async with httpx.AsyncClient(timeout=cfg.request_timeout_seconds, limits=limits) as client:
+        propagator = Propagator(
+            events,
+            cfg.api_endpoint,
+            client,
+            interval=cfg.interval_seconds,
+            policy=RetryPolicy(cfg.retry_attempts, cfg.retry_base_seconds, cfg.retry_max_seconds),
+            max_in_flight=cfg.max_in_flight,
+            count=count,
+            duration=duration,
+            rng=random.Random(seed),
+            clock=clock,
+        )
+        display = make_display(mode, propagator.stats, clock())
+        propagator.on_record = display.record
+        with _stop_on_signals(propagator.stop), display:
+            refresher = asyncio.ensure_future(_refresh(display, clock))
+            try:
+                stats = await propagator.run(grace=GRACE_SECONDS)
+            finally:
+                refresher.cancel()
+            display.refresh(clock())
+        display.summary(stats.summary(clock()))
+    return stats
+
+
+async def _refresh(display: Display, clock: Callable[[], float]) -> None:
+    while True:
+        display.refresh(clock())
+        await asyncio.sleep(REFRESH_SECONDS)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def propagate_events(
+    cfg: PropagatorConfig,
+    events: Sequence[Event],
+    *,
+    count: int | None,
+    duration: float | None,
+    seed: int | None,
+    mode: DisplayMode,
+) -> Stats:
+    """Run the propagator until Ctrl-C/SIGTERM, `count` or `duration`; show it on `mode`."""
+    return asyncio.run(
+        _propagate(cfg, events, count=count, duration=duration, seed=seed, mode=mode)
+    )
+
+
+def run_up(
+    ccfg: ConsumerConfig,
+    pcfg: PropagatorConfig,
+    events: Sequence[Event],
+    sock: socket.socket,
+    *,
+    count: int | None,
+    duration: float | None,
+    seed: int | None,
+    mode: DisplayMode,
+) -> Stats:
+    """The consumer on `sock` in a background thread, the propagator in front, both stopped
+    together; the port is free again when this returns."""
+    console = Console(stderr=True, highlight=False)
+    store = Store.open(ccfg.database_url, create=True)
+    server = consumer_server(ccfg, store)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="eventctl-consumer", daemon=True
+    )
+    try:
+        thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise EventctlError("the consumer did not start (see the log above)")
+            time.sleep(0.01)
+        endpoint = local_url(sock, "/event")
+        console.print(
+            f"eventctl up: consumer on {local_url(sock)} "
+            f"(database {describe_url(ccfg.database_url)}), "
+            f"sending every {pcfg.interval_seconds:g}s; Ctrl-C stops",
+            markup=False,
+            soft_wrap=True,
+        )
+        stats = propagate_events(
+            replace(pcfg, api_endpoint=endpoint),
+            events,
+            count=count,
+            duration=duration,
+            seed=seed,
+            mode=mode,
+        )
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
+        stored = store.count()
+        store.close()
+    console.print(f"eventctl up: {stored} events in the database", highlight=False)
+    return stats
