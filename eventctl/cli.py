@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -32,8 +32,10 @@ from eventctl.errors import (
     ServerFailed,
 )
 from eventctl.events import Event, load_events_file, new_event_id, validate_event
-from eventctl.store import Store, StoredEvent, iso
 from eventctl.timefmt import parse_duration, parse_since
+
+if TYPE_CHECKING:
+    from eventctl.store import StoredEvent
 
 app = typer.Typer(
     name="eventctl",
@@ -153,6 +155,7 @@ def list_events(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """Show stored events, newest first, straight from the database."""
+    from eventctl.store import Store
     cfg = consumer_config(config, database_url=database_url)
     since_at = None
     if since is not None:
@@ -183,6 +186,8 @@ def _shorten(text: str, width: int = 60) -> str:
 
 
 def _events_table(events: list[StoredEvent]) -> Table:
+    from eventctl.store import iso
+
     table = Table(title=f"{len(events)} events, newest first", title_justify="left")
     table.add_column("id", justify="right", style="cyan")
     table.add_column("received_at (UTC)", no_wrap=True)

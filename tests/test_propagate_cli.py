@@ -1,0 +1,465 @@
+"""propagate, send-once and up as a user runs them: real subprocesses against a real consumer."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from eventctl.errors import ExitCode
+from tests.conftest import ROOT, Server, cli_env, free_port, run_cli
+
+EVENTS_FILE = str(ROOT / "events" / "events.json")
+
+
+def stored_rows(database_url: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(database_url.removeprefix("sqlite:///")) as db:
+        rows = db.execute("SELECT event_id, event_type FROM events ORDER BY id").fetchall()
+    db.close()
+    return rows
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def propagate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return run_cli("propagate", "--events-file", EVENTS_FILE, *args, timeout=timeout)
+
+
+def test_propagate_delivers_every_event_exactly_once(server: Server) -> None:
+    result = propagate(
+        "--interval", "0.05", "--count", "40", "--endpoint", server.url + "/event", "--seed", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = stored_rows(server.database_url)
+    assert len(rows) == 40
+    assert len({event_id for event_id, _ in rows}) == 40
+    assert "40 sent, 40 delivered, 0 failed, 0 pending" in result.stderr
+    assert result.stderr.count("delivered ") >= 40  # one log line per delivery (no TTY)
+    assert result.stdout == ""
+
+
+def test_propagate_waits_for_a_consumer_that_starts_late(tmp_path: Path, sqlite_url: str) -> None:
+    port = free_port()
+    sender = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eventctl",
+            "propagate",
+            "--interval",
+            "0.05",
+            "--count",
+            "40",
+            "--endpoint",
+            f"http://127.0.0.1:{port}/event",
+            "--events-file",
+            EVENTS_FILE,
+            "--retry-base-seconds",
+            "0.1",
+            "--retry-max-seconds",
+            "0.5",
+            "--retry-attempts",
+            "30",
+        ],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)
+    assert sender.poll() is None
+    late = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eventctl",
+            "serve",
+            "--port",
+            str(port),
+            "--database-url",
+            sqlite_url,
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, err = sender.communicate(timeout=60)
+    finally:
+        late.terminate()
+        late.communicate(timeout=20)
+    assert sender.returncode == 0, err
+    assert "retrying" in err
+    assert "connection refused" in err
+    rows = stored_rows(sqlite_url)
+    assert len(rows) == 40
+    assert len({event_id for event_id, _ in rows}) == 40
+
+
+def test_propagate_json_log_is_ndjson_on_stdout(server: Server) -> None:
+    result = propagate(
+        "--interval", "0.01", "--count", "5", "--json-log", "--endpoint", server.url + "/event"
+    )
+    assert result.returncode == 0
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["kind"] for line in lines] == ["delivered"] * 5 + ["summary"]
+    assert lines[-1]["delivered"] == 5
+    assert all(line["status"] == 200 for line in lines[:5])
+
+
+def test_propagate_stops_on_sigint_with_a_summary(server: Server) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eventctl",
+            "propagate",
+            "--interval",
+            "0.05",
+            "--endpoint",
+            server.url + "/event",
+            "--events-file",
+            EVENTS_FILE,
+        ],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    summary = next(line for line in err.splitlines() if line.startswith("eventctl propagate:"))
+    generated = int(summary.split(":")[1].split()[0])
+    assert generated > 5
+    assert f"{generated} delivered, 0 failed, 0 pending" in summary
+    assert len(stored_rows(server.database_url)) == generated
+
+
+def test_propagate_exits_9_when_events_are_undelivered() -> None:
+    result = propagate(
+        "--interval",
+        "0.01",
+        "--count",
+        "2",
+        "--retry-attempts",
+        "2",
+        "--retry-base-seconds",
+        "0.01",
+        "--endpoint",
+        f"http://127.0.0.1:{free_port()}/event",
+    )
+    assert result.returncode == ExitCode.UNDELIVERED
+    assert "2 failed" in result.stderr
+    assert "connection refused" in result.stderr
+
+
+def test_a_bad_events_file_names_file_and_index_and_sends_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "events.json"
+    bad.write_text(
+        json.dumps(
+            [{"event_type": "a", "event_payload": "b"}] * 5
+            + [{"event_type": 5, "event_payload": "b"}]
+        )
+    )
+    result = run_cli(
+        "propagate",
+        "--events-file",
+        str(bad),
+        "--endpoint",
+        f"http://127.0.0.1:{free_port()}/event",
+    )
+    assert result.returncode == ExitCode.INPUT
+    assert_one_line_error(result.stderr, f"{bad}[5]: event_type must be a string")
+    for content in ("[]", "{}"):
+        bad.write_text(content)
+        assert run_cli("propagate", "--events-file", str(bad)).returncode == ExitCode.INPUT
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--interval", "0"], ExitCode.CONFIG),
+        (["--interval", "-1"], ExitCode.CONFIG),
+        (["--interval", "fast"], ExitCode.USAGE),
+        (["--duration", "soon"], ExitCode.USAGE),
+        (["--count", "0"], ExitCode.USAGE),
+        (["--endpoint", "localhost:8000"], ExitCode.CONFIG),
+    ],
+)
+def test_propagate_flag_errors(args: list[str], code: ExitCode) -> None:
+    assert propagate(*args).returncode == code
+
+
+def test_propagate_interval_2_works_as_typed(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "events.json").write_text(Path(EVENTS_FILE).read_text())
+    (tmp_path / "config" / "propagator_config.yaml").write_text(
+        f'interval_seconds: 5\napi_endpoint: "{server.url}/event"\n'
+        'events_file: "events/events.json"\n'
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eventctl", "propagate", "--interval", "2"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while len(stored_rows(server.database_url)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert len(stored_rows(server.database_url)) >= 2
+
+
+def test_propagate_duration_stops_by_itself(server: Server) -> None:
+    started = time.monotonic()
+    result = propagate("--interval", "0.1", "--duration", "1s", "--endpoint", server.url + "/event")
+    assert result.returncode == 0
+    assert time.monotonic() - started < 15
+    assert "10 sent, 10 delivered" in result.stderr
+
+
+# send-once: one test per exit code
+
+
+def test_send_once_exit_0_on_success(server: Server) -> None:
+    result = run_cli(
+        "send-once",
+        "--endpoint",
+        server.url + "/event",
+        "--type",
+        "order.created",
+        "--payload",
+        '{"id": 1}',
+        "--idempotency-key",
+        "k-1",
+    )
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert result.stdout.startswith("200 order.created")
+    assert "event_id=k-1" in result.stdout
+    again = run_cli(
+        "send-once",
+        "--endpoint",
+        server.url + "/event",
+        "--type",
+        "order.created",
+        "--payload",
+        '{"id": 1}',
+        "--idempotency-key",
+        "k-1",
+        "--json",
+    )
+    outcome = json.loads(again.stdout)
+    assert outcome["status_code"] == 200
+    assert outcome["replayed"] is True
+    assert outcome["response"] == {"status": "success"}
+    assert stored_rows(server.database_url) == [("k-1", "order.created")]
+
+
+def test_send_once_random_event_from_file_and_from_stdin(server: Server, tmp_path: Path) -> None:
+    result = run_cli("send-once", "--endpoint", server.url + "/event", "--events-file", EVENTS_FILE)
+    assert result.returncode == 0, result.stderr
+    event = {"event_type": "from.stdin", "event_payload": "x"}
+    piped = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eventctl",
+            "send-once",
+            "--endpoint",
+            server.url + "/event",
+            "--file",
+            "-",
+        ],
+        input=json.dumps(event),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        check=False,
+    )
+    assert piped.returncode == 0, piped.stderr
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"event_type": "from.file", "event_payload": "y"}))
+    assert (
+        run_cli("send-once", "--endpoint", server.url + "/event", "--file", str(path)).returncode
+        == 0
+    )
+    types = [t for _, t in stored_rows(server.database_url)]
+    assert types[1:] == ["from.stdin", "from.file"]
+
+
+def test_send_once_exit_2_on_usage_errors() -> None:
+    assert run_cli("send-once", "--type", "only").returncode == ExitCode.USAGE
+    assert run_cli("send-once", "--file", "x.json", "--type", "t").returncode == ExitCode.USAGE
+
+
+def test_send_once_exit_3_on_bad_config(tmp_path: Path) -> None:
+    config = tmp_path / "p.yaml"
+    config.write_text("interval_seconds: never\n")
+    result = run_cli("send-once", "--config", str(config))
+    assert result.returncode == ExitCode.CONFIG
+    assert_one_line_error(result.stderr, "interval_seconds: must be a number")
+
+
+def test_send_once_exit_4_on_an_invalid_event_before_sending(tmp_path: Path) -> None:
+    result = run_cli(
+        "send-once",
+        "--type",
+        "",
+        "--payload",
+        "p",
+        "--endpoint",
+        f"http://127.0.0.1:{free_port()}/event",
+    )
+    assert result.returncode == ExitCode.INPUT
+    assert_one_line_error(result.stderr, "event_type must not be empty")
+    path = tmp_path / "bad.json"
+    path.write_text('{"event_type": "t", "event_payload": 3}')
+    result = run_cli("send-once", "--file", str(path))
+    assert result.returncode == ExitCode.INPUT
+    assert_one_line_error(result.stderr, f"{path}: event_payload must be a string")
+
+
+def test_send_once_exit_6_when_unreachable() -> None:
+    url = f"http://127.0.0.1:{free_port()}/event"
+    result = run_cli("send-once", "--endpoint", url, "--type", "t", "--payload", "p")
+    assert result.returncode == ExitCode.UNAVAILABLE
+    assert_one_line_error(result.stderr, f"cannot connect to {url}: connection refused")
+
+
+def test_send_once_exit_7_when_refused(tmp_path: Path, sqlite_url: str) -> None:
+    small = Server(sqlite_url, tmp_path, "--max-body-bytes", "20")
+    try:
+        result = run_cli(
+            "send-once",
+            "--endpoint",
+            small.url + "/event",
+            "--type",
+            "t",
+            "--payload",
+            "a payload that is too big",
+        )
+    finally:
+        small.stop()
+    assert result.returncode == ExitCode.REFUSED
+    assert_one_line_error(result.stderr, "refused by", "413 payload_too_large")
+
+
+def test_send_once_exit_8_on_a_server_error(server: Server) -> None:
+    with sqlite3.connect(server.database_url.removeprefix("sqlite:///")) as db:
+        db.execute("DROP TABLE events")
+    db.close()
+    result = run_cli(
+        "send-once", "--endpoint", server.url + "/event", "--type", "t", "--payload", "p"
+    )
+    assert result.returncode == ExitCode.SERVER_ERROR
+    assert_one_line_error(result.stderr, "server error from", "503 database_unavailable")
+
+
+# up
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_up_runs_both_until_count_and_frees_the_port(tmp_path: Path, sqlite_url: str) -> None:
+    port = free_port()
+    result = run_cli(
+        "up",
+        "--port",
+        str(port),
+        "--interval",
+        "0.05",
+        "--count",
+        "10",
+        "--database-url",
+        sqlite_url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "10 sent, 10 delivered" in result.stderr
+    assert "10 events in the database" in result.stderr
+    assert len(stored_rows(sqlite_url)) == 10
+    assert port_is_free(port)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_up_stops_cleanly_on_a_signal(
+    tmp_path: Path, sqlite_url: str, signum: signal.Signals
+) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eventctl",
+            "up",
+            "--port",
+            str(port),
+            "--interval",
+            "0.05",
+            "--database-url",
+            sqlite_url,
+        ],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    time.sleep(1.0)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    assert port_is_free(port)
+    summary = next(line for line in err.splitlines() if line.startswith("eventctl propagate:"))
+    delivered = int(summary.split(", ")[1].split()[0])
+    assert delivered > 5
+    assert len(stored_rows(sqlite_url)) == delivered
+
+
+def test_up_on_a_port_in_use_exits_6(sqlite_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("up", "--port", str(taken.getsockname()[1]), "--database-url", sqlite_url)
+    assert result.returncode == ExitCode.UNAVAILABLE
+    assert_one_line_error(result.stderr, "cannot listen on")
