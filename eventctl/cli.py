@@ -156,6 +156,7 @@ def list_events(
 ) -> None:
     """Show stored events, newest first, straight from the database."""
     from eventctl.store import Store
+
     cfg = consumer_config(config, database_url=database_url)
     since_at = None
     if since is not None:

@@ -71,7 +71,11 @@ def consumer_server(cfg: ConsumerConfig, store: Store) -> uvicorn.Server:
 
 def serve(cfg: ConsumerConfig, sock: socket.socket, console: Console) -> None:
     """Run the consumer on `sock` until SIGINT/SIGTERM; return after a graceful shutdown."""
-    store = Store.open(cfg.database_url, create=True)
+    try:
+        store = Store.open(cfg.database_url, create=True)
+    except EventctlError:
+        sock.close()
+        raise
     try:
         server = consumer_server(cfg, store)
         console.print(
