@@ -1,0 +1,369 @@
+"""Ingest benchmark: committed events/s and latency of `eventctl serve`, against baselines.
+
+    python bench/ingest.py                          # defaults: 10 s per point, 32 and 128 connections
+    python bench/ingest.py --duration 5 --connections 32 --targets eventctl,bare
+
+Each target runs as its own server process on 127.0.0.1, pinned to one core (taskset), and
+is driven from another process pinned to the other core: wrk with a Lua POST script when it
+is installed, else the bundled asyncio HTTP/1.1 driver in this file. Targets:
+
+  bare      an ASGI app on the same uvicorn that answers 200 without storing (the ceiling)
+  naive     a Starlette + Peewee handler that commits each request on its own
+  eventctl  `eventctl serve` (group commit, WAL, synchronous=FULL), POST /event
+  batch     `eventctl serve`, POST /events with 100 events per request
+
+Committed events/s is counted from the database (rows after - rows before) / duration, so
+only what was really stored counts. Everything stays on loopback and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENT = {
+    "event_type": "order.created",
+    "event_payload": '{"order_id": "ord_5531", "total_cents": 4999}',
+}
+BATCH_SIZE = 100
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pinned(cpu: int | None, argv: list[str]) -> list[str]:
+    if cpu is None or shutil.which("taskset") is None:
+        return argv
+    return ["taskset", "-c", str(cpu), *argv]
+
+
+def wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+@contextmanager
+def server(target: str, cpu: int | None, workdir: Path) -> Iterator[tuple[int, Path | None]]:
+    port = free_port()
+    db = workdir / f"{target}.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    url = f"sqlite:///{db}"
+    if target in ("eventctl", "batch"):
+        argv = [
+            sys.executable,
+            "-m",
+            "eventctl",
+            "serve",
+            "--port",
+            str(port),
+            "--database-url",
+            url,
+        ]
+    elif target == "naive":
+        argv = [
+            sys.executable,
+            str(ROOT / "bench" / "baselines.py"),
+            "naive",
+            "--port",
+            str(port),
+            "--database-url",
+            url,
+        ]
+    else:
+        argv = [sys.executable, str(ROOT / "bench" / "baselines.py"), "bare", "--port", str(port)]
+    process = subprocess.Popen(
+        pinned(cpu, argv), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until_listening(port, process)
+        yield port, (None if target == "bare" else db)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def count_rows(db: Path | None) -> int:
+    if db is None:
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        (n,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    conn.close()
+    return int(n)
+
+
+def body_for(target: str) -> tuple[str, bytes]:
+    if target == "batch":
+        return "/events", json.dumps([EVENT] * BATCH_SIZE).encode()
+    return "/event", json.dumps(EVENT).encode()
+
+
+# --- wrk -------------------------------------------------------------------------------
+
+LUA = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        raise ValueError(text)
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(
+    port: int,
+    path: str,
+    body: bytes,
+    connections: int,
+    duration: float,
+    cpu: int | None,
+    workdir: Path,
+) -> dict[str, float]:
+    script = workdir / "post.lua"
+    script.write_text(LUA.format(body=json.dumps(body.decode())))
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}{path}",
+    ]
+    out = subprocess.run(pinned(cpu, argv), capture_output=True, text=True, check=True).stdout
+    result = {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "errors": 0.0,
+    }
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    result["errors"] = float(non_2xx.group(1)) if non_2xx else 0.0
+    if socket_errors:
+        result["errors"] += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+    return result
+
+
+# --- the bundled driver ------------------------------------------------------------------
+
+
+async def _connection(
+    port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            writer.write(request)
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if not status_line.startswith(b"HTTP/1.1 2"):
+                errors.append(1)
+    finally:
+        writer.close()
+
+
+async def _drive(
+    port: int, path: str, body: bytes, connections: int, duration: float
+) -> dict[str, float]:
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    latencies: list[float] = []
+    errors: list[int] = []
+    started = time.perf_counter()
+    stop_at = started + duration
+    await asyncio.gather(
+        *(_connection(port, request, stop_at, latencies, errors) for _ in range(connections))
+    )
+    elapsed = time.perf_counter() - started
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": cuts[49] * 1000,
+        "p99_ms": cuts[98] * 1000,
+        "errors": float(len(errors)),
+    }
+
+
+def run_driver(
+    port: int, path: str, body: bytes, connections: int, duration: float, cpu: int | None
+) -> dict[str, float]:
+    """The bundled driver in its own (pinned) process, so it never shares the server's core."""
+    argv = [
+        sys.executable,
+        __file__,
+        "--drive",
+        str(port),
+        path,
+        body.decode(),
+        str(connections),
+        str(duration),
+    ]
+    out = subprocess.run(pinned(cpu, argv), capture_output=True, text=True, check=True).stdout
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else open(os.devnull) as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--drive":
+        port, path, body, connections, duration = sys.argv[2:7]
+        print(
+            json.dumps(
+                asyncio.run(
+                    _drive(int(port), path, body.encode(), int(connections), float(duration))
+                )
+            )
+        )
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
+    parser.add_argument("--connections", default="32,128")
+    parser.add_argument("--targets", default="bare,naive,eventctl,batch")
+    parser.add_argument("--driver", choices=["auto", "wrk", "bundled"], default="auto")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    driver = (
+        "wrk"
+        if args.driver == "wrk" or (args.driver == "auto" and shutil.which("wrk"))
+        else "bundled"
+    )
+    connections = [int(c) for c in args.connections.split(",")]
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="eventctl-bench-") as tmp:
+        workdir = Path(tmp)
+        for target in args.targets.split(","):
+            path, body = body_for(target)
+            for conns in connections:
+                with server(target, args.server_cpu, workdir) as (port, db):
+                    # warm up, then measure from the rows committed during the measured run
+                    if driver == "wrk":
+                        run_wrk(port, path, body, conns, 1, args.client_cpu, workdir)
+                    else:
+                        run_driver(port, path, body, conns, 1, args.client_cpu)
+                    before = count_rows(db)
+                    if driver == "wrk":
+                        point = run_wrk(
+                            port, path, body, conns, args.duration, args.client_cpu, workdir
+                        )
+                    else:
+                        point = run_driver(port, path, body, conns, args.duration, args.client_cpu)
+                    committed = count_rows(db) - before
+                per_request = BATCH_SIZE if target == "batch" else 1
+                point["events_per_s"] = (
+                    committed / args.duration
+                    if db is not None
+                    else point["requests_per_s"] * per_request
+                )
+                point.update(target=target, connections=conns)
+                results.append(point)
+                print(
+                    f"{target:9} c={conns:<4} {point['requests_per_s']:9.0f} req/s "
+                    f"{point['events_per_s']:9.0f} events/s  p50 {point['p50_ms']:6.2f} ms  "
+                    f"p99 {point['p99_ms']:6.2f} ms  errors {point['errors']:.0f}",
+                    file=sys.stderr,
+                )
+    report(results, driver, args)
+
+
+def report(results: list[dict[str, Any]], driver: str, args: argparse.Namespace) -> None:
+    by = {(r["target"], r["connections"]): r for r in results}
+    lines = [
+        f"machine: {json.dumps(machine())}",
+        f"driver: {driver}; {args.duration:g} s per point; server on CPU {args.server_cpu}, "
+        f"client on CPU {args.client_cpu}",
+        "",
+        "| target | connections | requests/s | committed events/s | p50 ms | p99 ms | errors "
+        "| vs bare | vs naive |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        bare = by.get(("bare", r["connections"]))
+        naive = by.get(("naive", r["connections"]))
+        vs_bare = f"{r['events_per_s'] / bare['requests_per_s']:.2f}" if bare else "-"
+        vs_naive = (
+            f"{r['events_per_s'] / naive['events_per_s']:.1f}x"
+            if naive and naive["events_per_s"]
+            else "-"
+        )
+        lines.append(
+            f"| {r['target']} | {r['connections']} | {r['requests_per_s']:.0f} | "
+            f"{r['events_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['errors']:.0f} | {vs_bare} | {vs_naive} |"
+        )
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text(
+            json.dumps({"machine": machine(), "driver": driver, "results": results}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
