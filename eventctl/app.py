@@ -1,7 +1,9 @@
 """The Event Consumer as a Starlette app: `create_app(config, store)`.
 
-Every answer other than 2xx has the same JSON shape (see docs/http-api.md):
-    {"status": "error", "code": "...", "message": "...", "errors": [{"field": ..., "message": ...}]}
+`POST /event` and `POST /events` are plain ASGI handlers reached before Starlette's router
+(the hot path: no Request/Response objects); everything else is ordinary Starlette. Every
+answer other than 2xx has the same JSON shape (see docs/http-api.md):
+    {"status": "error", "code": "...", "message": "...", "errors": [{"field": ..., ...}]}
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -21,13 +24,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from eventctl.config import ConsumerConfig
+from eventctl.config import ConsumerConfig, metrics_enabled
 from eventctl.errors import DatabaseError, InvalidEvent
-from eventctl.events import new_event_id, validate_event
+from eventctl.events import Event, new_event_id, validate_event
+from eventctl.metrics import CONTENT_TYPE, Metrics
 from eventctl.store import Incoming, Store
 from eventctl.writer import Overloaded, Writer
 
 log = logging.getLogger("eventctl.app")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 EVENT_ID_HEADER = "Event-Id"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -36,7 +44,8 @@ RETRY_AFTER_SECONDS = 1
 READY_TIMEOUT_SECONDS = 3.0
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 
-SUCCESS = {"status": "success"}
+SUCCESS_BODY = b'{"status":"success"}'
+JSON_HEADER = (b"content-type", b"application/json")
 
 
 class ApiError(Exception):
@@ -49,46 +58,69 @@ class ApiError(Exception):
         message: str,
         *,
         field: str | None = None,
-        headers: dict[str, str] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
-        self.errors = [{"field": field, "message": message}] if field else []
-        self.headers = headers
+        self.errors = errors or ([{"field": field, "message": message}] if field else [])
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "status": "error",
+            "code": self.code,
+            "message": self.message,
+            "errors": self.errors,
+        }
 
 
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    errors: list[dict[str, Any]] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    body = {"status": "error", "code": code, "message": message, "errors": errors or []}
-    return JSONResponse(body, status_code=status, headers=headers)
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
-def _require_json(request: Request) -> None:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        shown = media_type or "none"
+def _headers(scope: Scope) -> tuple[bytes, bytes | None, bytes | None]:
+    """(content-type, content-length, idempotency-key) from the raw ASGI headers."""
+    content_type = b""
+    length = key = None
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length":
+            length = value
+        elif name == b"idempotency-key":
+            key = value
+    return content_type, length, key
+
+
+def _require_json(content_type: bytes) -> None:
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    if media_type != b"application/json":
+        shown = media_type.decode("latin-1") or "none"
         raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"Content-Type must be application/json, not {shown}",
+            415, "unsupported_media_type", f"Content-Type must be application/json, not {shown}"
         )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
     too_large = ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise too_large
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "malformed_json", "the client went away mid-body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise too_large
@@ -109,10 +141,10 @@ def _parse_json(body: bytes) -> Any:
         raise ApiError(400, "malformed_json", "request body is nested too deeply") from None
 
 
-def _event_id(request: Request) -> str:
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
-        return new_event_id()
+def _idempotency_key(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    key = raw.decode("latin-1")
     if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(
             400,
@@ -123,78 +155,115 @@ def _event_id(request: Request) -> str:
     return key
 
 
-def create_app(config: ConsumerConfig, store: Store) -> Starlette:
-    """The consumer app. It starts and stops its own writer in the lifespan."""
-    writer = Writer(store)
+def _invalid(exc: InvalidEvent, index: int | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"field": exc.field, "message": str(exc)}
+    if index is not None:
+        error["index"] = index
+    return error
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        writer.start()
+
+class Ingest:
+    """The ASGI handler of `POST /event` (one event) or `POST /events` (a JSON array)."""
+
+    def __init__(
+        self, config: ConsumerConfig, writer: Writer, metrics: Metrics | None, *, batch: bool
+    ) -> None:
+        self.config = config
+        self.writer = writer
+        self.metrics = metrics
+        self.batch = batch
+        self.path = "/events" if batch else "/event"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         try:
-            yield
-        finally:
-            await anyio.to_thread.run_sync(writer.stop)
+            status, body, headers = await self._handle(scope, receive)
+        except ApiError as exc:
+            status = exc.status
+            body = json.dumps(exc.body()).encode()
+            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            if self.metrics:
+                self.metrics.rejected.labels(str(status), exc.code).inc()
+        except Exception:
+            log.exception("unexpected error on POST %s", scope["path"])
+            status, body, headers = 500, _INTERNAL_ERROR, []
+            if self.metrics:
+                self.metrics.rejected.labels("500", "internal_error").inc()
+        headers.append(JSON_HEADER)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if self.metrics:
+            self.metrics.request_seconds.labels(self.path).observe(time.perf_counter() - started)
 
-    async def post_event(request: Request) -> Response:
-        _require_json(request)
-        body = await _read_body(request, config.max_body_bytes)
-        data = _parse_json(body)
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
+        content_type, length, raw_key = _headers(scope)
+        _require_json(content_type)
+        data = _parse_json(await _read_body(receive, length, self.config.max_body_bytes))
+        if self.batch:
+            return await self._many(data, _idempotency_key(raw_key))
+        return await self._one(data, _idempotency_key(raw_key))
+
+    async def _one(self, data: Any, key: str | None) -> tuple[int, bytes, list[Any]]:
         if not isinstance(data, dict):
             raise ApiError(400, "malformed_json", "request body must be a JSON object")
         try:
             event = validate_event(data)
         except InvalidEvent as exc:
-            raise ApiError(422, "invalid_event", str(exc), field=exc.field) from None
-        event_id = _event_id(request)
-        stored = await _write(writer, [Incoming(event_id, event, datetime.now(UTC))])
-        headers = {EVENT_ID_HEADER: event_id}
-        if event_id not in stored:
-            headers[REPLAYED_HEADER] = "true"
-        return JSONResponse(SUCCESS, headers=headers)
+            raise ApiError(422, "invalid_event", str(exc), errors=[_invalid(exc)]) from None
+        event_id = key or new_event_id()
+        if self.metrics:
+            self.metrics.received.inc()
+        stored = await _write(self.writer, [Incoming(event_id, event, datetime.now(UTC))])
+        headers = [(b"event-id", event_id.encode())]
+        if not stored:
+            headers.append((b"idempotent-replayed", b"true"))
+        return 200, SUCCESS_BODY, headers
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    async def _many(self, data: Any, key: str | None) -> tuple[int, bytes, list[Any]]:
+        if not isinstance(data, list):
+            raise ApiError(400, "malformed_json", "request body must be a JSON array of events")
+        limit = self.config.max_batch
+        if not 1 <= len(data) <= limit:
+            raise ApiError(
+                422,
+                "invalid_batch",
+                f"a batch holds 1 to {limit} events, not {len(data)}",
+            )
+        events: list[Event] = []
+        errors: list[dict[str, Any]] = []
+        for index, item in enumerate(data):
+            try:
+                events.append(validate_event(item))
+            except InvalidEvent as exc:
+                errors.append(_invalid(exc, index))
+        if errors:
+            first = errors[0]
+            raise ApiError(
+                422,
+                "invalid_event",
+                f"{len(errors)} of {len(data)} events are invalid; nothing was stored "
+                f"(first: [{first['index']}] {first['message']})",
+                errors=errors,
+            )
+        now = datetime.now(UTC)
+        records = [
+            Incoming(f"{key}/{i}" if key else new_event_id(), event, now)
+            for i, event in enumerate(events)
+        ]
+        if self.metrics:
+            self.metrics.received.inc(len(records))
+        stored = await _write(self.writer, records)
+        headers = [(b"events-stored", str(len(stored)).encode())]
+        if not stored:
+            headers.append((b"idempotent-replayed", b"true"))
+        body = b'{"status":"success","count":%d}' % len(records)
+        return 200, body, headers
 
-    async def readyz(request: Request) -> Response:
-        try:
-            with anyio.fail_after(READY_TIMEOUT_SECONDS):
-                await anyio.to_thread.run_sync(store.ping, abandon_on_cancel=True)
-        except DatabaseError as exc:
-            return error_response(503, "database_unavailable", str(exc))
-        except TimeoutError:
-            return error_response(503, "database_unavailable", "the database did not answer")
-        return JSONResponse({"status": "ok"})
 
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return error_response(exc.status, exc.code, exc.message, exc.errors, exc.headers)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        message = {
-            404: f"no such endpoint: {request.url.path}",
-            405: f"{request.method} is not allowed on {request.url.path}",
-        }.get(exc.status_code, exc.detail)
-        return error_response(exc.status_code, code, message, headers=exc.headers)
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
-
-    return Starlette(
-        routes=[
-            Route("/event", post_event, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-        ],
-        exception_handlers={
-            ApiError: api_error,
-            HTTPException: http_error,
-            Exception: server_error,
-        },
-        lifespan=lifespan,
-    )
+_INTERNAL_ERROR = json.dumps(
+    ApiError(500, "internal_error", "internal server error").body()
+).encode()
 
 
 async def _write(writer: Writer, records: list[Incoming]) -> set[str]:
@@ -205,5 +274,93 @@ async def _write(writer: Writer, records: list[Incoming]) -> set[str]:
         raise ApiError(503, "overloaded", f"try again later: {exc}", headers=retry) from None
     except DatabaseError as exc:
         raise ApiError(
-            503, "database_unavailable", f"event not stored: {exc}", headers=retry
+            503, "database_unavailable", f"events not stored: {exc}", headers=retry
         ) from None
+
+
+class ConsumerApp(Starlette):
+    """Starlette, with the ingest endpoints answered before the router and middleware."""
+
+    def __init__(self, fast: dict[str, Ingest], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast = fast
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.fast.get(scope["path"])
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(
+    config: ConsumerConfig, store: Store, *, multiprocess_metrics: bool = False
+) -> ConsumerApp:
+    """The consumer app. It starts and stops its own writer in the lifespan."""
+    metrics = Metrics(multiprocess=multiprocess_metrics) if metrics_enabled(config) else None
+    writer = Writer(
+        store,
+        max_batch=config.commit_max_events,
+        max_wait=config.commit_max_wait_ms / 1000,
+        max_queued=config.max_queued_events,
+        on_commit=metrics.on_commit if metrics else None,
+    )
+    one = Ingest(config, writer, metrics, batch=False)
+    many = Ingest(config, writer, metrics, batch=True)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        writer.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(writer.stop)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            with anyio.fail_after(READY_TIMEOUT_SECONDS):
+                await anyio.to_thread.run_sync(store.ping, abandon_on_cancel=True)
+        except DatabaseError as exc:
+            return error_response(ApiError(503, "database_unavailable", str(exc)))
+        except TimeoutError:
+            message = "the database did not answer"
+            return error_response(ApiError(503, "database_unavailable", message))
+        return JSONResponse({"status": "ok"})
+
+    async def metrics_page(request: Request) -> Response:
+        assert metrics is not None
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        if metrics:
+            metrics.rejected.labels(str(exc.status_code), code).inc()
+        message = {
+            404: f"no such endpoint: {request.url.path}",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, exc.detail)
+        return error_response(ApiError(exc.status_code, code, message, headers=exc.headers))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(ApiError(500, "internal_error", "internal server error"))
+
+    routes = [
+        Route("/event", one, methods=["POST"]),
+        Route("/events", many, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    if metrics:
+        routes.append(Route("/metrics", metrics_page, methods=["GET"]))
+    return ConsumerApp(
+        {"/event": one, "/events": many},
+        routes=routes,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )

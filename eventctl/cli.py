@@ -124,6 +124,16 @@ def serve_command(
         str | None,
         typer.Option(help=f"Server log level: {', '.join(LOG_LEVELS)} (default: warning)"),
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes sharing the port (default: 1)")
+    ] = None,
+    metrics: Annotated[
+        bool | None,
+        typer.Option(
+            "--metrics/--no-metrics",
+            help="Serve GET /metrics (default: only when listening on loopback)",
+        ),
+    ] = None,
 ) -> None:
     """Run the Event Consumer: accept events on POST /event and store them."""
     from eventctl.runner import listen, serve
@@ -135,6 +145,8 @@ def serve_command(
         database_url=database_url,
         max_body_bytes=max_body_bytes,
         log_level=log_level,
+        workers=workers,
+        metrics=metrics,
     )
     serve(cfg, listen(cfg.host, cfg.port), Console(stderr=True, highlight=False))
 

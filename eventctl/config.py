@@ -35,6 +35,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 and math.isfinite(value) else "must be a number greater than 0"
 
 
+def _non_negative(value: float) -> str | None:
+    return None if 0 <= value < math.inf else "must be a number of at least 0"
+
+
 def _http_url(value: str) -> str | None:
     parts = urlsplit(value)
     if parts.scheme in ("http", "https") and parts.hostname:
@@ -71,6 +75,19 @@ class ConsumerConfig:
     host: str = _option("127.0.0.1", None, "address to listen on")
     max_body_bytes: int = _option(1_048_576, _positive, "largest request body accepted")
     log_level: str = _option("warning", _log_level, "server log level")
+    max_batch: int = _option(1000, _positive, "most events in one POST /events")
+    commit_max_events: int = _option(1000, _positive, "most events in one commit")
+    commit_max_wait_ms: float = _option(0.0, _non_negative, "wait for more events before a commit")
+    max_queued_events: int = _option(10_000, _positive, "events waiting for a commit before 503")
+    workers: int = _option(1, _positive, "worker processes")
+    metrics: bool | None = _option(None, None, "serve /metrics (default: when bound to loopback)")
+
+
+def metrics_enabled(config: ConsumerConfig) -> bool:
+    """`metrics` as set, or (unset) on exactly when the server listens on loopback only."""
+    if config.metrics is not None:
+        return config.metrics
+    return config.host in ("localhost", "::1") or config.host.startswith("127.")
 
 
 @dataclass(frozen=True)
@@ -91,11 +108,17 @@ class PropagatorConfig:
 
 C = TypeVar("C", ConsumerConfig, PropagatorConfig)
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 
 
 def _coerce(kind: type, value: Any) -> Any:
     """Return `value` as `kind`, or raise ValueError. bool is never a number."""
+    if kind is bool:
+        if value is None or isinstance(value, bool):
+            return value
+        raise ValueError
     if isinstance(value, bool):
         raise ValueError
     if kind is float and isinstance(value, int | float):
@@ -106,6 +129,11 @@ def _coerce(kind: type, value: Any) -> Any:
 
 
 def _from_text(kind: type, text: str) -> Any:
+    if kind is bool:
+        word = text.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise ValueError
     return kind(text.strip()) if kind in (int, float) else text
 
 
@@ -195,7 +223,7 @@ def load_config(
 
 
 def _field_type(f: dataclasses.Field[Any]) -> type:
-    return {"int": int, "float": float, "str": str}[str(f.type)]
+    return {"int": int, "float": float, "str": str, "bool | None": bool}[str(f.type)]
 
 
 def describe(cls: type[ConsumerConfig | PropagatorConfig]) -> list[tuple[str, str, str, Any]]:

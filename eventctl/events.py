@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,7 +30,9 @@ class Event:
 def new_event_id() -> str:
     """A UUIDv7 (RFC 9562): sortable by creation time to the millisecond, random after that."""
     millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    # Not os.urandom: it releases the GIL, and on the hot path the writer thread then takes it.
+    # The random module is seeded from the OS and reseeded in forked children.
+    rand = random.getrandbits(80)
     value = (millis & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
     value |= 0b10 << 62 | rand & (2**62 - 1)
     return str(uuid.UUID(int=value))

@@ -8,24 +8,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
+import os
 import random
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
+from typing import Any
 
 import httpx
 import uvicorn
 from rich.console import Console
+from uvicorn.supervisors.multiprocess import Multiprocess
 
-from eventctl.app import create_app
+from eventctl.app import ConsumerApp, create_app
 from eventctl.config import ConsumerConfig, PropagatorConfig
 from eventctl.display import Display, JsonDisplay, LiveDisplay, LogDisplay
 from eventctl.errors import EventctlError, Unavailable
 from eventctl.events import Event
+from eventctl.logs import log_config
 from eventctl.propagator import Propagator, RetryPolicy, Stats
 from eventctl.store import Store, describe_url
 
@@ -59,16 +65,41 @@ def local_url(sock: socket.socket, path: str = "") -> str:
     return f"http://{shown}:{port}{path}"
 
 
-def consumer_server(cfg: ConsumerConfig, store: Store) -> uvicorn.Server:
-    return uvicorn.Server(
-        uvicorn.Config(
-            create_app(cfg, store),
-            log_level=cfg.log_level,
-            access_log=cfg.log_level in ("info", "debug"),
-            lifespan="on",
-            timeout_graceful_shutdown=10,
-        )
+WORKER_CONFIG_ENV = "EVENTCTL_WORKER_CONFIG"
+
+
+def _uvicorn_config(cfg: ConsumerConfig, app: Any, **kwargs: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        log_config=log_config(cfg.log_level),
+        log_level=cfg.log_level,
+        access_log=cfg.log_level in ("info", "debug"),
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        **kwargs,
     )
+
+
+def consumer_server(cfg: ConsumerConfig, store: Store) -> uvicorn.Server:
+    return uvicorn.Server(_uvicorn_config(cfg, create_app(cfg, store)))
+
+
+def worker_app() -> ConsumerApp:
+    """The app of one `serve --workers N` process, built from the parent's config."""
+    cfg = ConsumerConfig(**json.loads(os.environ[WORKER_CONFIG_ENV]))
+    multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+    return create_app(cfg, Store.open(cfg.database_url), multiprocess_metrics=multiprocess)
+
+
+def _serve_workers(cfg: ConsumerConfig, sock: socket.socket) -> None:
+    """N uvicorn worker processes sharing `sock`, supervised by uvicorn until a signal."""
+    with tempfile.TemporaryDirectory(prefix="eventctl-metrics-") as metrics_dir:
+        os.environ[WORKER_CONFIG_ENV] = json.dumps(asdict(cfg))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        config = _uvicorn_config(
+            cfg, "eventctl.runner:worker_app", factory=True, workers=cfg.workers
+        )
+        Multiprocess(config, sockets=[sock]).run()
 
 
 def serve(cfg: ConsumerConfig, sock: socket.socket, console: Console) -> None:
@@ -78,25 +109,30 @@ def serve(cfg: ConsumerConfig, sock: socket.socket, console: Console) -> None:
     except EventctlError:
         sock.close()
         raise
+    workers = f", {cfg.workers} workers" if cfg.workers > 1 else ""
+    console.print(
+        f"eventctl serve: listening on {local_url(sock)} "
+        f"(database {describe_url(cfg.database_url)}{workers}); Ctrl-C stops",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     try:
-        server = consumer_server(cfg, store)
-        console.print(
-            f"eventctl serve: listening on {local_url(sock)} "
-            f"(database {describe_url(cfg.database_url)}); Ctrl-C stops",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        # uvicorn restores the handlers it found and then re-raises the signal it caught;
-        # with these no-op handlers in place, that re-raise ends in a normal return.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: None)
-        server.run(sockets=[sock])
+        if cfg.workers > 1:
+            store.close()
+            _serve_workers(cfg, sock)
+        else:
+            server = consumer_server(cfg, store)
+            # uvicorn restores the handlers it found and then re-raises the signal it
+            # caught; with these no-op handlers in place, that re-raise ends in a return.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, frame: None)
+            server.run(sockets=[sock])
+            if not server.started:
+                raise EventctlError("the server did not start (see the log above)")
     finally:
         store.close()
         sock.close()
-    if not server.started:
-        raise EventctlError("the server did not start (see the log above)")
     console.print("eventctl serve: stopped", highlight=False)
 
 

@@ -26,6 +26,7 @@ SQLITE_PRAGMAS = {
     "busy_timeout": 10_000,
 }
 INSERT_CHUNK = 1000
+INSERT_COLUMNS = ("event_id", "event_type", "event_payload", "received_at")
 PG_CONNECT_TIMEOUT = 5
 
 
@@ -110,6 +111,8 @@ class Store:
         self.database = database
         self.url = url
         self.model = _bind(database)
+        self.is_sqlite = isinstance(database, peewee.SqliteDatabase)
+        self._insert_sql_cache: dict[int, str] = {}
 
     @classmethod
     def open(cls, database_url: str, *, create: bool = False) -> Store:
@@ -160,35 +163,44 @@ class Store:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DatabaseError(f"{describe_url(self.url)}: {doing}: {message}") from exc
 
+    def _insert_sql(self, rows: int) -> str:
+        """`INSERT ... ON CONFLICT DO NOTHING RETURNING event_id` for `rows` rows, in this
+        database's dialect; built once per row count by Peewee, then reused."""
+        sql = self._insert_sql_cache.get(rows)
+        if sql is None:
+            model = self.model
+            row = dict.fromkeys(INSERT_COLUMNS, "")
+            query = model.insert_many([row] * rows).on_conflict_ignore()
+            sql, _ = query.returning(model.event_id).sql()
+            self._insert_sql_cache[rows] = sql
+        return sql
+
     def insert(self, records: Sequence[Incoming]) -> set[str]:
         """Store all records in one transaction; return the event ids that were new.
 
         A record whose event id is already stored (or repeated earlier in `records`) is
         skipped, so retrying a batch never stores an event twice.
         """
-        rows: dict[str, dict[str, Any]] = {}
+        as_text = self.is_sqlite
+        rows: dict[str, tuple[str, str, str, object]] = {}
         for record in records:
-            rows.setdefault(
-                record.event_id,
-                {
-                    "event_id": record.event_id,
-                    "event_type": record.event.event_type,
-                    "event_payload": record.event.event_payload,
-                    "received_at": _naive_utc(record.received_at),
-                },
-            )
+            if record.event_id not in rows:
+                moment = record.received_at.astimezone(UTC).replace(tzinfo=None)
+                rows[record.event_id] = (
+                    record.event_id,
+                    record.event.event_type,
+                    record.event.event_payload,
+                    moment.isoformat(" ", "microseconds") if as_text else moment,
+                )
         values = list(rows.values())
-        model = self.model
         stored: set[str] = set()
         with self._errors("cannot store events"), self.database.atomic():
             for start in range(0, len(values), INSERT_CHUNK):
-                query = (
-                    model.insert_many(values[start : start + INSERT_CHUNK])
-                    .on_conflict_ignore()
-                    .returning(model.event_id)
-                    .tuples()
-                )
-                stored.update(event_id for (event_id,) in query.execute())
+                chunk = values[start : start + INSERT_CHUNK]
+                params = [value for row in chunk for value in row]
+                sql = self._insert_sql(len(chunk))
+                cursor = self.database.execute_sql(sql, params)  # type: ignore[no-untyped-call]
+                stored.update(event_id for (event_id,) in cursor.fetchall())
         return stored
 
     def events(

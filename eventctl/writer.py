@@ -11,7 +11,8 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from eventctl.errors import DatabaseError, EventctlError
@@ -21,7 +22,7 @@ log = logging.getLogger("eventctl.writer")
 
 
 class Overloaded(EventctlError):
-    """The writer's queue is full; the caller should retry later."""
+    """The writer has as many events waiting as it may; the caller should retry later."""
 
 
 @dataclass(eq=False, slots=True)
@@ -35,28 +36,40 @@ class _Submission:
 
 _STOP = object()
 
-
-def _settle(submissions: list[_Submission]) -> None:
-    for sub in submissions:
-        if sub.future.done():
-            continue
-        if sub.error is not None:
-            sub.future.set_exception(sub.error)
-        else:
-            sub.future.set_result(sub.stored)
+CommitHook = Callable[[int, int, float, int, bool], None]
+"""on_commit(events, new events, seconds, events still queued, failed)"""
 
 
 class Writer:
-    """Owns the store's write path. Start it, `await write(...)` from any handler, stop it."""
+    """Owns the store's write path. Start it, `await write(...)` from handlers, stop it.
 
-    def __init__(self, store: Store, *, max_batch: int = 1000, max_queue: int = 10_000) -> None:
+    `max_batch` bounds the events in one transaction (a single submission larger than that
+    is still committed whole), `max_wait` is how long the writer waits for more events
+    after the first before committing (0: commit as soon as the last commit is done), and
+    `max_queued` bounds the events handed over but not yet committed.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 1000,
+        max_wait: float = 0.0,
+        max_queued: int = 10_000,
+        on_commit: CommitHook | None = None,
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
-        self._queue: queue.Queue[_Submission | object] = queue.Queue(maxsize=max_queue)
+        self.max_wait = max_wait
+        self.max_queued = max_queued
+        self.on_commit = on_commit
+        self.queued = 0  # events handed over and not yet settled; changed on the loop thread only
+        self._queue: queue.SimpleQueue[_Submission | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
 
     def start(self) -> None:
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="eventctl-writer", daemon=True)
         self._thread.start()
 
@@ -68,24 +81,47 @@ class Writer:
             self._thread.join()
             self._thread = None
 
-    def depth(self) -> int:
-        return self._queue.qsize()
-
     async def write(self, records: Sequence[Incoming]) -> set[str]:
         """Store `records` in one transaction; return the event ids that were new.
 
-        Raises Overloaded when the queue is full and DatabaseError when the commit failed;
-        in both cases nothing of `records` was acknowledged.
+        Raises Overloaded when too many events wait already and DatabaseError when the
+        commit failed; in both cases nothing of `records` was acknowledged.
         """
         if self._closed:
             raise Overloaded("the server is shutting down")
+        if self.queued and self.queued + len(records) > self.max_queued:
+            raise Overloaded(f"{self.queued} events are waiting to be committed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[set[str]] = loop.create_future()
+        self.queued += len(records)
+        self._queue.put(_Submission(records, loop, future))
         try:
-            self._queue.put_nowait(_Submission(records, loop, future))
-        except queue.Full:
-            raise Overloaded("the write queue is full") from None
-        return await future
+            return await future
+        finally:
+            self.queued -= len(records)
+
+    def _take(self, first: _Submission) -> tuple[list[_Submission], bool]:
+        """The first submission plus what else is waiting, up to the bounds; and whether to stop."""
+        batch = [first]
+        size = len(first.records)
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_batch:
+            try:
+                if self.max_wait > 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    item = self._queue.get(timeout=remaining)
+                else:
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            assert isinstance(item, _Submission)
+            batch.append(item)
+            size += len(item.records)
+        return batch, False
 
     def _run(self) -> None:
         stopping = False
@@ -95,35 +131,29 @@ class Writer:
                 if item is _STOP:
                     break
                 assert isinstance(item, _Submission)
-                batch = [item]
-                size = len(item.records)
-                while size < self.max_batch:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stopping = True
-                        break
-                    assert isinstance(item, _Submission)
-                    batch.append(item)
-                    size += len(item.records)
+                batch, stopping = self._take(item)
                 self._commit(batch)
         finally:
             self.store.close()
 
     def _commit(self, batch: list[_Submission]) -> None:
+        started = time.perf_counter()
+        size = sum(len(sub.records) for sub in batch)
         try:
             new = self.store.insert([r for sub in batch for r in sub.records])
         except DatabaseError as exc:
+            if self.on_commit:
+                self.on_commit(size, 0, time.perf_counter() - started, self.queued, True)
             if len(batch) > 1:
-                log.warning("batch of %d failed (%s); committing one by one", len(batch), exc)
+                log.warning("a commit of %d events failed (%s); retrying each request", size, exc)
                 for sub in batch:
                     self._commit([sub])
                 return
             log.error("%s", exc)
             batch[0].error = exc
         else:
+            if self.on_commit:
+                self.on_commit(size, len(new), time.perf_counter() - started, self.queued, False)
             for sub in batch:
                 sub.stored = {r.event_id for r in sub.records} & new
                 new -= sub.stored
@@ -135,3 +165,13 @@ class Writer:
                 loop.call_soon_threadsafe(_settle, subs)
             except RuntimeError:
                 log.warning("a caller's event loop closed before its commit was acknowledged")
+
+
+def _settle(submissions: list[_Submission]) -> None:
+    for sub in submissions:
+        if sub.future.done():
+            continue
+        if sub.error is not None:
+            sub.future.set_exception(sub.error)
+        else:
+            sub.future.set_result(sub.stored)
