@@ -7,7 +7,7 @@ a worker thread, never from the event loop.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +20,7 @@ from playhouse.db_url import connect
 from eventctl.errors import DatabaseError
 from eventctl.events import MAX_EVENT_TYPE_LENGTH, Event
 
-SQLITE_PRAGMAS = {
-    "journal_mode": "wal",
-    "synchronous": "full",
-    "busy_timeout": 10_000,
-}
+SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "full"}
 INSERT_CHUNK = 1000
 INSERT_COLUMNS = ("event_id", "event_type", "event_payload", "received_at")
 PG_CONNECT_TIMEOUT = 5
@@ -115,7 +111,9 @@ class Store:
         self._insert_sql_cache: dict[int, str] = {}
 
     @classmethod
-    def open(cls, database_url: str, *, create: bool = False) -> Store:
+    def open(
+        cls, database_url: str, *, create: bool = False, busy_timeout_ms: int = 10_000
+    ) -> Store:
         """Connect to the database and check (or, with `create`, make) the events table.
 
         Without `create`, a SQLite file that does not exist is an error, not a new file.
@@ -134,7 +132,7 @@ class Store:
                     f"{where}: database file {path} does not exist "
                     "(start `eventctl serve` to create it, or pass --database-url)"
                 )
-            kwargs["pragmas"] = SQLITE_PRAGMAS
+            kwargs["pragmas"] = {**SQLITE_PRAGMAS, "busy_timeout": busy_timeout_ms}
         else:
             query = urlsplit(database_url).query
             if "connect_timeout=" not in query:
@@ -160,8 +158,17 @@ class Store:
         try:
             yield
         except peewee.PeeweeException as exc:
+            if isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+                self._drop_connection()
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DatabaseError(f"{describe_url(self.url)}: {doing}: {message}") from exc
+
+    def _drop_connection(self) -> None:
+        """Forget this thread's connection after a connection-level error; the next call
+        opens a new one, so the service recovers by itself once the database is back."""
+        # close() forgets the connection even when closing it fails (it is dead already).
+        with suppress(peewee.PeeweeException):
+            self.database.close()
 
     def _insert_sql(self, rows: int) -> str:
         """`INSERT ... ON CONFLICT DO NOTHING RETURNING event_id` for `rows` rows, in this
