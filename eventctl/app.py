@@ -172,7 +172,8 @@ class Ingest:
         self.writer = writer
         self.metrics = metrics
         self.batch = batch
-        self.path = "/events" if batch else "/event"
+        path = "/events" if batch else "/event"
+        self.timer = metrics.request_seconds.labels(path) if metrics else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -193,8 +194,8 @@ class Ingest:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        if self.metrics:
-            self.metrics.request_seconds.labels(self.path).observe(time.perf_counter() - started)
+        if self.timer:
+            self.timer.observe(time.perf_counter() - started)
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
         content_type, length, raw_key = _headers(scope)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from eventctl.errors import InvalidEvent
 
 MAX_EVENT_TYPE_LENGTH = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 FIELDS = frozenset({"event_type", "event_payload"})
 
 
@@ -35,7 +36,8 @@ def new_event_id() -> str:
     rand = random.getrandbits(80)
     value = (millis & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
     value |= 0b10 << 62 | rand & (2**62 - 1)
-    return str(uuid.UUID(int=value))
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def json_type(value: object) -> str:
@@ -90,7 +92,7 @@ def validate_event(obj: object) -> Event:
         raise InvalidEvent(
             "event_type", f"must be at most {limit} characters, not {len(event_type)}"
         )
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in event_type):
+    if _CONTROL.search(event_type):
         raise InvalidEvent("event_type", "must not contain control characters")
     return Event(event_type, values["event_payload"])
 

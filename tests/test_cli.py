@@ -238,3 +238,22 @@ def test_a_signal_during_requests_loses_no_acknowledged_event(
     db.close()
     assert set(acknowledged) <= stored
     assert len(acknowledged) >= 300
+
+
+def test_logs_are_quiet_by_default_and_json_lines_at_info(sqlite_url: str, tmp_path: Path) -> None:
+    quiet = Server(sqlite_url, tmp_path)
+    httpx.post(quiet.url + "/event", json=EVENT)
+    _, stderr = quiet.stop()
+    assert [line.split(":")[0] for line in stderr.strip().splitlines()] == [
+        "eventctl serve",
+        "eventctl serve",
+    ]
+
+    chatty = Server(sqlite_url, tmp_path, "--log-level", "info")
+    httpx.post(chatty.url + "/event", json=EVENT)
+    _, stderr = chatty.stop()
+    entries = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert entries
+    assert all({"ts", "level", "logger", "message"} <= set(entry) for entry in entries)
+    access = [e for e in entries if e["logger"] == "uvicorn.access"]
+    assert any((e["method"], e["path"], e["status"]) == ("POST", "/event", 200) for e in access)

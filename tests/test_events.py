@@ -81,3 +81,19 @@ def test_events_file_errors_name_file_and_index(tmp_path: Path, content: str, me
 def test_missing_events_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidEvent, match="no such file"):
         load_events_file(tmp_path / "nope.json")
+
+
+def test_new_event_ids_are_uuid7_unique_and_sortable() -> None:
+    import time
+    import uuid
+
+    from eventctl.events import new_event_id
+
+    first = [new_event_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = new_event_id()
+    assert len(set(first)) == 1000
+    for text in [*first[:10], later]:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 7, uuid.RFC_4122)
+    assert later > max(first)
