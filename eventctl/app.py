@@ -248,10 +248,8 @@ class Ingest:
                 errors=errors,
             )
         now = datetime.now(UTC)
-        records = [
-            Incoming(f"{key}/{i}" if key else new_event_id(), event, now)
-            for i, event in enumerate(events)
-        ]
+        batch_id = key or new_event_id()
+        records = [Incoming(f"{batch_id}/{i}", event, now) for i, event in enumerate(events)]
         if self.metrics:
             self.metrics.received.inc(len(records))
         stored = await _write(self.writer, records)

@@ -6,9 +6,8 @@ import json
 import random
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from eventctl.errors import InvalidEvent
 
@@ -17,8 +16,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 FIELDS = frozenset({"event_type", "event_payload"})
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One event as the consumer accepts it: two strings and nothing else."""
 
     event_type: str
@@ -58,10 +56,22 @@ def json_type(value: object) -> str:
 def _check_text(field: str, value: str) -> None:
     if "\x00" in value:
         raise InvalidEvent(field, "must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidEvent(field, "must be valid Unicode (it has an unpaired surrogate)") from None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "must be valid Unicode (it has an unpaired surrogate)"
+            raise InvalidEvent(field, problem) from None
+
+
+def _string(obj: dict[Any, Any], name: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str):
+        if name not in obj:
+            raise InvalidEvent(name, "is required")
+        raise InvalidEvent(name, f"must be a string, not {json_type(value)}")
+    _check_text(name, value)
+    return value
 
 
 def validate_event(obj: object) -> Event:
@@ -73,28 +83,18 @@ def validate_event(obj: object) -> Event:
     """
     if not isinstance(obj, dict):
         raise InvalidEvent(None, f"an event must be a JSON object, not {json_type(obj)}")
-    if extra := sorted(obj.keys() - FIELDS):
+    if len(obj) != 2 and (extra := sorted(obj.keys() - FIELDS)):
         raise InvalidEvent(extra[0], "is not allowed (an event has only two fields)")
-    values: dict[str, str] = {}
-    for name in ("event_type", "event_payload"):
-        if name not in obj:
-            raise InvalidEvent(name, "is required")
-        value = obj[name]
-        if not isinstance(value, str):
-            raise InvalidEvent(name, f"must be a string, not {json_type(value)}")
-        _check_text(name, value)
-        values[name] = value
-    event_type = values["event_type"]
+    event_type = _string(obj, "event_type")
+    payload = _string(obj, "event_payload")
+    if len(event_type) > MAX_EVENT_TYPE_LENGTH:
+        problem = f"must be at most {MAX_EVENT_TYPE_LENGTH} characters, not {len(event_type)}"
+        raise InvalidEvent("event_type", problem)
     if not event_type.strip():
         raise InvalidEvent("event_type", "must not be empty")
-    if len(event_type) > MAX_EVENT_TYPE_LENGTH:
-        limit = MAX_EVENT_TYPE_LENGTH
-        raise InvalidEvent(
-            "event_type", f"must be at most {limit} characters, not {len(event_type)}"
-        )
     if _CONTROL.search(event_type):
         raise InvalidEvent("event_type", "must not contain control characters")
-    return Event(event_type, values["event_payload"])
+    return Event(event_type, payload)
 
 
 def load_events_file(path: Path) -> list[Event]:

@@ -11,7 +11,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import peewee
@@ -26,8 +26,7 @@ INSERT_COLUMNS = ("event_id", "event_type", "event_payload", "received_at")
 PG_CONNECT_TIMEOUT = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
+class Incoming(NamedTuple):
     """An accepted event on its way into the table."""
 
     event_id: str
@@ -182,23 +181,26 @@ class Store:
             self._insert_sql_cache[rows] = sql
         return sql
 
+    def _db_time(self, moment: datetime) -> object:
+        """Naive UTC; as text for SQLite (whose default datetime adapter is deprecated)."""
+        naive = moment.astimezone(UTC).replace(tzinfo=None)
+        return naive.isoformat(" ", "microseconds") if self.is_sqlite else naive
+
     def insert(self, records: Sequence[Incoming]) -> set[str]:
         """Store all records in one transaction; return the event ids that were new.
 
         A record whose event id is already stored (or repeated earlier in `records`) is
         skipped, so retrying a batch never stores an event twice.
         """
-        as_text = self.is_sqlite
         rows: dict[str, tuple[str, str, str, object]] = {}
-        for record in records:
-            if record.event_id not in rows:
-                moment = record.received_at.astimezone(UTC).replace(tzinfo=None)
-                rows[record.event_id] = (
-                    record.event_id,
-                    record.event.event_type,
-                    record.event.event_payload,
-                    moment.isoformat(" ", "microseconds") if as_text else moment,
-                )
+        last_moment: datetime | None = None
+        value: object = None
+        for event_id, event, received_at in records:
+            if event_id not in rows:
+                if received_at is not last_moment:  # a batch shares one arrival time
+                    last_moment = received_at
+                    value = self._db_time(received_at)
+                rows[event_id] = (event_id, event.event_type, event.event_payload, value)
         values = list(rows.values())
         stored: set[str] = set()
         with self._errors("cannot store events"), self.database.atomic():
