@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -130,15 +131,13 @@ async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> by
 
 def _parse_json(body: bytes) -> Any:
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "malformed_json", "request body is not valid UTF-8") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "UTF-8" in str(exc):
+            raise ApiError(400, "malformed_json", "request body is not valid UTF-8") from None
+        if "depth limit" in str(exc):
+            raise ApiError(400, "malformed_json", "request body is nested too deeply") from None
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError(400, "malformed_json", "request body is nested too deeply") from None
 
 
 def _idempotency_key(raw: bytes | None) -> str | None:
