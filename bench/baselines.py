@@ -19,6 +19,7 @@ import peewee
 import uvicorn
 from playhouse.db_url import connect
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -65,8 +66,6 @@ def naive(database_url: str) -> Starlette:
 
 
 async def _in_thread(model: Any, data: dict[str, str]) -> None:
-    from starlette.concurrency import run_in_threadpool
-
     def insert() -> None:
         model.create(  # Peewee keeps one connection per pool thread
             event_type=data["event_type"],

@@ -1,6 +1,6 @@
 """Ingest benchmark: committed events/s and latency of `eventctl serve`, against baselines.
 
-    python bench/ingest.py                          # defaults: 10 s per point, 32 and 128 connections
+    python bench/ingest.py          # defaults: 10 s per point, 32 and 128 connections
     python bench/ingest.py --duration 5 --connections 32 --targets eventctl,bare
 
 Each target runs as its own server process on 127.0.0.1, pinned to one core (taskset), and
