@@ -284,7 +284,18 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     parser.add_argument("--connections", default="32,128")
+    parser.add_argument(
+        "--batch-connections",
+        default="8,32",
+        help="connections for the batch target (100 events per request)",
+    )
     parser.add_argument("--targets", default="bare,naive,eventctl,batch")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds over all targets; each point reports its median round",
+    )
     parser.add_argument("--driver", choices=["auto", "wrk", "bundled"], default="auto")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
@@ -295,58 +306,79 @@ def main() -> None:
         if args.driver == "wrk" or (args.driver == "auto" and shutil.which("wrk"))
         else "bundled"
     )
-    connections = [int(c) for c in args.connections.split(",")]
-    results: list[dict[str, Any]] = []
+    points = [
+        (target, int(c))
+        for target in args.targets.split(",")
+        for c in (args.batch_connections if target == "batch" else args.connections).split(",")
+    ]
+    rounds: dict[tuple[str, int], list[dict[str, Any]]] = {point: [] for point in points}
     with tempfile.TemporaryDirectory(prefix="eventctl-bench-") as tmp:
         workdir = Path(tmp)
-        for target in args.targets.split(","):
-            path, body = body_for(target)
-            for conns in connections:
-                with server(target, args.server_cpu, workdir) as (port, db):
-                    # warm up, then measure from the rows committed during the measured run
-                    if driver == "wrk":
-                        run_wrk(port, path, body, conns, 1, args.client_cpu, workdir)
-                    else:
-                        run_driver(port, path, body, conns, 1, args.client_cpu)
-                    before = count_rows(db)
-                    if driver == "wrk":
-                        point = run_wrk(
-                            port, path, body, conns, args.duration, args.client_cpu, workdir
-                        )
-                    else:
-                        point = run_driver(port, path, body, conns, args.duration, args.client_cpu)
-                    committed = count_rows(db) - before
-                per_request = BATCH_SIZE if target == "batch" else 1
-                point["events_per_s"] = (
-                    committed / args.duration
-                    if db is not None
-                    else point["requests_per_s"] * per_request
-                )
-                point.update(target=target, connections=conns)
-                results.append(point)
+        for round_number in range(args.repeat):
+            for target, conns in points:
+                point = measure(target, conns, driver, args, workdir)
+                rounds[(target, conns)].append(point)
                 print(
-                    f"{target:9} c={conns:<4} {point['requests_per_s']:9.0f} req/s "
-                    f"{point['events_per_s']:9.0f} events/s  p50 {point['p50_ms']:6.2f} ms  "
-                    f"p99 {point['p99_ms']:6.2f} ms  errors {point['errors']:.0f}",
+                    f"round {round_number + 1}: {target:9} c={conns:<4} "
+                    f"{point['requests_per_s']:9.0f} req/s {point['events_per_s']:9.0f} events/s"
+                    f"  p50 {point['p50_ms']:6.2f} ms  p99 {point['p99_ms']:6.2f} ms"
+                    f"  errors {point['errors']:.0f}",
                     file=sys.stderr,
                 )
+    results = []
+    for (target, conns), runs in rounds.items():
+        middle = sorted(runs, key=lambda r: r["events_per_s"])[len(runs) // 2]
+        results.append(
+            {
+                **middle,
+                "target": target,
+                "connections": conns,
+                "events_per_s_all": [round(r["events_per_s"]) for r in runs],
+            }
+        )
     report(results, driver, args)
+
+
+def measure(
+    target: str, conns: int, driver: str, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    path, body = body_for(target)
+    with server(target, args.server_cpu, workdir) as (port, db):
+        # warm up, then count the rows committed during the measured run
+        if driver == "wrk":
+            run_wrk(port, path, body, conns, 1, args.client_cpu, workdir)
+        else:
+            run_driver(port, path, body, conns, 1, args.client_cpu)
+        before = count_rows(db)
+        if driver == "wrk":
+            point: dict[str, Any] = run_wrk(
+                port, path, body, conns, args.duration, args.client_cpu, workdir
+            )
+        else:
+            point = run_driver(port, path, body, conns, args.duration, args.client_cpu)
+        committed = count_rows(db) - before
+    per_request = BATCH_SIZE if target == "batch" else 1
+    point["events_per_s"] = (
+        committed / args.duration if db is not None else point["requests_per_s"] * per_request
+    )
+    return point
 
 
 def report(results: list[dict[str, Any]], driver: str, args: argparse.Namespace) -> None:
     by = {(r["target"], r["connections"]): r for r in results}
     lines = [
         f"machine: {json.dumps(machine())}",
-        f"driver: {driver}; {args.duration:g} s per point; server on CPU {args.server_cpu}, "
-        f"client on CPU {args.client_cpu}",
+        f"driver: {driver}; {args.duration:g} s per point, median of {args.repeat} rounds; "
+        f"server on CPU {args.server_cpu}, client on CPU {args.client_cpu}",
         "",
-        "| target | connections | requests/s | committed events/s | p50 ms | p99 ms | errors "
-        "| vs bare | vs naive |",
+        "| target | connections | requests/s | committed events/s (rounds) | p50 ms | p99 ms "
+        "| errors | vs bare | vs naive |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        bare = by.get(("bare", r["connections"]))
-        naive = by.get(("naive", r["connections"]))
+        single = r["target"] != "batch"
+        bare = by.get(("bare", r["connections"])) if single else None
+        naive = by.get(("naive", r["connections"])) if single else None
         vs_bare = f"{r['events_per_s'] / bare['requests_per_s']:.2f}" if bare else "-"
         vs_naive = (
             f"{r['events_per_s'] / naive['events_per_s']:.1f}x"
@@ -355,7 +387,8 @@ def report(results: list[dict[str, Any]], driver: str, args: argparse.Namespace)
         )
         lines.append(
             f"| {r['target']} | {r['connections']} | {r['requests_per_s']:.0f} | "
-            f"{r['events_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['events_per_s']:.0f} ({', '.join(map(str, r['events_per_s_all']))}) | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['errors']:.0f} | {vs_bare} | {vs_naive} |"
         )
     print("\n".join(lines))
