@@ -134,6 +134,20 @@ def serve_command(
             help="Serve GET /metrics (default: only when listening on loopback)",
         ),
     ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Most events in one POST /events (default: 1000)")
+    ] = None,
+    commit_max_events: Annotated[
+        int | None, typer.Option(help="Most events in one commit (default: 1000)")
+    ] = None,
+    commit_max_wait_ms: Annotated[
+        float | None,
+        typer.Option(help="Wait this long for more events before a commit (default: 0)"),
+    ] = None,
+    max_queued_events: Annotated[
+        int | None,
+        typer.Option(help="Events waiting for a commit before 503 (default: 10000)"),
+    ] = None,
 ) -> None:
     """Run the Event Consumer: accept events on POST /event and store them."""
     from eventctl.runner import listen, serve
@@ -147,6 +161,10 @@ def serve_command(
         log_level=log_level,
         workers=workers,
         metrics=metrics,
+        max_batch=max_batch,
+        commit_max_events=commit_max_events,
+        commit_max_wait_ms=commit_max_wait_ms,
+        max_queued_events=max_queued_events,
     )
     serve(cfg, listen(cfg.host, cfg.port), Console(stderr=True, highlight=False))
 
