@@ -8,8 +8,10 @@ answer other than 2xx has the same JSON shape (see docs/http-api.md):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
@@ -173,10 +175,23 @@ class Ingest:
         self.batch = batch
         path = "/events" if batch else "/event"
         self.timer = metrics.request_seconds.labels(path) if metrics else None
+        self.drills = config.fail_rate > 0 or config.latency_seconds > 0
+        self.random = random.Random()
+
+    async def _drill(self) -> None:
+        """Fault drills (off by default): a delay, then a refusal for a share of requests."""
+        if self.config.latency_seconds:
+            await asyncio.sleep(self.config.latency_seconds)
+        if self.random.random() < self.config.fail_rate:
+            status = self.config.fail_status
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in (429, 503) else {}
+            raise ApiError(status, "injected_fault", "refused by --fail-rate", headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         try:
+            if self.drills:
+                await self._drill()
             status, body, headers = await self._handle(scope, receive)
         except ApiError as exc:
             status = exc.status

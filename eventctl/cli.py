@@ -148,6 +148,17 @@ def serve_command(
         int | None,
         typer.Option(help="Events waiting for a commit before 503 (default: 10000)"),
     ] = None,
+    fail_rate: Annotated[
+        float | None,
+        typer.Option(help="Fault drill: refuse this share (0-1) of ingest requests (default: 0)"),
+    ] = None,
+    fail_status: Annotated[
+        int | None, typer.Option(help="Fault drill: status of the refusals (default: 503)")
+    ] = None,
+    latency: Annotated[
+        str | None,
+        typer.Option(help="Fault drill: delay every ingest request, e.g. 50ms", metavar="TIME"),
+    ] = None,
 ) -> None:
     """Run the Event Consumer: accept events on POST /event and store them."""
     from eventctl.runner import listen, serve
@@ -165,6 +176,9 @@ def serve_command(
         commit_max_events=commit_max_events,
         commit_max_wait_ms=commit_max_wait_ms,
         max_queued_events=max_queued_events,
+        fail_rate=fail_rate,
+        fail_status=fail_status,
+        latency_seconds=None if latency is None else _duration(latency, allow_zero=True),
     )
     serve(cfg, listen(cfg.host, cfg.port), Console(stderr=True, highlight=False))
 
@@ -264,14 +278,14 @@ SeedOption = Annotated[
 ]
 
 
-def _duration(value: str | None) -> float | None:
+def _duration(value: str | None, *, allow_zero: bool = False) -> float | None:
     if value is None:
         return None
     try:
         seconds = parse_duration(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if seconds <= 0:
+    if seconds <= 0 and not (allow_zero and seconds == 0):
         raise typer.BadParameter("must be greater than 0")
     return seconds
 
@@ -280,6 +294,14 @@ DurationOption = Annotated[
     str | None,
     typer.Option(
         "--duration", help="Stop sending after this long, e.g. 30s, 5m, 1h30m.", metavar="TIME"
+    ),
+]
+
+
+SpoolOption = Annotated[
+    str | None,
+    typer.Option(
+        "--spool", help="Spool file: the record of generated events (default: .eventctl/spool.db)"
     ),
 ]
 
@@ -325,13 +347,31 @@ def propagate(
     json_log: Annotated[
         bool, typer.Option("--json-log", help="One JSON object per attempt on stdout (NDJSON).")
     ] = False,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Events per second, instead of --interval (open model).", min=0.001),
+    ] = None,
+    drain: Annotated[
+        bool, typer.Option("--drain", help="Only resend what the spool holds as pending; exit.")
+    ] = False,
+    spool: SpoolOption = None,
+    spool_max_pending: Annotated[
+        int | None,
+        typer.Option(help="Pending events in the spool before generation pauses (default: 10000)."),
+    ] = None,
 ) -> None:
     """Run the Event Propagator: send a random event from the events file every interval."""
     from eventctl.runner import DisplayMode, propagate_events
 
+    if rate is not None and interval is not None:
+        raise typer.BadParameter("give either --interval or --rate", param_hint="--rate")
+    if drain and (count is not None or duration is not None):
+        raise typer.BadParameter("--drain sends only what is pending", param_hint="--drain")
     cfg = propagator_config(
         config,
-        interval_seconds=interval,
+        spool_path=spool,
+        spool_max_pending=spool_max_pending,
+        interval_seconds=interval if rate is None else 1 / rate,
         api_endpoint=endpoint,
         events_file=events_file,
         max_in_flight=max_in_flight,
@@ -341,9 +381,11 @@ def propagate(
         request_timeout_seconds=timeout,
     )
     seconds = _duration(duration)
-    events = load_events_file(Path(cfg.events_file))
+    events = [] if drain else load_events_file(Path(cfg.events_file))
     mode = DisplayMode.choose(quiet=quiet, json_log=json_log, tty=sys.stderr.isatty())
-    stats = propagate_events(cfg, events, count=count, duration=seconds, seed=seed, mode=mode)
+    stats = propagate_events(
+        cfg, events, count=0 if drain else count, duration=seconds, seed=seed, mode=mode
+    )
     if not stats.all_delivered:
         raise typer.Exit(ExitCode.UNDELIVERED)
 
@@ -475,6 +517,164 @@ def up(
     stats = run_up(ccfg, pcfg, events, sock, count=count, duration=seconds, seed=seed, mode=mode)
     if not stats.all_delivered:
         raise typer.Exit(ExitCode.UNDELIVERED)
+
+
+spool_app = typer.Typer(
+    help="Look at and retry the propagator's spool of generated events.",
+    no_args_is_help=True,
+)
+app.add_typer(spool_app, name="spool")
+
+
+@spool_app.command("list")
+@guarded
+def spool_list(
+    config: PropagatorConfigOption = None,
+    spool: SpoolOption = None,
+    state: Annotated[
+        str,
+        typer.Option(help="pending, failed, delivered, unsettled (pending and failed) or all"),
+    ] = "unsettled",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """Show events in the spool: by default the ones not delivered yet."""
+    from eventctl.spool import Spool
+
+    states = {
+        "unsettled": ("pending", "failed"),
+        "all": (),
+        "pending": ("pending",),
+        "failed": ("failed",),
+        "delivered": ("delivered",),
+    }
+    if state not in states:
+        raise typer.BadParameter(f"not one of {', '.join(states)}", param_hint="--state")
+    cfg = propagator_config(config, spool_path=spool)
+    opened = Spool.open(Path(cfg.spool_path))
+    try:
+        entries = opened.entries(*states[state])
+        counts = opened.counts()
+    finally:
+        opened.close()
+    if as_json:
+        json.dump([_entry_json(e) for e in entries], sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+        return
+    typer.echo(
+        f"{cfg.spool_path}: {counts['pending']} pending, {counts['failed']} failed, "
+        f"{counts['delivered']} delivered",
+        err=True,
+    )
+    if entries:
+        table = Table(box=None, header_style="dim")
+        for column in ("event_id", "state", "event_type", "attempts", "last result", "created"):
+            table.add_column(column, no_wrap=column != "event_type")
+        for e in entries:
+            table.add_row(
+                e.event_id,
+                e.state,
+                e.event.event_type,
+                str(e.attempts),
+                e.last_result or "-",
+                datetime.fromtimestamp(e.created_at, UTC).isoformat(timespec="seconds"),
+            )
+        Console(highlight=False).print(table)
+
+
+def _entry_json(entry: Any) -> dict[str, Any]:
+    return {
+        "event_id": entry.event_id,
+        "state": entry.state,
+        "event": entry.event.to_json(),
+        "attempts": entry.attempts,
+        "last_result": entry.last_result,
+        "created_at": datetime.fromtimestamp(entry.created_at, UTC).isoformat(),
+        "settled_at": (
+            None
+            if entry.settled_at is None
+            else datetime.fromtimestamp(entry.settled_at, UTC).isoformat()
+        ),
+    }
+
+
+@spool_app.command("retry")
+@guarded
+def spool_retry(
+    config: PropagatorConfigOption = None,
+    spool: SpoolOption = None,
+    endpoint: EndpointOption = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live status or log lines; only the summary.")
+    ] = False,
+) -> None:
+    """Make failed events pending again and send everything pending now."""
+    from eventctl.runner import DisplayMode, propagate_events
+    from eventctl.spool import Spool
+
+    cfg = propagator_config(config, spool_path=spool, api_endpoint=endpoint)
+    opened = Spool.open(Path(cfg.spool_path))
+    try:
+        requeued = opened.requeue_failed()
+    finally:
+        opened.close()
+    typer.echo(f"eventctl spool retry: {requeued} failed events are pending again", err=True)
+    mode = DisplayMode.choose(quiet=quiet, json_log=False, tty=sys.stderr.isatty())
+    stats = propagate_events(cfg, [], count=0, duration=None, seed=None, mode=mode)
+    if not stats.all_delivered:
+        raise typer.Exit(ExitCode.UNDELIVERED)
+
+
+@app.command()
+@guarded
+def verify(
+    config: PropagatorConfigOption = None,
+    spool: SpoolOption = None,
+    consumer_config_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--consumer-config",
+            help=f"Where database_url comes from (default: {DEFAULT_CONSUMER_CONFIG})",
+            dir_okay=False,
+        ),
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Prove delivery: compare the spool's record with what the database holds."""
+    from eventctl.spool import Spool
+    from eventctl.store import Store
+    from eventctl.verify import verify as compare
+
+    pcfg = propagator_config(config, spool_path=spool)
+    ccfg = consumer_config(consumer_config_path, database_url=database_url)
+    spool_path = Path(pcfg.spool_path)
+    if not spool_path.exists():
+        raise EventctlError(f"{spool_path}: no spool here; run `eventctl propagate` first")
+    opened = Spool.open(spool_path)
+    store = Store.open(ccfg.database_url)
+    try:
+        report = compare(opened, store)
+    finally:
+        opened.close()
+        store.close()
+    result = report.to_json()
+    if as_json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        verdict = "OK" if report.ok else "FAILED"
+        typer.echo(
+            f"{verdict}: {result['generated']} generated, {result['acknowledged']} acknowledged, "
+            f"{result['stored']} stored; lost {result['lost']}, duplicated "
+            f"{result['duplicated']}, unexpected {result['unexpected']}, pending "
+            f"{result['pending']}, failed {result['failed']}; latency p50 "
+            f"{result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms"
+        )
+        for kind in ("lost", "duplicated"):
+            for event_id in result[f"{kind}_ids"]:
+                typer.echo(f"  {kind}: {event_id}")
+    if not report.ok:
+        raise typer.Exit(ExitCode.MISMATCH)
 
 
 def main() -> None:

@@ -39,6 +39,14 @@ def _non_negative(value: float) -> str | None:
     return None if 0 <= value < math.inf else "must be a number of at least 0"
 
 
+def _fraction(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be between 0 and 1"
+
+
+def _error_status(value: int) -> str | None:
+    return None if 400 <= value <= 599 else "must be an HTTP error status (400-599)"
+
+
 def _http_url(value: str) -> str | None:
     parts = urlsplit(value)
     if parts.scheme in ("http", "https") and parts.hostname:
@@ -80,6 +88,11 @@ class ConsumerConfig:
     commit_max_wait_ms: float = _option(0.0, _non_negative, "wait for more events before a commit")
     max_queued_events: int = _option(10_000, _positive, "events waiting for a commit before 503")
     workers: int = _option(1, _positive, "worker processes")
+    fail_rate: float = _option(0.0, _fraction, "fault drill: share of ingest requests refused")
+    fail_status: int = _option(503, _error_status, "fault drill: status of a refused request")
+    latency_seconds: float = _option(
+        0.0, _non_negative, "fault drill: delay before ingest", "--latency"
+    )
     metrics: bool | None = _option(None, None, "serve /metrics (default: when bound to loopback)")
 
 
@@ -104,6 +117,10 @@ class PropagatorConfig:
     retry_base_seconds: float = _option(0.2, _positive, "first retry delay, doubled each time")
     retry_max_seconds: float = _option(10.0, _positive, "longest retry delay")
     request_timeout_seconds: float = _option(5.0, _positive, "timeout of one request", "--timeout")
+    spool_path: str = _option(
+        ".eventctl/spool.db", None, "the record of generated events", "--spool"
+    )
+    spool_max_pending: int = _option(10_000, _positive, "pending events before generation pauses")
 
 
 C = TypeVar("C", ConsumerConfig, PropagatorConfig)

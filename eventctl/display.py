@@ -39,20 +39,28 @@ def render(stats: Stats, now: float) -> RenderableType:
     in_flight = Text(f"{stats.in_flight} / {stats.max_in_flight}")
     if stats.capped:
         in_flight.append("  cap hit: ticks skipped", style="bold yellow")
+    if stats.spool_full:
+        in_flight.append("  spool full: generation paused", style="bold yellow")
     head.add_row("endpoint", stats.endpoint, "elapsed", _elapsed(now - stats.started_at))
-    head.add_row("interval", f"{stats.interval:g} s", "in flight", in_flight)
+    head.add_row(
+        "interval",
+        f"{stats.interval:g} s ({1 / stats.interval:g}/s)",
+        "in flight",
+        in_flight,
+    )
 
     counts = Table.grid(padding=(0, 3))
-    names = ("sent", "delivered", "retrying", "failed", "replayed", "skipped")
+    names = ("sent", "resent", "delivered", "retrying", "failed", "replayed", "skipped")
     values = (
         stats.generated,
+        stats.resent,
         stats.delivered,
         stats.retrying,
         stats.failed,
         stats.replayed,
         stats.skipped_ticks,
     )
-    styles = ("", "green", "yellow", "red", "", "yellow")
+    styles = ("", "", "green", "yellow", "red", "", "yellow")
     for _ in names:
         counts.add_column(justify="right")
     counts.add_row(*(Text(n, style="dim") for n in names))
@@ -70,6 +78,11 @@ def render(stats: Stats, now: float) -> RenderableType:
     )
     latency.add_row(
         "latency", f"p50 {_ms(stats.percentile(0.5))}   p99 {_ms(stats.percentile(0.99))}"
+    )
+    latency.add_row(
+        "rate",
+        f"{stats.achieved_rate(now):.1f}/s achieved   lateness p99 "
+        f"{_ms(stats.percentile(0.99, stats.lateness))}",
     )
 
     recent = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
@@ -131,13 +144,15 @@ def record_json(record: Record, started_at: float) -> dict[str, Any]:
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The end-of-run summary as a few plain lines."""
+    resent = f"{summary['resent']} resent from the spool, " if summary["resent"] else ""
     return [
-        f"eventctl propagate: {summary['generated']} sent, {summary['delivered']} delivered, "
-        f"{summary['failed']} failed, {summary['pending']} pending "
+        f"eventctl propagate: {summary['generated']} sent, {resent}{summary['delivered']} "
+        f"delivered, {summary['failed']} failed, {summary['pending']} pending "
         f"in {summary['elapsed_seconds']:.1f}s ({summary['attempts']} attempts, "
         f"{summary['replayed']} replayed, {summary['skipped_ticks']} ticks skipped)",
         f"latency p50 {summary['latency_p50_ms'] or '-'} ms, "
-        f"p99 {summary['latency_p99_ms'] or '-'} ms",
+        f"p99 {summary['latency_p99_ms'] or '-'} ms; achieved {summary['achieved_rate']}/s, "
+        f"lateness p99 {summary['lateness_p99_ms'] or '-'} ms",
     ]
 
 

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     REFUSED = 7
     SERVER_ERROR = 8
     UNDELIVERED = 9
+    MISMATCH = 10
 
 
 class EventctlError(Exception):

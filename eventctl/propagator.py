@@ -21,6 +21,7 @@ import httpx
 
 from eventctl.errors import Unavailable
 from eventctl.events import Event, new_event_id
+from eventctl.spool import Spool
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -106,18 +107,26 @@ class Stats:
     pending_at_exit: int = 0
     replayed: int = 0
     skipped_ticks: int = 0
+    resent: int = 0
     capped: bool = False
+    spool_full: bool = False
     last: Record | None = None
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     recent: deque[Record] = field(default_factory=lambda: deque(maxlen=RECENT))
 
-    def percentile(self, q: float) -> float | None:
-        """Latency quantile (0-1) over the last LATENCY_WINDOW deliveries, in seconds."""
-        if not self.latencies:
+    def percentile(self, q: float, values: deque[float] | None = None) -> float | None:
+        """Quantile (0-1) of the last LATENCY_WINDOW latencies (or `values`), in seconds."""
+        data = self.latencies if values is None else values
+        if not data:
             return None
-        if len(self.latencies) == 1:
-            return self.latencies[0]
-        return statistics.quantiles(self.latencies, n=100, method="inclusive")[round(q * 100) - 1]
+        if len(data) == 1:
+            return data[0]
+        return statistics.quantiles(data, n=100, method="inclusive")[round(q * 100) - 1]
+
+    def achieved_rate(self, now: float) -> float:
+        elapsed = (self.finished_at or now) - self.started_at
+        return self.generated / elapsed if elapsed > 0 else 0.0
 
     @property
     def all_delivered(self) -> bool:
@@ -135,9 +144,17 @@ class Stats:
             "attempts": self.attempts,
             "replayed": self.replayed,
             "skipped_ticks": self.skipped_ticks,
-            "latency_p50_ms": None if p50 is None else round(p50 * 1000, 2),
-            "latency_p99_ms": None if p99 is None else round(p99 * 1000, 2),
+            "resent": self.resent,
+            "latency_p50_ms": _ms(p50),
+            "latency_p99_ms": _ms(p99),
+            "achieved_rate": round(self.achieved_rate(now), 2),
+            "lateness_p50_ms": _ms(self.percentile(0.5, self.lateness)),
+            "lateness_p99_ms": _ms(self.percentile(0.99, self.lateness)),
         }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 class Propagator:
@@ -167,8 +184,11 @@ class Propagator:
         new_id: Callable[[], str] = new_event_id,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_record: Callable[[Record], None] | None = None,
+        spool: Spool | None = None,
+        spool_max_pending: int = 10_000,
+        replay: Sequence[tuple[str, Event]] = (),
     ) -> None:
-        if not events:
+        if not events and count != 0:
             raise ValueError("no events to send")
         self.events = list(events)
         self.endpoint = endpoint
@@ -185,6 +205,9 @@ class Propagator:
         self.new_id = new_id
         self.wall_clock = wall_clock
         self.on_record = on_record
+        self.spool = spool
+        self.spool_max_pending = spool_max_pending
+        self.replay = list(replay)
         self.stats = Stats(endpoint, interval, max_in_flight)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -211,9 +234,15 @@ class Propagator:
         return self._stop.is_set()
 
     async def run(self, grace: float = 3.0) -> Stats:
-        """Generate and deliver until done; return the final stats."""
+        """Resend `replay` first, then generate and deliver until done; return the stats."""
         stats = self.stats
         start = stats.started_at = self.clock()
+        for event_id, event in self.replay:
+            if len(self._tasks) >= self.max_in_flight and await self._wait_for_slot():
+                break
+            stats.resent += 1
+            self._launch(event_id, event)
+        start = self.clock()
         tick = 0
         while self.count is None or stats.generated < self.count:
             due = start + tick * self.interval
@@ -222,20 +251,37 @@ class Propagator:
             tick += 1
             if await self._sleep_or_stop(due - self.clock()):
                 break
-            if len(self._tasks) >= self.max_in_flight:
+            stats.capped = len(self._tasks) >= self.max_in_flight
+            stats.spool_full = (
+                self.spool is not None and self.spool.pending_count >= self.spool_max_pending
+            )
+            if stats.capped or stats.spool_full:
                 stats.skipped_ticks += 1
-                stats.capped = True
                 continue
-            stats.capped = False
-            self._launch(self.rng.choice(self.events))
+            stats.lateness.append(self.clock() - due)
+            event_id = self.new_id()
+            event = self.rng.choice(self.events)
+            if self.spool is not None:
+                self.spool.add(event_id, event)
+            stats.generated += 1
+            self._launch(event_id, event)
         await self._settle(grace)
         stats.finished_at = self.clock()
         return stats
 
-    def _launch(self, event: Event) -> None:
-        self.stats.generated += 1
+    async def _wait_for_slot(self) -> bool:
+        """Wait until fewer than max_in_flight are unsettled; True if stopped meanwhile."""
+        while len(self._tasks) >= self.max_in_flight:
+            if self._stop.is_set():
+                return True
+            stopper = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({*self._tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+        return self._stop.is_set()
+
+    def _launch(self, event_id: str, event: Event) -> None:
         self.stats.in_flight += 1
-        task = asyncio.ensure_future(self._deliver(self.new_id(), event))
+        task = asyncio.ensure_future(self._deliver(event_id, event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -308,6 +354,8 @@ class Propagator:
                     stats.delivered += 1
                     stats.replayed += record.replayed
                     stats.latencies.append(record.latency or 0.0)
+                    if self.spool is not None:
+                        self.spool.settle(event_id, "delivered", attempt, record.result)
                     self._report(record)
                     return
                 status = record.status
@@ -324,6 +372,8 @@ class Propagator:
                 finally:
                     stats.retrying -= 1
             stats.failed += 1
+            if self.spool is not None:
+                self.spool.settle(event_id, "failed", attempt, record.result)
             self._report(record)
         finally:
             stats.in_flight -= 1

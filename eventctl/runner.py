@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +34,7 @@ from eventctl.errors import EventctlError, Unavailable
 from eventctl.events import Event
 from eventctl.logs import log_config
 from eventctl.propagator import Propagator, RetryPolicy, Stats
+from eventctl.spool import Spool
 from eventctl.store import Store, describe_url
 
 REFRESH_SECONDS = 0.25
@@ -170,9 +172,11 @@ async def _propagate(
     duration: float | None,
     seed: int | None,
     mode: DisplayMode,
+    spool: Spool,
 ) -> Stats:
     clock = time.monotonic
     limits = httpx.Limits(max_connections=cfg.max_in_flight)
+    replay = [(entry.event_id, entry.event) for entry in spool.entries("pending")]
     async with httpx.AsyncClient(timeout=cfg.request_timeout_seconds, limits=limits) as client:
         propagator = Propagator(
             events,
@@ -185,6 +189,9 @@ async def _propagate(
             duration=duration,
             rng=random.Random(seed),
             clock=clock,
+            spool=spool,
+            spool_max_pending=cfg.spool_max_pending,
+            replay=replay,
         )
         display = make_display(mode, propagator.stats, clock())
         propagator.on_record = display.record
@@ -227,10 +234,17 @@ def propagate_events(
     seed: int | None,
     mode: DisplayMode,
 ) -> Stats:
-    """Run the propagator until Ctrl-C/SIGTERM, `count` or `duration`; show it on `mode`."""
-    return asyncio.run(
-        _propagate(cfg, events, count=count, duration=duration, seed=seed, mode=mode)
-    )
+    """Resend what the spool holds as pending, then run the propagator until Ctrl-C/SIGTERM,
+    `count` or `duration` (count=0: only resend); show it on `mode`."""
+    spool = Spool.open(Path(cfg.spool_path))
+    try:
+        return asyncio.run(
+            _propagate(
+                cfg, events, count=count, duration=duration, seed=seed, mode=mode, spool=spool
+            )
+        )
+    finally:
+        spool.close()
 
 
 def run_up(

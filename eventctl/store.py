@@ -238,6 +238,15 @@ class Store:
                 for row in query
             ]
 
+    def ids_since(self, since: datetime) -> list[tuple[str, datetime]]:
+        """(event_id, received_at) of every row received at or after `since`."""
+        model = self.model
+        query = model.select(model.event_id, model.received_at).where(
+            model.received_at >= _naive_utc(since)
+        )
+        with self._errors("cannot read events"):
+            return [(row.event_id, row.received_at.replace(tzinfo=UTC)) for row in query]
+
     def count(self) -> int:
         with self._errors("cannot count events"):
             return int(self.model.select().count())

@@ -24,11 +24,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+SPOOL_ENV = "EVENTCTL_TEST_SPOOL"
+
+
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith("EVENTCTL_") and not name.startswith("EVENTCTL_TEST_"):
             monkeypatch.delenv(name)
+    # every test's subprocesses get a spool of their own, never the checkout's .eventctl/
+    monkeypatch.setenv(SPOOL_ENV, str(tmp_path / "spool.db"))
 
 
 def postgres_url() -> str:
@@ -91,6 +96,7 @@ def free_port() -> int:
 
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCTL_")}
+    env["EVENTCTL_SPOOL_PATH"] = os.environ[SPOOL_ENV]
     env.update(extra)
     return env
 

@@ -1,0 +1,177 @@
+"""The spool: durable record, replay with original ids, bounds, verify; no real waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from eventctl.events import Event
+from eventctl.propagator import Propagator, RetryPolicy
+from eventctl.spool import Spool
+from eventctl.store import Incoming, Store
+from eventctl.verify import verify
+from tests.vclock import VirtualClock
+
+pytestmark = pytest.mark.anyio
+
+EVENTS = [Event("a", "1"), Event("b", "2")]
+
+
+def propagator(
+    clock: VirtualClock, handler: httpx.MockTransport, spool: Spool, **kw: object
+) -> Propagator:
+    options: dict[str, object] = {"interval": 1.0, "count": 5}
+    options.update(kw)
+    return Propagator(
+        EVENTS,
+        "http://consumer.test/event",
+        httpx.AsyncClient(transport=handler),
+        clock=clock,
+        sleep=clock.sleep,
+        rng=random.Random(1),
+        spool=spool,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200)
+
+
+async def test_every_generated_event_is_recorded_and_settled(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    clock = VirtualClock()
+    await clock.run(propagator(clock, httpx.MockTransport(ok), spool).run())
+    counts = spool.counts()
+    assert counts == {"pending": 0, "delivered": 5, "failed": 0}
+    assert all(e.attempts == 1 and e.last_result == "200" for e in spool.entries())
+
+
+async def test_failures_stay_in_the_spool_as_failed(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    clock = VirtualClock()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422)
+
+    await clock.run(propagator(clock, httpx.MockTransport(refuse), spool, count=2).run())
+    failed = spool.entries("failed")
+    assert len(failed) == 2
+    assert failed[0].last_result == "422"
+    assert spool.requeue_failed() == 2
+    assert spool.counts()["pending"] == 2
+
+
+async def test_pending_events_are_resent_first_with_their_ids(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool.open(path)
+    spool.add("old-1", Event("a", "x"))
+    spool.add("old-2", Event("b", "y"))
+    spool.close()
+
+    seen: list[str] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200)
+
+    spool = Spool.open(path)
+    clock = VirtualClock()
+    replay = [(e.event_id, e.event) for e in spool.entries("pending")]
+    stats = await clock.run(
+        propagator(clock, httpx.MockTransport(record), spool, count=3, replay=replay).run()
+    )
+    assert seen[:2] == ["old-1", "old-2"]
+    assert len(seen) == 5
+    assert (stats.resent, stats.generated, stats.delivered) == (2, 3, 5)
+    assert spool.counts() == {"pending": 0, "delivered": 5, "failed": 0}
+
+
+async def test_a_full_spool_pauses_generation_and_says_so(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    clock = VirtualClock()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await clock.sleep(5)
+        return httpx.Response(200)
+
+    run = propagator(clock, httpx.MockTransport(slow), spool, count=6, spool_max_pending=2)
+    flags: list[bool] = []
+
+    async def watch() -> None:
+        for _ in range(6):
+            await clock.sleep(1)
+            flags.append(run.stats.spool_full)
+
+    watcher = asyncio.ensure_future(watch())
+    stats = await clock.run(run.run())
+    await watcher
+    assert stats.generated == 6
+    assert stats.skipped_ticks > 0
+    assert any(flags)
+    assert spool.counts()["delivered"] == 6
+
+
+async def test_retrying_events_keep_one_spool_row(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    clock = VirtualClock()
+    answers = [httpx.Response(503), httpx.Response(200)]
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0) if answers else httpx.Response(200)
+
+    policy = RetryPolicy(3, 0.1, 1)
+    await clock.run(
+        propagator(clock, httpx.MockTransport(flaky), spool, count=1, policy=policy).run()
+    )
+    [entry] = spool.entries()
+    assert (entry.state, entry.attempts) == ("delivered", 2)
+
+
+def test_verify_reports_lost_unexpected_pending_and_latency(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    store = Store.open(sqlite_url, create=True)
+    now = datetime.now(UTC)
+    for event_id in ("ok-1", "ok-2", "lost-1", "pending-1", "failed-1"):
+        spool.add(event_id, Event("t", event_id), now.timestamp() - 1)
+    for event_id in ("ok-1", "ok-2", "lost-1"):
+        spool.settle(event_id, "delivered", 1, "200")
+    spool.settle("failed-1", "failed", 8, "503")
+    store.insert([Incoming(i, Event("t", i), now) for i in ("ok-1", "ok-2", "pending-1", "stray")])
+    report = verify(spool, store).to_json()
+    assert report["ok"] is False
+    assert (report["generated"], report["acknowledged"], report["stored"]) == (5, 3, 3)
+    assert report["lost_ids"] == ["lost-1"]
+    assert report["unexpected_ids"] == ["stray"]
+    assert (report["pending"], report["failed"], report["duplicated"]) == (1, 1, 0)
+    assert report["stored_unacknowledged"] == 1
+    assert 900 < report["latency_p50_ms"] < 1500
+    spool.close()
+    store.close()
+
+
+def test_verify_is_ok_when_everything_arrived(tmp_path: Path, sqlite_url: str) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    store = Store.open(sqlite_url, create=True)
+    spool.add("e1", Event("t", "p"))
+    spool.settle("e1", "delivered", 1, "200")
+    store.insert([Incoming("e1", Event("t", "p"), datetime.now(UTC))])
+    assert verify(spool, store).ok
+    spool.close()
+    store.close()
+
+
+def test_an_unwritable_spool_is_a_clean_error(tmp_path: Path) -> None:
+    from eventctl.spool import SpoolError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SpoolError, match="cannot open the spool"):
+        Spool.open(blocker / "spool.db")
