@@ -567,16 +567,14 @@ def spool_list(
     )
     if entries:
         table = Table(box=None, header_style="dim")
-        for column in ("event_id", "state", "event_type", "attempts", "last result", "created"):
-            table.add_column(column, no_wrap=column != "event_type")
+        table.add_column("event_id", no_wrap=True, min_width=36)
+        table.add_column("state", no_wrap=True)
+        table.add_column("tries", justify="right")
+        table.add_column("last result", no_wrap=True, max_width=20, overflow="ellipsis")
+        table.add_column("event_type", no_wrap=True, overflow="ellipsis")
         for e in entries:
             table.add_row(
-                e.event_id,
-                e.state,
-                e.event.event_type,
-                str(e.attempts),
-                e.last_result or "-",
-                datetime.fromtimestamp(e.created_at, UTC).isoformat(timespec="seconds"),
+                e.event_id, e.state, str(e.attempts), e.last_result or "-", e.event.event_type
             )
         Console(highlight=False).print(table)
 
@@ -641,7 +639,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Prove delivery: compare the spool's record with what the database holds."""
-    from eventctl.spool import Spool
+    from eventctl.spool import Spool, SpoolError
     from eventctl.store import Store
     from eventctl.verify import verify as compare
 
@@ -649,7 +647,7 @@ def verify(
     ccfg = consumer_config(consumer_config_path, database_url=database_url)
     spool_path = Path(pcfg.spool_path)
     if not spool_path.exists():
-        raise EventctlError(f"{spool_path}: no spool here; run `eventctl propagate` first")
+        raise SpoolError(f"{spool_path}: no spool here; run `eventctl propagate` first")
     opened = Spool.open(spool_path)
     store = Store.open(ccfg.database_url)
     try:
