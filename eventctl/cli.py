@@ -31,7 +31,8 @@ from eventctl.errors import (
     Refused,
     ServerFailed,
 )
-from eventctl.events import Event, load_events_file, new_event_id, validate_event
+from eventctl.events import Event, new_event_id, validate_event
+from eventctl.templates import EventSource, load_events_file
 from eventctl.timefmt import parse_duration, parse_since
 
 if TYPE_CHECKING:
@@ -381,7 +382,7 @@ def propagate(
         request_timeout_seconds=timeout,
     )
     seconds = _duration(duration)
-    events = [] if drain else load_events_file(Path(cfg.events_file))
+    events = EventSource([]) if drain else load_events_file(Path(cfg.events_file))
     mode = DisplayMode.choose(quiet=quiet, json_log=json_log, tty=sys.stderr.isatty())
     stats = propagate_events(
         cfg, events, count=0 if drain else count, duration=seconds, seed=seed, mode=mode
@@ -416,6 +417,18 @@ def _event_from_flags(
     return validate_event({"event_type": event_type, "event_payload": payload})
 
 
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or key not in ("event_type", "event_payload"):
+            raise typer.BadParameter(
+                f"{pair!r}: use event_type=VALUE or event_payload=VALUE", param_hint="--set"
+            )
+        fields[key] = value
+    return fields
+
+
 @app.command("send-once")
 @guarded
 def send_once(
@@ -440,8 +453,17 @@ def send_once(
         float | None, typer.Option(help="Seconds to wait for the answer (default: 5).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a field of the event: event_type=... or event_payload=... (repeatable).",
+            metavar="KEY=VALUE",
+        ),
+    ] = None,
 ) -> None:
     """Send exactly one event and print the outcome."""
+    import random
     import time
 
     from eventctl.propagator import send_event
@@ -454,9 +476,10 @@ def send_once(
     )
     event = _event_from_flags(event_type, payload, file)
     if event is None:
-        import random
-
-        event = random.choice(load_events_file(Path(cfg.events_file)))
+        source = load_events_file(Path(cfg.events_file))
+        event = source.pick(random.Random(), 1, lambda: datetime.now(UTC))
+    if overrides:
+        event = validate_event({**event._asdict(), **_parse_sets(overrides)})
     sent = send_event(
         cfg.api_endpoint,
         event,
@@ -617,7 +640,7 @@ def spool_retry(
         opened.close()
     typer.echo(f"eventctl spool retry: {requeued} failed events are pending again", err=True)
     mode = DisplayMode.choose(quiet=quiet, json_log=False, tty=sys.stderr.isatty())
-    stats = propagate_events(cfg, [], count=0, duration=None, seed=None, mode=mode)
+    stats = propagate_events(cfg, EventSource([]), count=0, duration=None, seed=None, mode=mode)
     if not stats.all_delivered:
         raise typer.Exit(ExitCode.UNDELIVERED)
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from eventctl.errors import InvalidEvent
@@ -95,28 +93,3 @@ def validate_event(obj: object) -> Event:
     if _CONTROL.search(event_type):
         raise InvalidEvent("event_type", "must not contain control characters")
     return Event(event_type, payload)
-
-
-def load_events_file(path: Path) -> list[Event]:
-    """Read and validate a JSON list of events; errors name the file and the 0-based index."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidEvent(None, f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidEvent(None, f"{path}: cannot read: {exc}") from None
-    try:
-        data: Any = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidEvent(None, f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, list):
-        raise InvalidEvent(None, f"{path}: must be a JSON list of events, not {json_type(data)}")
-    if not data:
-        raise InvalidEvent(None, f"{path}: the list of events is empty")
-    events = []
-    for index, item in enumerate(data):
-        try:
-            events.append(validate_event(item))
-        except InvalidEvent as exc:
-            raise InvalidEvent(None, f"{path}[{index}]: {exc}") from None
-    return events

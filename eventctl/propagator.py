@@ -19,9 +19,10 @@ from typing import Literal
 
 import httpx
 
-from eventctl.errors import Unavailable
+from eventctl.errors import InvalidEvent, Unavailable
 from eventctl.events import Event, new_event_id
 from eventctl.spool import Spool
+from eventctl.templates import EventSource
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -168,7 +169,7 @@ class Propagator:
 
     def __init__(
         self,
-        events: Sequence[Event],
+        events: Sequence[Event] | EventSource,
         endpoint: str,
         client: httpx.AsyncClient,
         *,
@@ -190,7 +191,7 @@ class Propagator:
     ) -> None:
         if not events and count != 0:
             raise ValueError("no events to send")
-        self.events = list(events)
+        self.source = events if isinstance(events, EventSource) else EventSource.plain(events)
         self.endpoint = endpoint
         self.client = client
         self.interval = interval
@@ -260,7 +261,13 @@ class Propagator:
                 continue
             stats.lateness.append(self.clock() - due)
             event_id = self.new_id()
-            event = self.rng.choice(self.events)
+            try:
+                event = self.source.pick(self.rng, stats.generated + 1, self.wall_clock)
+            except InvalidEvent as exc:
+                stats.generated += 1
+                stats.failed += 1
+                self._report(Record("failed", event_id, "?", 0, self.clock(), error=str(exc)))
+                continue
             if self.spool is not None:
                 self.spool.add(event_id, event)
             stats.generated += 1

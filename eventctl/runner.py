@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,11 @@ from eventctl.app import ConsumerApp, create_app
 from eventctl.config import ConsumerConfig, PropagatorConfig
 from eventctl.display import Display, JsonDisplay, LiveDisplay, LogDisplay
 from eventctl.errors import EventctlError, Unavailable
-from eventctl.events import Event
 from eventctl.logs import log_config
 from eventctl.propagator import Propagator, RetryPolicy, Stats
 from eventctl.spool import Spool
 from eventctl.store import Store, describe_url
+from eventctl.templates import EventSource
 
 REFRESH_SECONDS = 0.25
 GRACE_SECONDS = 3.0
@@ -166,7 +166,7 @@ def make_display(mode: DisplayMode, stats: Stats, now: float) -> Display:
 
 async def _propagate(
     cfg: PropagatorConfig,
-    events: Sequence[Event],
+    events: EventSource,
     *,
     count: int | None,
     duration: float | None,
@@ -227,7 +227,7 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 def propagate_events(
     cfg: PropagatorConfig,
-    events: Sequence[Event],
+    events: EventSource,
     *,
     count: int | None,
     duration: float | None,
@@ -250,7 +250,7 @@ def propagate_events(
 def run_up(
     ccfg: ConsumerConfig,
     pcfg: PropagatorConfig,
-    events: Sequence[Event],
+    events: EventSource,
     sock: socket.socket,
     *,
     count: int | None,

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from eventctl.errors import InvalidEvent
-from eventctl.events import Event, load_events_file, validate_event
+from eventctl.events import Event, validate_event
+from eventctl.templates import load_events_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +51,7 @@ def test_event_type_of_exactly_255_characters_is_fine() -> None:
 
 
 def test_shipped_events_file_is_valid_and_varied() -> None:
-    events = load_events_file(ROOT / "events" / "events.json")
+    events = load_events_file(ROOT / "events" / "events.json").first()
     assert len(events) >= 8
     types = [e.event_type for e in events]
     assert len(set(types)) >= 4
