@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from eventctl.auth import Credentials, SignatureError, token_matches, verify
 from eventctl.config import ConsumerConfig, metrics_enabled
 from eventctl.errors import DatabaseError, InvalidEvent
 from eventctl.events import Event, new_event_id, validate_event
@@ -98,6 +99,14 @@ def _headers(scope: Scope) -> tuple[bytes, bytes | None, bytes | None]:
     return content_type, length, key
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
 def _require_json(content_type: bytes) -> None:
     media_type = content_type.split(b";", 1)[0].strip().lower()
     if media_type != b"application/json":
@@ -167,9 +176,16 @@ class Ingest:
     """The ASGI handler of `POST /event` (one event) or `POST /events` (a JSON array)."""
 
     def __init__(
-        self, config: ConsumerConfig, writer: Writer, metrics: Metrics | None, *, batch: bool
+        self,
+        config: ConsumerConfig,
+        writer: Writer,
+        metrics: Metrics | None,
+        credentials: Credentials,
+        *,
+        batch: bool,
     ) -> None:
         self.config = config
+        self.credentials = credentials
         self.writer = writer
         self.metrics = metrics
         self.batch = batch
@@ -213,11 +229,38 @@ class Ingest:
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
         content_type, length, raw_key = _headers(scope)
+        credentials = self.credentials
+        if credentials.token and not token_matches(
+            credentials.token, _header(scope, b"authorization")
+        ):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid Authorization: Bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="eventctl"'},
+            )
         _require_json(content_type)
-        data = _parse_json(await _read_body(receive, length, self.config.max_body_bytes))
+        body = await _read_body(receive, length, self.config.max_body_bytes)
+        key = _idempotency_key(raw_key)
+        if credentials.keys:
+            message_id = _header(scope, b"webhook-id")
+            try:
+                verify(
+                    credentials.keys,
+                    message_id,
+                    _header(scope, b"webhook-timestamp"),
+                    _header(scope, b"webhook-signature"),
+                    body,
+                    now=time.time(),
+                    tolerance=self.config.webhook_tolerance_seconds,
+                )
+            except SignatureError as exc:
+                raise ApiError(401, "invalid_signature", str(exc)) from None
+            key = key or _idempotency_key(message_id.encode() if message_id else None)
+        data = _parse_json(body)
         if self.batch:
-            return await self._many(data, _idempotency_key(raw_key))
-        return await self._one(data, _idempotency_key(raw_key))
+            return await self._many(data, key)
+        return await self._one(data, key)
 
     async def _one(self, data: Any, key: str | None) -> tuple[int, bytes, list[Any]]:
         if not isinstance(data, dict):
@@ -308,9 +351,18 @@ class ConsumerApp(Starlette):
 
 
 def create_app(
-    config: ConsumerConfig, store: Store, *, multiprocess_metrics: bool = False
+    config: ConsumerConfig,
+    store: Store,
+    *,
+    credentials: Credentials | None = None,
+    multiprocess_metrics: bool = False,
 ) -> ConsumerApp:
-    """The consumer app. It starts and stops its own writer in the lifespan."""
+    """The consumer app. It starts and stops its own writer in the lifespan.
+
+    `credentials` (a bearer token, Standard Webhooks keys) are required of every ingest
+    request when given.
+    """
+    credentials = credentials or Credentials()
     metrics = Metrics(multiprocess=multiprocess_metrics) if metrics_enabled(config) else None
     writer = Writer(
         store,
@@ -319,8 +371,8 @@ def create_app(
         max_queued=config.max_queued_events,
         on_commit=metrics.on_commit if metrics else None,
     )
-    one = Ingest(config, writer, metrics, batch=False)
-    many = Ingest(config, writer, metrics, batch=True)
+    one = Ingest(config, writer, metrics, credentials, batch=False)
+    many = Ingest(config, writer, metrics, credentials, batch=True)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -467,6 +467,7 @@ def send_once(
     import time
 
     from eventctl.propagator import send_event
+    from eventctl.runner import propagator_credentials
 
     cfg = propagator_config(
         config,
@@ -486,6 +487,7 @@ def send_once(
         event_id=idempotency_key or new_event_id(),
         timeout=cfg.request_timeout_seconds,
         clock=time.monotonic,
+        credentials=propagator_credentials(cfg),
     )
     if as_json:
         json.dump(

@@ -94,6 +94,9 @@ class ConsumerConfig:
         0.0, _non_negative, "fault drill: delay before ingest", "--latency"
     )
     metrics: bool | None = _option(None, None, "serve /metrics (default: when bound to loopback)")
+    webhook_secrets_file: str = _option("", None, "file of whsec_ secrets to verify signatures")
+    webhook_tolerance_seconds: float = _option(300.0, _positive, "accepted webhook-timestamp skew")
+    auth_token_file: str = _option("", None, "file holding the bearer token to require")
 
 
 def metrics_enabled(config: ConsumerConfig) -> bool:
@@ -121,6 +124,8 @@ class PropagatorConfig:
         ".eventctl/spool.db", None, "the record of generated events", "--spool"
     )
     spool_max_pending: int = _option(10_000, _positive, "pending events before generation pauses")
+    signing_secret_file: str = _option("", None, "file holding the whsec_ secret to sign with")
+    auth_token_file: str = _option("", None, "file holding the bearer token to send")
 
 
 C = TypeVar("C", ConsumerConfig, PropagatorConfig)

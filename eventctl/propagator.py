@@ -7,6 +7,7 @@ id maker); it reports through callbacks and never prints.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 import statistics
@@ -19,6 +20,7 @@ from typing import Literal
 
 import httpx
 
+from eventctl.auth import Credentials, signature_headers
 from eventctl.errors import InvalidEvent, Unavailable
 from eventctl.events import Event, new_event_id
 from eventctl.spool import Spool
@@ -188,6 +190,7 @@ class Propagator:
         spool: Spool | None = None,
         spool_max_pending: int = 10_000,
         replay: Sequence[tuple[str, Event]] = (),
+        credentials: Credentials | None = None,
     ) -> None:
         if not events and count != 0:
             raise ValueError("no events to send")
@@ -209,6 +212,7 @@ class Propagator:
         self.spool = spool
         self.spool_max_pending = spool_max_pending
         self.replay = list(replay)
+        self.credentials = credentials or Credentials()
         self.stats = Stats(endpoint, interval, max_in_flight)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -327,10 +331,10 @@ class Propagator:
         sent_at = self.clock()
         status: int | None = None
         error: str | None = None
+        body = event_body(event)
+        headers = request_headers(self.credentials, event_id, body, self.wall_clock())
         try:
-            response = await self.client.post(
-                self.endpoint, json=event.to_json(), headers={"Idempotency-Key": event_id}
-            )
+            response = await self.client.post(self.endpoint, content=body, headers=headers)
         except httpx.TimeoutException:
             error = "timeout"
         except httpx.TransportError as exc:
@@ -386,6 +390,23 @@ class Propagator:
             stats.in_flight -= 1
 
 
+def event_body(event: Event) -> bytes:
+    return json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def request_headers(
+    credentials: Credentials, event_id: str, body: bytes, now: datetime
+) -> dict[str, str]:
+    """Headers of one attempt: the id as Idempotency-Key; when configured, a bearer token
+    and a fresh Standard Webhooks signature (same webhook-id on every attempt)."""
+    headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
+    if credentials.token:
+        headers["Authorization"] = f"Bearer {credentials.token}"
+    if credentials.keys:
+        headers.update(signature_headers(credentials.keys[0], event_id, int(now.timestamp()), body))
+    return headers
+
+
 def transport_error_text(exc: httpx.TransportError) -> str:
     """A short reason for a failed connection, e.g. 'connection refused'."""
     cause: BaseException | None = exc
@@ -429,26 +450,27 @@ def send_event(
     timeout: float,
     transport: httpx.BaseTransport | None = None,
     clock: Clock,
+    credentials: Credentials | None = None,
 ) -> Sent:
     """POST one event and return the answer; raise Unavailable when there is none."""
     started = clock()
+    body = event_body(event)
+    headers = request_headers(credentials or Credentials(), event_id, body, datetime.now(UTC))
     try:
         with httpx.Client(timeout=timeout, transport=transport) as client:
-            response = client.post(
-                endpoint, json=event.to_json(), headers={"Idempotency-Key": event_id}
-            )
+            response = client.post(endpoint, content=body, headers=headers)
     except httpx.TimeoutException:
         raise Unavailable(f"cannot reach {endpoint}: no answer within {timeout:g}s") from None
     except httpx.TransportError as exc:
         raise Unavailable(f"cannot connect to {endpoint}: {transport_error_text(exc)}") from None
     try:
-        body: object = response.json()
+        answer: object = response.json()
     except ValueError:
-        body = response.text
+        answer = response.text
     return Sent(
         event_id=response.headers.get("Event-Id", event_id),
         status=response.status_code,
-        body=body,
+        body=answer,
         replayed=response.headers.get("Idempotent-Replayed") == "true",
         latency=clock() - started,
     )

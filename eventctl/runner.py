@@ -28,6 +28,7 @@ from rich.console import Console
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from eventctl.app import ConsumerApp, create_app
+from eventctl.auth import SIGNING_SECRET_ENV, WEBHOOK_SECRETS_ENV, Credentials
 from eventctl.config import ConsumerConfig, PropagatorConfig
 from eventctl.display import Display, JsonDisplay, LiveDisplay, LogDisplay
 from eventctl.errors import EventctlError, Unavailable
@@ -82,15 +83,39 @@ def _uvicorn_config(cfg: ConsumerConfig, app: Any, **kwargs: Any) -> uvicorn.Con
     )
 
 
+def consumer_credentials(cfg: ConsumerConfig) -> Credentials:
+    return Credentials.load(
+        token_file=cfg.auth_token_file,
+        secrets_variable=WEBHOOK_SECRETS_ENV,
+        secrets_file=cfg.webhook_secrets_file,
+        environ=os.environ,
+    )
+
+
+def propagator_credentials(cfg: PropagatorConfig) -> Credentials:
+    return Credentials.load(
+        token_file=cfg.auth_token_file,
+        secrets_variable=SIGNING_SECRET_ENV,
+        secrets_file=cfg.signing_secret_file,
+        environ=os.environ,
+    )
+
+
 def consumer_server(cfg: ConsumerConfig, store: Store) -> uvicorn.Server:
-    return uvicorn.Server(_uvicorn_config(cfg, create_app(cfg, store)))
+    app = create_app(cfg, store, credentials=consumer_credentials(cfg))
+    return uvicorn.Server(_uvicorn_config(cfg, app))
 
 
 def worker_app() -> ConsumerApp:
     """The app of one `serve --workers N` process, built from the parent's config."""
     cfg = ConsumerConfig(**json.loads(os.environ[WORKER_CONFIG_ENV]))
     multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
-    return create_app(cfg, Store.open(cfg.database_url), multiprocess_metrics=multiprocess)
+    return create_app(
+        cfg,
+        Store.open(cfg.database_url),
+        credentials=consumer_credentials(cfg),
+        multiprocess_metrics=multiprocess,
+    )
 
 
 def _serve_workers(cfg: ConsumerConfig, sock: socket.socket) -> None:
@@ -192,6 +217,7 @@ async def _propagate(
             spool=spool,
             spool_max_pending=cfg.spool_max_pending,
             replay=replay,
+            credentials=propagator_credentials(cfg),
         )
         display = make_display(mode, propagator.stats, clock())
         propagator.on_record = display.record

@@ -1,0 +1,197 @@
+"""Standard Webhooks signatures and bearer tokens, on both ends."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from eventctl.app import create_app
+from eventctl.auth import (
+    Credentials,
+    SignatureError,
+    read_secrets,
+    sign,
+    signature_headers,
+    signing_key,
+    verify,
+)
+from eventctl.config import ConsumerConfig
+from eventctl.errors import ConfigError, ExitCode
+from eventctl.store import Store
+from tests.conftest import Server, cli_env, in_process, run_cli
+
+SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+EVENT = {"event_type": "order.created", "event_payload": "{}"}
+BODY = json.dumps(EVENT).encode()
+
+
+def test_the_specification_test_vector() -> None:
+    key = signing_key(SPEC_SECRET, "test")
+    signature = sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}')
+    assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    verify(
+        [key],
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "1614265330",
+        "v1,bm9wZQ== " + signature,
+        b'{"test": 2432232314}',
+        now=1614265330 + 10,
+        tolerance=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"body": b'{"test": 2432232315}'}, "no webhook-signature matches"),
+        ({"timestamp": "1614265200"}, "no webhook-signature matches"),
+        ({"now": 1614265330 + 301}, "more than 300 s away"),
+        ({"signatures": "v2,abc"}, "no webhook-signature matches"),
+        ({"message_id": None}, "are required"),
+        ({"timestamp": "soon"}, "must be an integer"),
+    ],
+)
+def test_verification_refuses_what_does_not_match(change: dict[str, object], message: str) -> None:
+    arguments: dict[str, object] = {
+        "message_id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "timestamp": "1614265330",
+        "signatures": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        "body": b'{"test": 2432232314}',
+        "now": 1614265330,
+    }
+    arguments.update(change)
+    with pytest.raises(SignatureError, match=message):
+        verify([signing_key(SPEC_SECRET, "t")], tolerance=300, **arguments)  # type: ignore[arg-type]
+
+
+def test_secrets_come_from_the_environment_and_files(tmp_path: Path) -> None:
+    path = tmp_path / "secrets"
+    path.write_text("# rotated on Monday\nwhsec_b2xk\n\nwhsec_bmV3\n")
+    assert read_secrets("S", str(path), {"S": "whsec_ZW52, whsec_dHdv"}) == [
+        "whsec_ZW52",
+        "whsec_dHdv",
+        "whsec_b2xk",
+        "whsec_bmV3",
+    ]
+    with pytest.raises(ConfigError, match="cannot read the secrets file"):
+        read_secrets("S", str(tmp_path / "missing"), {})
+    with pytest.raises(ConfigError, match="must be whsec_ and base64"):
+        signing_key("whsec_not base64!", "EVENTCTL_WEBHOOK_SECRETS")
+    assert "s3cret" not in repr(Credentials("s3cret", [b"k"]))
+
+
+@pytest.fixture
+async def signed_client(store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    old = base64.b64encode(b"old key").decode()
+    new = base64.b64encode(b"new key").decode()
+    credentials = Credentials(keys=[signing_key(f"whsec_{old}", "t"), signing_key(new, "t")])
+    async with in_process(create_app(ConsumerConfig(), store, credentials=credentials)) as c:
+        yield c
+
+
+@pytest.mark.anyio
+async def test_the_consumer_accepts_either_rotated_secret(
+    signed_client: httpx.AsyncClient, store: Store
+) -> None:
+    for secret, message_id in ((b"old key", "msg_1"), (b"new key", "msg_2")):
+        headers = signature_headers(secret, message_id, int(time.time()), BODY)
+        headers["Content-Type"] = "application/json"
+        response = await signed_client.post("/event", content=BODY, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.headers["Event-Id"] == message_id  # webhook-id is the event id
+    assert store.count() == 2
+
+
+@pytest.mark.anyio
+async def test_the_consumer_refuses_bad_signatures_with_401_and_stores_nothing(
+    signed_client: httpx.AsyncClient, store: Store
+) -> None:
+    headers = signature_headers(b"wrong key", "msg_1", int(time.time()), BODY)
+    headers["Content-Type"] = "application/json"
+    bad = await signed_client.post("/event", content=BODY, headers=headers)
+    unsigned = await signed_client.post("/event", json=EVENT)
+    stale = signature_headers(b"new key", "msg_2", int(time.time()) - 600, BODY)
+    stale["Content-Type"] = "application/json"
+    old = await signed_client.post("/event", content=BODY, headers=stale)
+    for response in (bad, unsigned, old):
+        assert response.status_code == 401
+        assert response.json()["code"] == "invalid_signature"
+    assert store.count() == 0
+
+
+@pytest.mark.anyio
+async def test_bearer_tokens_are_required_when_configured(store: Store) -> None:
+    app = create_app(ConsumerConfig(), store, credentials=Credentials(token="t0ken"))
+    async with in_process(app) as client:
+        missing = await client.post("/event", json=EVENT)
+        wrong = await client.post("/event", json=EVENT, headers={"Authorization": "Bearer nope"})
+        right = await client.post("/event", json=EVENT, headers={"Authorization": "Bearer t0ken"})
+        health = await client.get("/healthz")
+    for response in (missing, wrong):
+        assert response.status_code == 401
+        assert response.json()["code"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="eventctl"'
+    assert right.status_code == 200
+    assert health.status_code == 200
+    assert store.count() == 1
+
+
+def test_signed_and_authenticated_delivery_end_to_end(tmp_path: Path, sqlite_url: str) -> None:
+    secret = "whsec_" + base64.b64encode(b"a shared secret").decode()
+    (tmp_path / "secrets").write_text(secret + "\n")
+    (tmp_path / "token").write_text("t0ken\n")
+    config = tmp_path / "consumer.yaml"
+    config.write_text(
+        f"webhook_secrets_file: {tmp_path / 'secrets'}\nauth_token_file: {tmp_path / 'token'}\n"
+    )
+    server = Server(sqlite_url, tmp_path, "--config", str(config))
+    try:
+        env = cli_env(EVENTCTL_SIGNING_SECRET=secret, EVENTCTL_AUTH_TOKEN="t0ken")
+        sent = run_cli(
+            "propagate",
+            "--endpoint",
+            server.url + "/event",
+            "--interval",
+            "0.01",
+            "--count",
+            "5",
+            env=env,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert secret not in sent.stderr + sent.stdout
+        once = run_cli(
+            "send-once",
+            "--endpoint",
+            server.url + "/event",
+            "--type",
+            "t",
+            "--payload",
+            "p",
+            env=env,
+        )
+        assert once.returncode == 0
+        unsigned = run_cli(
+            "send-once",
+            "--endpoint",
+            server.url + "/event",
+            "--type",
+            "t",
+            "--payload",
+            "p",
+            env=cli_env(EVENTCTL_AUTH_TOKEN="t0ken"),
+        )
+        assert unsigned.returncode == ExitCode.REFUSED
+        assert "401 invalid_signature" in unsigned.stderr
+    finally:
+        _, stderr = server.stop()
+    assert secret not in stderr
+    assert "t0ken" not in stderr
+    store = Store.open(sqlite_url)
+    assert store.count() == 6
+    store.close()
