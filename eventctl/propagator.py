@@ -335,8 +335,6 @@ class Propagator:
         headers = request_headers(self.credentials, event_id, body, self.wall_clock())
         try:
             response = await self.client.post(self.endpoint, content=body, headers=headers)
-        except httpx.TimeoutException:
-            error = "timeout"
         except httpx.TransportError as exc:
             error = transport_error_text(exc)
         else:
@@ -418,6 +416,8 @@ def transport_error_text(exc: httpx.TransportError) -> str:
         if isinstance(cause, ConnectionResetError):
             return "connection reset"
         cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
     if isinstance(exc, httpx.RemoteProtocolError):
         return "connection dropped"
     text = str(exc) or type(exc).__name__

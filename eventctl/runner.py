@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from httpx_aiohttp import AiohttpTransport
 from rich.console import Console
 from uvicorn.supervisors.multiprocess import Multiprocess
 
@@ -200,9 +201,8 @@ async def _propagate(
     spool: Spool,
 ) -> Stats:
     clock = time.monotonic
-    limits = httpx.Limits(max_connections=cfg.max_in_flight)
     replay = [(entry.event_id, entry.event) for entry in spool.entries("pending")]
-    async with httpx.AsyncClient(timeout=cfg.request_timeout_seconds, limits=limits) as client:
+    async with propagator_client(cfg) as client:
         propagator = Propagator(
             events,
             cfg.api_endpoint,
@@ -230,6 +230,15 @@ async def _propagate(
             display.refresh(clock())
         display.summary(stats.summary(clock()))
     return stats
+
+
+def propagator_client(cfg: PropagatorConfig) -> httpx.AsyncClient:
+    """httpx's API over aiohttp's connection pool: the same requests at about a third of
+    the CPU per request of httpx's own pool (measured by bench/propagate.py)."""
+    limits = httpx.Limits(max_connections=cfg.max_in_flight, max_keepalive_connections=64)
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(limits=limits), timeout=cfg.request_timeout_seconds
+    )
 
 
 async def _refresh(display: Display, clock: Callable[[], float]) -> None:
