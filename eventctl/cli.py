@@ -160,6 +160,15 @@ def serve_command(
         str | None,
         typer.Option(help="Fault drill: delay every ingest request, e.g. 50ms", metavar="TIME"),
     ] = None,
+    webhook_secrets_file: Annotated[
+        str | None, typer.Option(help="File of whsec_ secrets; requests must be signed")
+    ] = None,
+    webhook_tolerance_seconds: Annotated[
+        float | None, typer.Option(help="Accepted webhook-timestamp skew (default: 300)")
+    ] = None,
+    auth_token_file: Annotated[
+        str | None, typer.Option(help="File holding the bearer token requests must carry")
+    ] = None,
 ) -> None:
     """Run the Event Consumer: accept events on POST /event and store them."""
     from eventctl.runner import listen, serve
@@ -180,6 +189,9 @@ def serve_command(
         fail_rate=fail_rate,
         fail_status=fail_status,
         latency_seconds=None if latency is None else _duration(latency, allow_zero=True),
+        webhook_secrets_file=webhook_secrets_file,
+        webhook_tolerance_seconds=webhook_tolerance_seconds,
+        auth_token_file=auth_token_file,
     )
     serve(cfg, listen(cfg.host, cfg.port), Console(stderr=True, highlight=False))
 
@@ -360,6 +372,12 @@ def propagate(
         int | None,
         typer.Option(help="Pending events in the spool before generation pauses (default: 10000)."),
     ] = None,
+    signing_secret_file: Annotated[
+        str | None, typer.Option(help="File holding the whsec_ secret to sign events with.")
+    ] = None,
+    auth_token_file: Annotated[
+        str | None, typer.Option(help="File holding the bearer token to send.")
+    ] = None,
 ) -> None:
     """Run the Event Propagator: send a random event from the events file every interval."""
     from eventctl.runner import DisplayMode, propagate_events
@@ -372,6 +390,8 @@ def propagate(
         config,
         spool_path=spool,
         spool_max_pending=spool_max_pending,
+        signing_secret_file=signing_secret_file,
+        auth_token_file=auth_token_file,
         interval_seconds=interval if rate is None else 1 / rate,
         api_endpoint=endpoint,
         events_file=events_file,

@@ -18,8 +18,19 @@ DOCS = ROOT / "docs"
 
 
 def commands() -> dict[str, Any]:
-    group: Any = typer.main.get_command(app)
-    return dict(group.commands)
+    """Every command by its full name, sub-commands included ("spool list")."""
+    found: dict[str, Any] = {}
+
+    def walk(prefix: str, group: Any) -> None:
+        for name, command in group.commands.items():
+            full = f"{prefix} {name}".strip()
+            if hasattr(command, "commands"):
+                walk(full, command)
+            else:
+                found[full] = command
+
+    walk("", typer.main.get_command(app))
+    return found
 
 
 @pytest.mark.parametrize("name", sorted(commands()))
