@@ -17,13 +17,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
+
+try:
+    import uvloop
+except ImportError:  # not on Windows
+    uvloop = None  # type: ignore[assignment]
 from httpx_aiohttp import AiohttpTransport
 from rich.console import Console
 from uvicorn.supervisors.multiprocess import Multiprocess
@@ -260,6 +265,14 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+def _run_async(coroutine: Coroutine[Any, Any, Stats]) -> Stats:
+    """asyncio.run, on uvloop where it is installed (uvicorn's loop too)."""
+    if uvloop is None:
+        return asyncio.run(coroutine)
+    stats: Stats = uvloop.run(coroutine)
+    return stats
+
+
 def propagate_events(
     cfg: PropagatorConfig,
     events: EventSource,
@@ -273,7 +286,7 @@ def propagate_events(
     `count` or `duration` (count=0: only resend); show it on `mode`."""
     spool = Spool.open(Path(cfg.spool_path))
     try:
-        return asyncio.run(
+        return _run_async(
             _propagate(
                 cfg, events, count=count, duration=duration, seed=seed, mode=mode, spool=spool
             )

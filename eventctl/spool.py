@@ -17,6 +17,7 @@ from typing import NamedTuple
 from eventctl.errors import EventctlError, ExitCode
 from eventctl.events import Event
 
+SETTLE_BATCH = 256
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
     event_id TEXT PRIMARY KEY,
@@ -61,6 +62,7 @@ class Spool:
         self.connection = connection
         self.path = path
         self.pending_count = self._count("pending")
+        self._settled: list[tuple[str, float, int, str, str]] = []
 
     @classmethod
     def open(cls, path: Path) -> Spool:
@@ -81,32 +83,48 @@ class Spool:
         ).fetchone()
         return int(n)
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+    def _commit(self, insert: tuple[object, ...] | None = None) -> None:
+        """One transaction: the new event (if any) and every settlement noted since."""
+        settled, self._settled = self._settled, []
         try:
-            self.connection.execute(sql, params)
+            with self.connection:
+                self.connection.execute("BEGIN")
+                if insert is not None:
+                    self.connection.execute(
+                        "INSERT INTO spool (event_id, event_type, event_payload, state, "
+                        "created_at) VALUES (?, ?, ?, 'pending', ?)",
+                        insert,
+                    )
+                self.connection.executemany(
+                    "UPDATE spool SET state = ?, settled_at = ?, attempts = attempts + ?, "
+                    "last_result = ? WHERE event_id = ? AND state = 'pending'",
+                    settled,
+                )
         except sqlite3.Error as exc:
             raise SpoolError(f"{self.path}: cannot write the spool: {exc}") from None
 
     def add(self, event_id: str, event: Event, created_at: float | None = None) -> None:
         """Record a new event as pending; committed before this returns."""
-        self._write(
-            "INSERT INTO spool (event_id, event_type, event_payload, state, created_at) "
-            "VALUES (?, ?, ?, 'pending', ?)",
-            (event_id, event.event_type, event.event_payload, created_at or time.time()),
-        )
+        self._commit((event_id, event.event_type, event.event_payload, created_at or time.time()))
         self.pending_count += 1
 
     def settle(self, event_id: str, state: str, attempts: int, result: str) -> None:
-        """Mark a pending event delivered or failed."""
-        self._write(
-            "UPDATE spool SET state = ?, settled_at = ?, attempts = attempts + ?, "
-            "last_result = ? WHERE event_id = ? AND state = 'pending'",
-            (state, time.time(), attempts, result, event_id),
-        )
+        """Note a pending event as delivered or failed. Settlements are committed with the
+        next `add` (or `flush`): losing them to a crash only means the event is sent again,
+        and the consumer stores a resent id once."""
+        self._settled.append((state, time.time(), attempts, result, event_id))
         self.pending_count -= 1
+        if len(self._settled) >= SETTLE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit the settlements noted so far."""
+        if self._settled:
+            self._commit()
 
     def entries(self, *states: str) -> list[Entry]:
         """Entries in the given states (all when none), oldest first."""
+        self.flush()
         sql = "SELECT * FROM spool"
         if states:
             sql += f" WHERE state IN ({', '.join('?' * len(states))})"
@@ -121,6 +139,7 @@ class Spool:
 
     def requeue_failed(self) -> int:
         """Make failed events pending again; returns how many."""
+        self.flush()
         cursor = self.connection.execute(
             "UPDATE spool SET state = 'pending', settled_at = NULL WHERE state = 'failed'"
         )
@@ -128,10 +147,12 @@ class Spool:
         return cursor.rowcount
 
     def counts(self) -> dict[str, int]:
+        self.flush()
         rows = self.connection.execute("SELECT state, count(*) FROM spool GROUP BY state")
         found = dict.fromkeys(("pending", "delivered", "failed"), 0)
         found.update({state: int(n) for state, n in rows})
         return found
 
     def close(self) -> None:
+        self.flush()
         self.connection.close()
