@@ -116,6 +116,18 @@ def run_cli(
     )
 
 
+def spawn(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start `python -m eventctl ARGS` as a real subprocess with piped output."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "eventctl", *args],
+        cwd=cwd or ROOT,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 class Server:
     """A real `eventctl serve` subprocess on a free loopback port."""
 
@@ -123,23 +135,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "eventctl",
-                "serve",
-                "--port",
-                str(self.port),
-                "--database-url",
-                database_url,
-                *extra,
-            ],
-            cwd=cwd,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        self.process = spawn(
+            "serve", "--port", str(self.port), "--database-url", database_url, *extra, cwd=cwd
         )
         self._wait_ready()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from eventctl.errors import ExitCode
-from tests.conftest import ROOT, Server, cli_env, free_port, run_cli
+from tests.conftest import ROOT, Server, cli_env, free_port, run_cli, spawn
 
 EVENTS_FILE = str(ROOT / "events" / "events.json")
 
@@ -66,52 +66,27 @@ def test_propagate_delivers_every_event_exactly_once(server: Server) -> None:
 
 def test_propagate_waits_for_a_consumer_that_starts_late(tmp_path: Path, sqlite_url: str) -> None:
     port = free_port()
-    sender = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "eventctl",
-            "propagate",
-            "--interval",
-            "0.05",
-            "--count",
-            "40",
-            "--endpoint",
-            f"http://127.0.0.1:{port}/event",
-            "--events-file",
-            EVENTS_FILE,
-            "--retry-base-seconds",
-            "0.1",
-            "--retry-max-seconds",
-            "0.5",
-            "--retry-attempts",
-            "30",
-        ],
+    sender = spawn(
+        "propagate",
+        "--interval",
+        "0.05",
+        "--count",
+        "40",
+        "--endpoint",
+        f"http://127.0.0.1:{port}/event",
+        "--events-file",
+        EVENTS_FILE,
+        "--retry-base-seconds",
+        "0.1",
+        "--retry-max-seconds",
+        "0.5",
+        "--retry-attempts",
+        "30",
         cwd=ROOT,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     time.sleep(2.0)
     assert sender.poll() is None
-    late = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "eventctl",
-            "serve",
-            "--port",
-            str(port),
-            "--database-url",
-            sqlite_url,
-        ],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    late = spawn("serve", "--port", str(port), "--database-url", sqlite_url, cwd=tmp_path)
     try:
         _, err = sender.communicate(timeout=60)
     finally:
@@ -137,24 +112,15 @@ def test_propagate_json_log_is_ndjson_on_stdout(server: Server) -> None:
 
 
 def test_propagate_stops_on_sigint_with_a_summary(server: Server) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "eventctl",
-            "propagate",
-            "--interval",
-            "0.05",
-            "--endpoint",
-            server.url + "/event",
-            "--events-file",
-            EVENTS_FILE,
-        ],
+    process = spawn(
+        "propagate",
+        "--interval",
+        "0.05",
+        "--endpoint",
+        server.url + "/event",
+        "--events-file",
+        EVENTS_FILE,
         cwd=ROOT,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     wait_for_rows(server.database_url, 6)
     process.send_signal(signal.SIGINT)
@@ -231,14 +197,7 @@ def test_propagate_interval_2_works_as_typed(server: Server, tmp_path: Path) -> 
         f'interval_seconds: 5\napi_endpoint: "{server.url}/event"\n'
         'events_file: "events/events.json"\n'
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "eventctl", "propagate", "--interval", "2"],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = spawn("propagate", "--interval", "2", cwd=tmp_path)
     wait_for_rows(server.database_url, 2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=20)
@@ -428,24 +387,8 @@ def test_up_stops_cleanly_on_a_signal(
     tmp_path: Path, sqlite_url: str, signum: signal.Signals
 ) -> None:
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "eventctl",
-            "up",
-            "--port",
-            str(port),
-            "--interval",
-            "0.05",
-            "--database-url",
-            sqlite_url,
-        ],
-        cwd=ROOT,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = spawn(
+        "up", "--port", str(port), "--interval", "0.05", "--database-url", sqlite_url, cwd=ROOT
     )
     wait_for_rows(sqlite_url, 6)
     process.send_signal(signum)
