@@ -9,6 +9,7 @@ answer other than 2xx has the same JSON shape (see docs/http-api.md):
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
@@ -17,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import orjson
@@ -33,6 +34,7 @@ from eventctl.errors import DatabaseError, InvalidEvent
 from eventctl.events import Event, new_event_id, validate_event
 from eventctl.metrics import CONTENT_TYPE, Metrics
 from eventctl.store import Incoming, Store
+from eventctl.timefmt import parse_since
 from eventctl.writer import Overloaded, Writer
 
 log = logging.getLogger("eventctl.app")
@@ -334,6 +336,87 @@ async def _write(writer: Writer, records: list[Incoming]) -> set[str]:
         ) from None
 
 
+def _read_routes(store: Store) -> list[Route]:
+    """GET /events (filtered, paged newest first) and GET /events/{event_id}."""
+
+    async def list_events(request: Request) -> Response:
+        params = request.query_params
+        allowed = {"type", "since", "until", "q", "limit", "cursor"}
+        if unknown := sorted(set(params) - allowed):
+            raise_bad_parameter(
+                unknown[0], f"is not a parameter (use {', '.join(sorted(allowed))})"
+            )
+        now = datetime.now(UTC)
+        since = _time_parameter(params.get("since"), "since", now)
+        until = _time_parameter(params.get("until"), "until", now)
+        limit = _int_parameter(params.get("limit", str(DEFAULT_PAGE)), "limit", 1, MAX_PAGE)
+        before = decode_cursor(params["cursor"]) if "cursor" in params else None
+        events = await anyio.to_thread.run_sync(
+            lambda: store.events(
+                limit=limit + 1,
+                types=params.getlist("type"),
+                since=since,
+                until=until,
+                q=params.get("q") or None,
+                before_id=before,
+            )
+        )
+        page = events[:limit]
+        cursor = encode_cursor(page[-1].id) if len(events) > limit else None
+        return JSONResponse({"events": [e.to_json() for e in page], "next_cursor": cursor})
+
+    async def get_event(request: Request) -> Response:
+        event_id = request.path_params["event_id"]
+        event = await anyio.to_thread.run_sync(store.event, event_id)
+        if event is None:
+            raise ApiError(404, "not_found", f"no event with event_id {event_id}")
+        return JSONResponse(event.to_json())
+
+    return [
+        Route("/events", list_events, methods=["GET"]),
+        Route("/events/{event_id:path}", get_event, methods=["GET"]),
+    ]
+
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+
+
+def raise_bad_parameter(name: str, problem: str) -> NoReturn:
+    raise ApiError(400, "invalid_parameter", f"{name} {problem}", field=name)
+
+
+def _int_parameter(text: str, name: str, low: int, high: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise_bad_parameter(name, f"must be an integer from {low} to {high}, not {text!r}")
+    return int(text)
+
+
+def _time_parameter(text: str | None, name: str, now: datetime) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_since(text, now)
+    except ValueError as exc:
+        raise_bad_parameter(name, str(exc).replace("not a time: ", "must be a time: "))
+
+
+def encode_cursor(last_id: int) -> str:
+    """An opaque cursor: the page continues below this row id."""
+    return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, value = text.partition(":")
+        if version == "v1" and value.isdigit():
+            return int(value)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise_bad_parameter("cursor", "is not a cursor from a previous page")
+
+
 class ConsumerApp(Starlette):
     """Starlette, with the ingest endpoints answered before the router and middleware."""
 
@@ -411,6 +494,12 @@ def create_app(
         }.get(exc.status_code, exc.detail)
         return error_response(ApiError(exc.status_code, code, message, headers=exc.headers))
 
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        if metrics:
+            metrics.rejected.labels(str(exc.status), exc.code).inc()
+        return error_response(exc)
+
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(ApiError(500, "internal_error", "internal server error"))
@@ -418,6 +507,7 @@ def create_app(
     routes = [
         Route("/event", one, methods=["POST"]),
         Route("/events", many, methods=["POST"]),
+        *_read_routes(store),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
@@ -426,6 +516,10 @@ def create_app(
     return ConsumerApp(
         {"/event": one, "/events": many},
         routes=routes,
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            ApiError: api_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
         lifespan=lifespan,
     )

@@ -223,7 +223,7 @@ def list_events(
             raise typer.BadParameter(str(exc), param_hint="--since") from None
     store = Store.open(cfg.database_url)
     try:
-        events = store.events(limit=limit, event_type=event_type, since=since_at)
+        events = store.events(limit=limit, types=[event_type] if event_type else [], since=since_at)
     finally:
         store.close()
     if as_json:

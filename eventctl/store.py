@@ -99,6 +99,16 @@ def describe_url(database_url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def _stored(row: Any) -> StoredEvent:
+    return StoredEvent(
+        id=row.id,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        event_payload=row.event_payload,
+        received_at=row.received_at.replace(tzinfo=UTC),
+    )
+
+
 class Store:
     """The events table in one database. Thread-safe: each thread gets its own connection."""
 
@@ -216,27 +226,42 @@ class Store:
         self,
         *,
         limit: int,
-        event_type: str | None = None,
+        types: Sequence[str] = (),
         since: datetime | None = None,
+        until: datetime | None = None,
+        q: str | None = None,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        oldest_first: bool = False,
     ) -> list[StoredEvent]:
-        """The newest `limit` events, newest first, optionally filtered."""
+        """Up to `limit` events, newest first (or oldest first), filtered by any of: event
+        types, received_at in [since, until), a payload substring (case-sensitive), and
+        `id` below `before_id` / above `after_id` (for stable paging and following)."""
         model = self.model
-        query = model.select().order_by(model.id.desc()).limit(limit)
-        if event_type is not None:
-            query = query.where(model.event_type == event_type)
+        order = model.id.asc() if oldest_first else model.id.desc()
+        query = model.select().order_by(order).limit(limit)
+        if types:
+            query = query.where(model.event_type.in_(list(types)))
         if since is not None:
             query = query.where(model.received_at >= _naive_utc(since))
+        if until is not None:
+            query = query.where(model.received_at < _naive_utc(until))
+        if q:
+            position = peewee.fn.instr if self.is_sqlite else peewee.fn.strpos
+            query = query.where(position(model.event_payload, q) > 0)
+        if before_id is not None:
+            query = query.where(model.id < before_id)
+        if after_id is not None:
+            query = query.where(model.id > after_id)
         with self._errors("cannot read events"):
-            return [
-                StoredEvent(
-                    id=row.id,
-                    event_id=row.event_id,
-                    event_type=row.event_type,
-                    event_payload=row.event_payload,
-                    received_at=row.received_at.replace(tzinfo=UTC),
-                )
-                for row in query
-            ]
+            return [_stored(row) for row in query]
+
+    def event(self, event_id: str) -> StoredEvent | None:
+        """The event with this event id, if stored."""
+        model = self.model
+        with self._errors("cannot read events"):
+            row = model.get_or_none(model.event_id == event_id)
+        return None if row is None else _stored(row)
 
     def ids_since(self, since: datetime) -> list[tuple[str, datetime]]:
         """(event_id, received_at) of every row received at or after `since`."""

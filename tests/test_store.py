@@ -43,7 +43,7 @@ def test_events_newest_first_with_limit_type_and_since(store: Store) -> None:
         ]
     )
     assert [e.event_id for e in store.events(limit=3)] == ["e9", "e8", "e7"]
-    assert [e.event_id for e in store.events(limit=3, event_type="even")] == ["e8", "e6", "e4"]
+    assert [e.event_id for e in store.events(limit=3, types=["even"])] == ["e8", "e6", "e4"]
     since = T0 + timedelta(minutes=7)
     assert [e.event_id for e in store.events(limit=50, since=since)] == ["e9", "e8", "e7"]
 

@@ -1,0 +1,122 @@
+"""GET /events and GET /events/{event_id}: filters, paging, errors; both backends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from eventctl.app import create_app
+from eventctl.config import ConsumerConfig
+from eventctl.events import Event
+from eventctl.store import Incoming, Store
+from tests.conftest import in_process
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def t0() -> datetime:
+    return datetime.now(UTC) - timedelta(hours=1)
+
+
+@pytest.fixture
+async def client(store: Store, t0: datetime) -> AsyncIterator[httpx.AsyncClient]:
+    records = [
+        Incoming(
+            f"e{i:02}",
+            Event(f"type.{i % 3}", f"payload {i} {'needle' * (i % 5 == 0)}"),
+            t0 + timedelta(minutes=i),
+        )
+        for i in range(30)
+    ]
+    store.insert(records)
+    async with in_process(create_app(ConsumerConfig(), store)) as c:
+        yield c
+
+
+def ids(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [e["event_id"] for e in response.json()["events"]]
+
+
+async def test_newest_first_with_a_default_limit_of_50(client: httpx.AsyncClient) -> None:
+    response = await client.get("/events")
+    assert ids(response) == [f"e{i:02}" for i in range(29, -1, -1)]
+    assert response.json()["next_cursor"] is None
+    event = response.json()["events"][0]
+    assert set(event) == {"id", "event_id", "event_type", "event_payload", "received_at"}
+
+
+async def test_filters(client: httpx.AsyncClient, t0: datetime) -> None:
+    assert ids(await client.get("/events", params={"type": "type.0", "limit": 3})) == [
+        "e27",
+        "e24",
+        "e21",
+    ]
+    both = ids(await client.get("/events", params=[("type", "type.0"), ("type", "type.1")]))
+    assert len(both) == 20
+    since = (t0 + timedelta(minutes=27)).isoformat()
+    until = (t0 + timedelta(minutes=29)).isoformat()
+    assert ids(await client.get("/events", params={"since": since})) == ["e29", "e28", "e27"]
+    assert ids(await client.get("/events", params={"since": since, "until": until})) == [
+        "e28",
+        "e27",
+    ]
+    assert ids(await client.get("/events", params={"q": "needle"})) == [
+        "e25",
+        "e20",
+        "e15",
+        "e10",
+        "e05",
+        "e00",
+    ]
+    recent = ids(await client.get("/events", params={"since": "34m30s"}))
+    assert recent == [f"e{i:02}" for i in range(29, 25, -1)]
+
+
+async def test_pages_skip_and_repeat_nothing_while_events_arrive(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    first = await client.get("/events", params={"limit": 10})
+    seen = ids(first)
+    store.insert([Incoming(f"new{i}", Event("late", "x"), datetime.now(UTC)) for i in range(5)])
+    cursor = first.json()["next_cursor"]
+    while cursor:
+        page = await client.get("/events", params={"limit": 10, "cursor": cursor})
+        seen += ids(page)
+        cursor = page.json()["next_cursor"]
+    assert seen == [f"e{i:02}" for i in range(29, -1, -1)]
+
+
+async def test_one_event_by_id(client: httpx.AsyncClient) -> None:
+    found = await client.get("/events/e07")
+    assert found.json()["event_payload"] == "payload 7 "
+    missing = await client.get("/events/nope")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"since": "yesterday"}, "since"),
+        ({"until": "soon"}, "until"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+async def test_bad_parameters_are_400_naming_the_parameter(
+    client: httpx.AsyncClient, params: dict[str, str], name: str
+) -> None:
+    response = await client.get("/events", params=params)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid_parameter"
+    assert body["errors"][0]["field"] == name
+    assert body["message"].startswith(name)
