@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -196,46 +197,198 @@ def serve_command(
     serve(cfg, listen(cfg.host, cfg.port), Console(stderr=True, highlight=False))
 
 
+OUTPUTS = ("table", "json", "ndjson", "csv")
+FOLLOW_POLL_SECONDS = 1.0
+
+
+def _when(text: str | None, flag: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_since(text, datetime.now(UTC))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from None
+
+
 @app.command("list-events")
 @guarded
 def list_events(
     config: ConfigOption = None,
     database_url: DatabaseUrlOption = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many events.")] = 20,
-    event_type: Annotated[
-        str | None, typer.Option("--type", help="Only events of this event_type.")
+    event_types: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="Only events of this event_type (repeatable)."),
     ] = None,
     since: Annotated[
         str | None,
         typer.Option(help="Only events received since an ISO time or an age (10m, 2h, 1d)."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+    until: Annotated[
+        str | None, typer.Option(help="Only events received before an ISO time or an age.")
+    ] = None,
+    q: Annotated[
+        str | None, typer.Option("--q", help="Only events whose payload contains this text.")
+    ] = None,
+    output: Annotated[str, typer.Option(help=f"Output format: {', '.join(OUTPUTS)}.")] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --output json.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing new events as they are stored (Ctrl-C stops)."
+        ),
+    ] = False,
 ) -> None:
     """Show stored events, newest first, straight from the database."""
     from eventctl.store import Store
 
+    output = "json" if as_json else output
+    if output not in OUTPUTS:
+        raise typer.BadParameter(f"not one of {', '.join(OUTPUTS)}", param_hint="--output")
+    if follow and output == "json":
+        raise typer.BadParameter("--follow prints a stream: use ndjson, csv or table")
     cfg = consumer_config(config, database_url=database_url)
-    since_at = None
-    if since is not None:
-        try:
-            since_at = parse_since(since, datetime.now(UTC))
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--since") from None
+    filters: dict[str, Any] = {
+        "types": event_types or [],
+        "since": _when(since, "--since"),
+        "until": _when(until, "--until"),
+        "q": q,
+    }
     store = Store.open(cfg.database_url)
     try:
-        events = store.events(limit=limit, types=[event_type] if event_type else [], since=since_at)
+        events = store.events(limit=limit, **filters)
+        if not follow:
+            _print_events(events, output, filtered=any(filters.values()))
+            return
+        _print_events(events[::-1], output, filtered=True, quiet=True)
+        _follow(store, filters, events[0].id if events else 0, output)
     finally:
         store.close()
-    if as_json:
+
+
+def _print_events(
+    events: list[StoredEvent],
+    output: str,
+    *,
+    filtered: bool,
+    header: bool = True,
+    quiet: bool = False,
+) -> None:
+    """Print events in the order given. `quiet`: no "No events" line for an empty list."""
+    if output == "json":
         json.dump([e.to_json() for e in events], sys.stdout, ensure_ascii=False, indent=2)
         sys.stdout.write("\n")
-    elif not events:
-        typer.echo(
-            "No events yet." if since is None and event_type is None else "No events match.",
-            err=True,
+    elif output == "ndjson":
+        for event in events:
+            sys.stdout.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+    elif output == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(StoredEventFields))
+        if header:
+            writer.writeheader()
+        writer.writerows(e.to_json() for e in events)
+    elif events:
+        order = "newest first" if events[0].id >= events[-1].id else "oldest first"
+        Console(highlight=False).print(_events_table(events, order))
+    elif not quiet:
+        typer.echo("No events match." if filtered else "No events yet.", err=True)
+    sys.stdout.flush()
+
+
+def _follow(store: Any, filters: dict[str, Any], last_id: int, output: str) -> None:
+    """Poll the database for rows above `last_id` and print them, oldest first."""
+    import time
+
+    typer.echo("eventctl list-events: following; Ctrl-C stops", err=True)
+    try:
+        while True:
+            time.sleep(FOLLOW_POLL_SECONDS)
+            new = store.events(limit=1000, after_id=last_id, oldest_first=True, **filters)
+            if new:
+                last_id = new[-1].id
+                _print_events(new, output, filtered=True, header=False, quiet=True)
+    except KeyboardInterrupt:
+        return
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(counts: list[int]) -> str:
+    """One character per value, scaled to the largest."""
+    peak = max(counts, default=0)
+    if peak == 0:
+        return SPARKS[0] * len(counts)
+    return "".join(SPARKS[min(len(SPARKS) - 1, n * len(SPARKS) // (peak + 1))] for n in counts)
+
+
+@app.command()
+@guarded
+def stats(
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    since: Annotated[
+        str, typer.Option(help="The window: an ISO time or an age (10m, 2h, 1d).")
+    ] = "1h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Counts per event type, first and last seen, and events per minute, from the database."""
+    from eventctl.store import Store, iso
+
+    now = datetime.now(UTC)
+    start = _when(since, "--since") or now
+    cfg = consumer_config(config, database_url=database_url)
+    store = Store.open(cfg.database_url)
+    try:
+        types = store.type_counts(since=start)
+        arrivals = store.ids_since(start)
+    finally:
+        store.close()
+    minutes = max(1, math.ceil((now - start).total_seconds() / 60))
+    per_minute = [0] * minutes
+    for _, received_at in arrivals:
+        index = int((received_at - start).total_seconds() // 60)
+        per_minute[min(max(index, 0), minutes - 1)] += 1
+    if as_json:
+        json.dump(
+            {
+                "since": iso(start),
+                "until": iso(now),
+                "total": sum(n for _, n, _, _ in types),
+                "types": [
+                    {"event_type": t, "count": n, "first": iso(first), "last": iso(last)}
+                    for t, n, first, last in types
+                ],
+                "per_minute": per_minute,
+            },
+            sys.stdout,
+            ensure_ascii=False,
+            indent=2,
         )
-    else:
-        Console(highlight=False).print(_events_table(events))
+        sys.stdout.write("\n")
+        return
+    if not types:
+        typer.echo(f"No events since {iso(start)}.", err=True)
+        return
+    table = Table(title=f"events since {iso(start)[:19]}Z", title_justify="left")
+    table.add_column("event_type", style="bold")
+    table.add_column("count", justify="right")
+    table.add_column("first seen (UTC)", no_wrap=True)
+    table.add_column("last seen (UTC)", no_wrap=True)
+    for event_type, n, first, last in types:
+        table.add_row(event_type, str(n), iso(first)[:19], iso(last)[:19])
+    console = Console(highlight=False)
+    console.print(table)
+    shown = per_minute[-60:]
+    console.print(
+        f"per minute, last {len(shown)} min: {sparkline(shown)}  (peak {max(shown)}/min, "
+        f"total {sum(n for _, n, _, _ in types)})",
+        markup=False,
+    )
+
+
+StoredEventFields = ("id", "event_id", "event_type", "event_payload", "received_at")
 
 
 def _shorten(text: str, width: int = 60) -> str:
@@ -243,10 +396,10 @@ def _shorten(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _events_table(events: list[StoredEvent]) -> Table:
+def _events_table(events: list[StoredEvent], order: str) -> Table:
     from eventctl.store import iso
 
-    table = Table(title=f"{len(events)} events, newest first", title_justify="left")
+    table = Table(title=f"{len(events)} events, {order}", title_justify="left")
     table.add_column("id", justify="right", style="cyan")
     table.add_column("received_at (UTC)", no_wrap=True)
     table.add_column("event_type", style="bold")

@@ -59,6 +59,13 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def _as_utc(value: datetime | str) -> datetime:
+    """An aggregate's datetime: SQLite returns MIN/MAX of the column as text."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC)
+
+
 def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
@@ -262,6 +269,29 @@ class Store:
         with self._errors("cannot read events"):
             row = model.get_or_none(model.event_id == event_id)
         return None if row is None else _stored(row)
+
+    def type_counts(
+        self, since: datetime | None = None
+    ) -> list[tuple[str, int, datetime, datetime]]:
+        """(event_type, count, first received_at, last received_at), most frequent first."""
+        model = self.model
+        count = peewee.fn.COUNT(model.id)
+        query = (
+            model.select(
+                model.event_type,
+                count.alias("n"),
+                peewee.fn.MIN(model.received_at).alias("first"),
+                peewee.fn.MAX(model.received_at).alias("last"),
+            )
+            .group_by(model.event_type)
+            .order_by(count.desc(), model.event_type)
+            .tuples()
+        )
+        if since is not None:
+            query = query.where(model.received_at >= _naive_utc(since))
+        with self._errors("cannot read events"):
+            rows: list[Any] = list(query)
+            return [(kind, n, _as_utc(first), _as_utc(last)) for kind, n, first, last in rows]
 
     def ids_since(self, since: datetime) -> list[tuple[str, datetime]]:
         """(event_id, received_at) of every row received at or after `since`."""

@@ -1,0 +1,136 @@
+"""list-events filters, outputs and --follow, and stats: real subprocesses, real databases."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from eventctl.cli import sparkline
+from eventctl.errors import ExitCode
+from eventctl.events import Event
+from eventctl.store import Incoming, Store
+from tests.conftest import run_cli, spawn
+
+
+@pytest.fixture
+def filled(database_url: str) -> str:
+    now = datetime.now(UTC)
+    store = Store.open(database_url, create=True)
+    store.insert(
+        [
+            Incoming(
+                f"e{i}",
+                Event(("order", "user", "ping")[i % 3], f"payload {i}"),
+                now - timedelta(minutes=30 - i),
+            )
+            for i in range(30)
+        ]
+    )
+    store.close()
+    return database_url
+
+
+def listed(*args: str) -> list[dict[str, str]]:
+    result = run_cli("list-events", "--output", "json", *args)
+    assert result.returncode == 0, result.stderr
+    rows: list[dict[str, str]] = json.loads(result.stdout)
+    return rows
+
+
+def test_filters_combine(filled: str) -> None:
+    assert [r["event_id"] for r in listed("--database-url", filled, "--limit", "3")] == [
+        "e29",
+        "e28",
+        "e27",
+    ]
+    types = {
+        r["event_type"]
+        for r in listed(
+            "--database-url", filled, "--type", "order", "--type", "user", "--limit", "100"
+        )
+    }
+    assert types == {"order", "user"}
+    recent = listed("--database-url", filled, "--since", "5m30s", "--limit", "100")
+    assert [r["event_id"] for r in recent] == ["e29", "e28", "e27", "e26", "e25"]
+    older = listed("--database-url", filled, "--until", "25m30s", "--limit", "100")
+    assert [r["event_id"] for r in older] == ["e4", "e3", "e2", "e1", "e0"]
+    assert [r["event_id"] for r in listed("--database-url", filled, "--q", "payload 2")] == [
+        "e29",
+        "e28",
+        "e27",
+        "e26",
+        "e25",
+        "e24",
+        "e23",
+        "e22",
+        "e21",
+        "e20",
+        "e2",
+    ]
+
+
+def test_ndjson_and_csv_outputs(filled: str) -> None:
+    ndjson = run_cli("list-events", "--database-url", filled, "--limit", "2", "--output", "ndjson")
+    assert [json.loads(line)["event_id"] for line in ndjson.stdout.splitlines()] == ["e29", "e28"]
+    as_csv = run_cli("list-events", "--database-url", filled, "--limit", "2", "--output", "csv")
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [r["event_id"] for r in rows] == ["e29", "e28"]
+    assert set(rows[0]) == {"id", "event_id", "event_type", "event_payload", "received_at"}
+    bad = run_cli("list-events", "--database-url", filled, "--output", "xml")
+    assert bad.returncode == ExitCode.USAGE
+
+
+def test_follow_prints_new_rows_as_they_are_stored(filled: str) -> None:
+    process = spawn(
+        "list-events", "--database-url", filled, "--limit", "2", "--output", "ndjson", "--follow"
+    )
+    time.sleep(1.5)
+    store = Store.open(filled)
+    store.insert(
+        [
+            Incoming("late-1", Event("late", "x"), datetime.now(UTC)),
+            Incoming("late-2", Event("late", "y"), datetime.now(UTC)),
+        ]
+    )
+    store.close()
+    time.sleep(2.5)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert [json.loads(line)["event_id"] for line in out.splitlines()] == [
+        "e28",
+        "e29",
+        "late-1",
+        "late-2",
+    ]
+    assert "Traceback" not in err
+
+
+def test_stats_counts_and_rates(filled: str) -> None:
+    result = run_cli("stats", "--database-url", filled, "--since", "1h", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["total"] == 30
+    assert {t["event_type"]: t["count"] for t in report["types"]} == {
+        "order": 10,
+        "user": 10,
+        "ping": 10,
+    }
+    assert sum(report["per_minute"]) == 30
+    assert len(report["per_minute"]) == 60
+    table = run_cli("stats", "--database-url", filled)
+    assert "order" in table.stdout
+    assert "per minute, last 60 min:" in table.stdout
+    empty = run_cli("stats", "--database-url", filled, "--since", "2999-01-01T00:00:00Z")
+    assert "No events since" in empty.stderr
+
+
+def test_sparkline() -> None:
+    assert sparkline([0, 0]) == "▁▁"
+    assert sparkline([0, 1, 2, 4, 8]) == "▁▁▂▄█"
