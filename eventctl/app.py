@@ -34,6 +34,7 @@ from eventctl.errors import DatabaseError, InvalidEvent
 from eventctl.events import Event, new_event_id, validate_event
 from eventctl.metrics import CONTENT_TYPE, Metrics
 from eventctl.store import Incoming, Store
+from eventctl.stream import event_stream
 from eventctl.timefmt import parse_since
 from eventctl.writer import Overloaded, Writer
 
@@ -365,6 +366,16 @@ def _read_routes(store: Store) -> list[Route]:
         cursor = encode_cursor(page[-1].id) if len(events) > limit else None
         return JSONResponse({"events": [e.to_json() for e in page], "next_cursor": cursor})
 
+    async def stream(request: Request) -> Response:
+        header = request.headers.get("last-event-id")
+        if header is not None:
+            if not header.isdigit():
+                raise_bad_parameter("Last-Event-ID", "must be the id of an event of the stream")
+            start_after = int(header)
+        else:
+            start_after = await anyio.to_thread.run_sync(store.last_id)
+        return await event_stream(request, store, start_after)
+
     async def get_event(request: Request) -> Response:
         event_id = request.path_params["event_id"]
         event = await anyio.to_thread.run_sync(store.event, event_id)
@@ -374,6 +385,7 @@ def _read_routes(store: Store) -> list[Route]:
 
     return [
         Route("/events", list_events, methods=["GET"]),
+        Route("/events/stream", stream, methods=["GET"]),
         Route("/events/{event_id:path}", get_event, methods=["GET"]),
     ]
 

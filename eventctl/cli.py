@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from eventctl import __version__
 from eventctl.config import (
@@ -310,6 +311,75 @@ def _follow(store: Any, filters: dict[str, Any], last_id: int, output: str) -> N
                 _print_events(new, output, filtered=True, header=False, quiet=True)
     except KeyboardInterrupt:
         return
+
+
+@app.command()
+@guarded
+def tail(
+    config: ConfigOption = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(help="The consumer's base URL (default: from the consumer config)"),
+    ] = None,
+    event_types: Annotated[
+        list[str] | None, typer.Option("--type", help="Only this event_type (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Follow a running consumer's stream of new events (Ctrl-C stops)."""
+    import time
+
+    import httpx
+
+    from eventctl.stream import parse_sse
+
+    cfg = consumer_config(config)
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    base = (endpoint or f"http://{host}:{cfg.port}").rstrip("/").removesuffix("/events/stream")
+    url = base + "/events/stream"
+    params = {"type": event_types or []}
+    console = Console(highlight=False)
+    last_id: str | None = None
+    delay = 0.5
+    try:
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                with httpx.stream(
+                    "GET", url, params=params, headers=headers, timeout=httpx.Timeout(10, read=30)
+                ) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        raise EventctlError(f"{url}: {response.status_code} {response.text[:200]}")
+                    if last_id is None:
+                        typer.echo(f"eventctl tail: following {url}; Ctrl-C stops", err=True)
+                    delay = 0.5
+                    for event_id, data in parse_sse(response.iter_lines()):
+                        last_id = event_id or last_id
+                        _print_streamed(console, data, as_json)
+            except httpx.TransportError as exc:
+                from eventctl.propagator import transport_error_text
+
+                typer.echo(
+                    f"eventctl tail: {transport_error_text(exc)}; reconnecting in {delay:g}s",
+                    err=True,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    except KeyboardInterrupt:
+        return
+
+
+def _print_streamed(console: Console, data: str, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(data + "\n")
+        sys.stdout.flush()
+        return
+    event = json.loads(data)
+    line = Text(f"{event['received_at'][11:23]}  ")
+    line.append(event["event_type"], style="bold")
+    line.append(f"  {_shorten(event['event_payload'], 80)}")
+    console.print(line, soft_wrap=True)
 
 
 SPARKS = "▁▂▃▄▅▆▇█"

@@ -263,6 +263,13 @@ class Store:
         with self._errors("cannot read events"):
             return [_stored(row) for row in query]
 
+    def last_id(self) -> int:
+        """The highest row id (0 for an empty table)."""
+        model = self.model
+        with self._errors("cannot read events"):
+            value = model.select(peewee.fn.MAX(model.id)).scalar()
+        return int(value or 0)
+
     def event(self, event_id: str) -> StoredEvent | None:
         """The event with this event id, if stored."""
         model = self.model

@@ -131,8 +131,8 @@ def spawn(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
 class Server:
     """A real `eventctl serve` subprocess on a free loopback port."""
 
-    def __init__(self, database_url: str, cwd: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, database_url: str, cwd: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
         self.process = spawn(

@@ -1,0 +1,85 @@
+"""Server-Sent Events of stored events: `GET /events/stream` and the client side of `tail`.
+
+Each stream reads the table itself (rows with an id above the last one sent, oldest first),
+so it sees events committed by any worker or host, resumes exactly from `Last-Event-ID`, and
+holds at most one batch in memory: a slow client only falls behind in the table, and one
+that takes longer than SEND_TIMEOUT_SECONDS to take a batch is dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from eventctl.store import Store, StoredEvent
+
+POLL_SECONDS = 0.25
+HEARTBEAT_SECONDS = 15.0
+BATCH = 500
+SEND_TIMEOUT_SECONDS = 30.0
+
+
+def sse_message(event: StoredEvent) -> str:
+    """One SSE message: the row id as `id`, the event as JSON `data`."""
+    data = json.dumps(event.to_json(), ensure_ascii=False)
+    return f"id: {event.id}\nevent: event\ndata: {data}\n\n"
+
+
+async def _messages(store: Store, last_id: int, types: Sequence[str]) -> AsyncIterator[str]:
+    yield "retry: 1000\n\n"
+    idle = 0.0
+    while True:
+        rows = await anyio.to_thread.run_sync(
+            functools.partial(
+                store.events, limit=BATCH, types=types, after_id=last_id, oldest_first=True
+            )
+        )
+        if rows:
+            last_id = rows[-1].id
+            idle = 0.0
+            handed_over = time.monotonic()
+            yield "".join(sse_message(row) for row in rows)
+            # the response resumes this generator only once the batch was sent
+            if time.monotonic() - handed_over > SEND_TIMEOUT_SECONDS:
+                return
+            continue
+        await anyio.sleep(POLL_SECONDS)
+        idle += POLL_SECONDS
+        if idle >= HEARTBEAT_SECONDS:
+            idle = 0.0
+            yield ": keep-alive\n\n"
+
+
+async def event_stream(request: Request, store: Store, start_after: int) -> StreamingResponse:
+    types = request.query_params.getlist("type")
+    return StreamingResponse(
+        _messages(store, start_after, types),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str]]:
+    """(id, data) of each SSE message with data, from the stream's lines."""
+    event_id: str | None = None
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield event_id, "\n".join(data)
+            data = []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "id":
+            event_id = value
+        elif name == "data":
+            data.append(value)
