@@ -89,10 +89,10 @@ async def test_batches_have_the_same_limits(store: Store) -> None:
     async with in_process(create_app(config, store)) as client:
         too_big = await client.post("/events", json=[EVENT] * 10)
         not_json = await client.post("/events", content=json.dumps([EVENT]))
-        get = await client.get("/events")
+        put = await client.put("/events", json=[EVENT])
     assert too_big.status_code == 413
     assert not_json.status_code == 415
-    assert get.status_code == 405
+    assert put.status_code == 405
     assert store.count() == 0
 
 
