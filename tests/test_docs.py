@@ -76,7 +76,8 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     command = (
-        "python3 scripts/poetry.py install --all-extras && python3 scripts/poetry.py run pytest"
+        "python3 scripts/poetry.py install --all-extras --compile"
+        " && python3 scripts/poetry.py run pytest"
     )
     assert command in readme
     assert command in ci
