@@ -108,6 +108,19 @@ def verified(db: str) -> dict[str, Any]:
     return report
 
 
+def assert_all_delivered_once(sender: Proc, consumer: Proc, db: str) -> None:
+    """The sender ends by itself with every event delivered after at least one retry, and
+    `eventctl verify` finds nothing lost or duplicated."""
+    assert sender.wait(120) == 0, sender.stderr
+    consumer.process.terminate()
+    consumer.wait(20)
+    result = summary(sender)
+    assert result["delivered"] == COUNT
+    assert result["retries_seen"] > 0
+    report = verified(db)
+    assert (report["lost"], report["duplicated"], report["acknowledged"]) == (0, 0, COUNT)
+
+
 def wait_for_acks(proc: Proc, n: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while proc.out_path.read_text().count('"delivered"') < n:
@@ -125,14 +138,7 @@ def test_kill_9_the_consumer_mid_run(tmp_path: Path, sqlite_url: str) -> None:
     consumer.kill9()
     time.sleep(1.0)
     consumer = serve(tmp_path, port, sqlite_url, "serve-2")
-    assert sender.wait(120) == 0, sender.stderr
-    consumer.process.terminate()
-    consumer.wait(20)
-    result = summary(sender)
-    assert result["delivered"] == COUNT
-    assert result["retries_seen"] > 0
-    report = verified(sqlite_url)
-    assert (report["lost"], report["duplicated"], report["acknowledged"]) == (0, 0, COUNT)
+    assert_all_delivered_once(sender, consumer, sqlite_url)
 
 
 @pytest.mark.drill
@@ -163,11 +169,4 @@ def test_a_consumer_that_answers_503_for_a_while(tmp_path: Path, sqlite_url: str
     failing.process.terminate()
     assert failing.wait(20) == 0
     consumer = serve(tmp_path, port, sqlite_url, "serve")
-    assert sender.wait(120) == 0, sender.stderr
-    consumer.process.terminate()
-    consumer.wait(20)
-    result = summary(sender)
-    assert result["delivered"] == COUNT
-    assert result["retries_seen"] > 0
-    report = verified(sqlite_url)
-    assert (report["lost"], report["duplicated"], report["acknowledged"]) == (0, 0, COUNT)
+    assert_all_delivered_once(sender, consumer, sqlite_url)
