@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -133,9 +132,6 @@ class Spool:
             Entry(row[0], Event(row[1], row[2]), row[3], row[4], row[5], row[6], row[7])
             for row in rows
         ]
-
-    def iter_all(self) -> Iterator[Entry]:
-        yield from self.entries()
 
     def requeue_failed(self) -> int:
         """Make failed events pending again; returns how many."""

@@ -136,7 +136,7 @@ class EventSource:
         except InvalidEvent as exc:
             raise InvalidEvent(exc.field, f"{exc.problem} (after rendering)") from None
 
-    def first(self) -> list[Event]:
+    def as_written(self) -> list[Event]:
         """The events as written in the file, placeholders unrendered."""
         return [Event(t.event_type.source, t.event_payload.source) for t in self.templates]
 

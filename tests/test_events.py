@@ -51,7 +51,7 @@ def test_event_type_of_exactly_255_characters_is_fine() -> None:
 
 
 def test_shipped_events_file_is_valid_and_varied() -> None:
-    events = load_events_file(ROOT / "events" / "events.json").first()
+    events = load_events_file(ROOT / "events" / "events.json").as_written()
     assert len(events) >= 8
     types = [e.event_type for e in events]
     assert len(set(types)) >= 4
