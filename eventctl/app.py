@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any, NoReturn
 
 import anyio
@@ -368,10 +369,13 @@ def _read_routes(store: Store) -> list[Route]:
 
     async def stream(request: Request) -> Response:
         header = request.headers.get("last-event-id")
+        after = request.query_params.get("after")
         if header is not None:
             if not header.isdigit():
                 raise_bad_parameter("Last-Event-ID", "must be the id of an event of the stream")
             start_after = int(header)
+        elif after is not None:
+            start_after = _int_parameter(after, "after", 0, 2**63 - 1)
         else:
             start_after = await anyio.to_thread.run_sync(store.last_id)
         return await event_stream(request, store, start_after)
@@ -383,7 +387,13 @@ def _read_routes(store: Store) -> list[Route]:
             raise ApiError(404, "not_found", f"no event with event_id {event_id}")
         return JSONResponse(event.to_json())
 
+    page = (resources.files("eventctl") / "web" / "index.html").read_bytes()
+
+    async def index(request: Request) -> Response:
+        return Response(page, media_type="text/html; charset=utf-8")
+
     return [
+        Route("/", index, methods=["GET"]),
         Route("/events", list_events, methods=["GET"]),
         Route("/events/stream", stream, methods=["GET"]),
         Route("/events/{event_id:path}", get_event, methods=["GET"]),
