@@ -116,6 +116,44 @@ def run_cli(
     )
 
 
+def send_once(
+    url: str,
+    *extra: str,
+    event_type: str = "t",
+    payload: str = "p",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`eventctl send-once` of one given event to the consumer at `url`."""
+    return run_cli(
+        "send-once",
+        "--endpoint",
+        url + "/event",
+        "--type",
+        event_type,
+        "--payload",
+        payload,
+        *extra,
+        env=env,
+    )
+
+
+def propagate_quickly(
+    url: str, count: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`eventctl propagate` of `count` events, 10 ms apart, to the consumer at `url`."""
+    return run_cli(
+        "propagate",
+        "--endpoint",
+        url + "/event",
+        "--interval",
+        "0.01",
+        "--count",
+        str(count),
+        *extra,
+        env=env,
+    )
+
+
 def spawn(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     """Start `python -m eventctl ARGS` as a real subprocess with piped output."""
     return subprocess.Popen(

@@ -24,7 +24,7 @@ from eventctl.auth import (
 from eventctl.config import ConsumerConfig
 from eventctl.errors import ConfigError, ExitCode
 from eventctl.store import Store
-from tests.conftest import Server, cli_env, in_process, run_cli
+from tests.conftest import Server, cli_env, in_process, propagate_quickly, send_once
 
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 EVENT = {"event_type": "order.created", "event_payload": "{}"}
@@ -153,39 +153,12 @@ def test_signed_and_authenticated_delivery_end_to_end(tmp_path: Path, sqlite_url
     server = Server(sqlite_url, tmp_path, "--config", str(config))
     try:
         env = cli_env(EVENTCTL_SIGNING_SECRET=secret, EVENTCTL_AUTH_TOKEN="t0ken")
-        sent = run_cli(
-            "propagate",
-            "--endpoint",
-            server.url + "/event",
-            "--interval",
-            "0.01",
-            "--count",
-            "5",
-            env=env,
-        )
+        sent = propagate_quickly(server.url, 5, env=env)
         assert sent.returncode == 0, sent.stderr
         assert secret not in sent.stderr + sent.stdout
-        once = run_cli(
-            "send-once",
-            "--endpoint",
-            server.url + "/event",
-            "--type",
-            "t",
-            "--payload",
-            "p",
-            env=env,
-        )
+        once = send_once(server.url, env=env)
         assert once.returncode == 0
-        unsigned = run_cli(
-            "send-once",
-            "--endpoint",
-            server.url + "/event",
-            "--type",
-            "t",
-            "--payload",
-            "p",
-            env=cli_env(EVENTCTL_AUTH_TOKEN="t0ken"),
-        )
+        unsigned = send_once(server.url, env=cli_env(EVENTCTL_AUTH_TOKEN="t0ken"))
         assert unsigned.returncode == ExitCode.REFUSED
         assert "401 invalid_signature" in unsigned.stderr
     finally:

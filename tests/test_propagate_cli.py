@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from eventctl.errors import ExitCode
-from tests.conftest import ROOT, Server, cli_env, free_port, run_cli, spawn
+from tests.conftest import ROOT, Server, cli_env, free_port, run_cli, send_once, spawn
 
 EVENTS_FILE = str(ROOT / "events" / "events.json")
 
@@ -217,31 +217,19 @@ def test_propagate_duration_stops_by_itself(server: Server) -> None:
 
 
 def test_send_once_exit_0_on_success(server: Server) -> None:
-    result = run_cli(
-        "send-once",
-        "--endpoint",
-        server.url + "/event",
-        "--type",
-        "order.created",
-        "--payload",
-        '{"id": 1}',
-        "--idempotency-key",
-        "k-1",
+    result = send_once(
+        server.url, "--idempotency-key", "k-1", event_type="order.created", payload='{"id": 1}'
     )
     assert result.returncode == ExitCode.OK, result.stderr
     assert result.stdout.startswith("200 order.created")
     assert "event_id=k-1" in result.stdout
-    again = run_cli(
-        "send-once",
-        "--endpoint",
-        server.url + "/event",
-        "--type",
-        "order.created",
-        "--payload",
-        '{"id": 1}',
+    again = send_once(
+        server.url,
         "--idempotency-key",
         "k-1",
         "--json",
+        event_type="order.created",
+        payload='{"id": 1}',
     )
     outcome = json.loads(again.stdout)
     assert outcome["status_code"] == 200

@@ -9,7 +9,7 @@ from pathlib import Path
 from eventctl.errors import ExitCode
 from eventctl.events import Event
 from eventctl.spool import Spool
-from tests.conftest import ROOT, Server, cli_env, free_port, run_cli
+from tests.conftest import ROOT, Server, cli_env, free_port, propagate_quickly, run_cli
 
 EVENTS_FILE = str(ROOT / "events" / "events.json")
 
@@ -67,17 +67,7 @@ def test_drain_sends_only_what_is_pending(server: Server) -> None:
 
 
 def test_verify_exits_10_when_an_acknowledged_event_is_missing(server: Server) -> None:
-    sent = run_cli(
-        "propagate",
-        "--events-file",
-        EVENTS_FILE,
-        "--endpoint",
-        server.url + "/event",
-        "--interval",
-        "0.01",
-        "--count",
-        "5",
-    )
+    sent = propagate_quickly(server.url, 5, "--events-file", EVENTS_FILE)
     assert sent.returncode == 0
     ok = run_cli("verify", "--database-url", server.database_url)
     assert ok.returncode == 0

@@ -14,7 +14,7 @@ import pytest
 
 from eventctl.errors import ExitCode, InvalidEvent
 from eventctl.templates import load_events_file
-from tests.conftest import Server, run_cli
+from tests.conftest import Server, propagate_quickly, run_cli
 
 NOW = datetime(2026, 11, 27, 9, 30, 15, 250000, tzinfo=UTC)
 
@@ -146,17 +146,7 @@ def test_send_once_set_overrides_a_field(server: Server, tmp_path: Path) -> None
 
 def test_propagate_renders_templates_per_event(server: Server, tmp_path: Path) -> None:
     templated = write(tmp_path, [{"event_type": "t", "event_payload": "{{seq}}"}])
-    result = run_cli(
-        "propagate",
-        "--events-file",
-        str(templated),
-        "--endpoint",
-        server.url + "/event",
-        "--interval",
-        "0.01",
-        "--count",
-        "5",
-    )
+    result = propagate_quickly(server.url, 5, "--events-file", str(templated))
     assert result.returncode == 0, result.stderr
     listed = json.loads(
         run_cli("list-events", "--json", "--database-url", server.database_url).stdout
