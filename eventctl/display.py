@@ -152,7 +152,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"{summary['replayed']} replayed, {summary['skipped_ticks']} ticks skipped)",
         f"latency p50 {summary['latency_p50_ms'] or '-'} ms, "
         f"p99 {summary['latency_p99_ms'] or '-'} ms; achieved {summary['achieved_rate']}/s, "
-        f"lateness p99 {summary['lateness_p99_ms'] or '-'} ms",
+        f"lateness p99 {summary['lateness_p99_ms'] or '-'} ms; "
+        f"CPU {summary['cpu_per_event_us'] or '-'} µs/event",
     ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import json
 import os
 import random
@@ -43,6 +44,7 @@ from eventctl.propagator import Propagator, RetryPolicy, Stats
 from eventctl.spool import Spool
 from eventctl.store import Store, describe_url
 from eventctl.templates import EventSource
+from eventctl.transport import LeanTransport
 
 REFRESH_SECONDS = 0.25
 GRACE_SECONDS = 3.0
@@ -207,12 +209,13 @@ async def _propagate(
 ) -> Stats:
     clock = time.monotonic
     replay = [(entry.event_id, entry.event) for entry in spool.entries("pending")]
-    async with propagator_client(cfg) as client:
+    async with propagator_transport(cfg) as transport:
         propagator = Propagator(
             events,
             cfg.api_endpoint,
-            client,
+            transport,
             interval=cfg.interval_seconds,
+            timeout=cfg.request_timeout_seconds,
             policy=RetryPolicy(cfg.retry_attempts, cfg.retry_base_seconds, cfg.retry_max_seconds),
             max_in_flight=cfg.max_in_flight,
             count=count,
@@ -229,6 +232,8 @@ async def _propagate(
         with _stop_on_signals(propagator.stop), display:
             refresher = asyncio.ensure_future(_refresh(display, clock))
             try:
+                # start-up's objects live for the whole run: keep the collector off them
+                gc.freeze()
                 stats = await propagator.run(grace=GRACE_SECONDS)
             finally:
                 refresher.cancel()
@@ -237,13 +242,13 @@ async def _propagate(
     return stats
 
 
-def propagator_client(cfg: PropagatorConfig) -> httpx.AsyncClient:
-    """httpx's API over aiohttp's connection pool: the same requests for about half the CPU
-    per request of httpx's own pool (measured by bench/propagate.py)."""
+def propagator_transport(cfg: PropagatorConfig) -> httpx.AsyncBaseTransport:
+    """LeanTransport for http:// endpoints; httpx-aiohttp's pool for https://. Measured
+    by bench/propagate.py: httpx's own pool costs several times the CPU per request."""
+    if httpx.URL(cfg.api_endpoint).scheme == "http":
+        return LeanTransport(max_connections=cfg.max_in_flight)
     limits = httpx.Limits(max_connections=cfg.max_in_flight, max_keepalive_connections=64)
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits), timeout=cfg.request_timeout_seconds
-    )
+    return AiohttpTransport(limits=limits)
 
 
 async def _refresh(display: Display, clock: Callable[[], float]) -> None:

@@ -82,18 +82,17 @@ class Spool:
         ).fetchone()
         return int(n)
 
-    def _commit(self, insert: tuple[object, ...] | None = None) -> None:
-        """One transaction: the new event (if any) and every settlement noted since."""
+    def _commit(self, inserts: list[tuple[str, str, str, float]]) -> None:
+        """One transaction: the new events and every settlement noted since."""
         settled, self._settled = self._settled, []
         try:
             with self.connection:
                 self.connection.execute("BEGIN")
-                if insert is not None:
-                    self.connection.execute(
-                        "INSERT INTO spool (event_id, event_type, event_payload, state, "
-                        "created_at) VALUES (?, ?, ?, 'pending', ?)",
-                        insert,
-                    )
+                self.connection.executemany(
+                    "INSERT INTO spool (event_id, event_type, event_payload, state, "
+                    "created_at) VALUES (?, ?, ?, 'pending', ?)",
+                    inserts,
+                )
                 self.connection.executemany(
                     "UPDATE spool SET state = ?, settled_at = ?, attempts = attempts + ?, "
                     "last_result = ? WHERE event_id = ? AND state = 'pending'",
@@ -104,8 +103,13 @@ class Spool:
 
     def add(self, event_id: str, event: Event, created_at: float | None = None) -> None:
         """Record a new event as pending; committed before this returns."""
-        self._commit((event_id, event.event_type, event.event_payload, created_at or time.time()))
-        self.pending_count += 1
+        self.add_many([(event_id, event)], created_at)
+
+    def add_many(self, events: list[tuple[str, Event]], created_at: float | None = None) -> None:
+        """Record new events as pending, in one transaction committed before this returns."""
+        at = created_at or time.time()
+        self._commit([(i, e.event_type, e.event_payload, at) for i, e in events])
+        self.pending_count += len(events)
 
     def settle(self, event_id: str, state: str, attempts: int, result: str) -> None:
         """Note a pending event as delivered or failed. Settlements are committed with the
@@ -119,7 +123,7 @@ class Spool:
     def flush(self) -> None:
         """Commit the settlements noted so far."""
         if self._settled:
-            self._commit()
+            self._commit([])
 
     def entries(self, *states: str) -> list[Entry]:
         """Entries in the given states (all when none), oldest first."""

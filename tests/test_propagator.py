@@ -55,13 +55,12 @@ def make(
     records: list[Record] | None = None,
     **kwargs: object,
 ) -> Propagator:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(peer))
     options: dict[str, object] = {"interval": 1.0, "rng": random.Random(1)}
     options.update(kwargs)
     return Propagator(
         EVENTS,
         ENDPOINT,
-        client,
+        httpx.MockTransport(peer),
         clock=clock,
         sleep=clock.sleep,
         jitter_rng=random.Random(2),

@@ -5,8 +5,9 @@ import socket
 
 import pytest
 
+from eventctl.config import PropagatorConfig
 from eventctl.errors import Unavailable
-from eventctl.runner import listen, local_url
+from eventctl.runner import listen, local_url, propagator_transport
 
 pytestmark = pytest.mark.anyio
 
@@ -44,3 +45,12 @@ def test_local_url_replaces_wildcards_with_loopback() -> None:
         assert local_url(sock, "/event") == f"http://127.0.0.1:{sock.getsockname()[1]}/event"
     finally:
         sock.close()
+
+
+def test_the_propagator_sends_http_through_lean_transport_and_https_through_aiohttp() -> None:
+    def transport_for(endpoint: str) -> str:
+        cfg = PropagatorConfig(api_endpoint=endpoint)
+        return type(propagator_transport(cfg)).__name__
+
+    assert transport_for("http://127.0.0.1:8000/event") == "LeanTransport"
+    assert transport_for("https://events.example/event") == "AiohttpTransport"

@@ -30,7 +30,7 @@ def propagator(
     return Propagator(
         EVENTS,
         "http://consumer.test/event",
-        httpx.AsyncClient(transport=handler),
+        handler,
         clock=clock,
         sleep=clock.sleep,
         rng=random.Random(1),

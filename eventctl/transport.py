@@ -1,0 +1,164 @@
+"""A lean HTTP/1.1 transport for httpx: keep-alive connections on asyncio, parsed by httptools.
+
+The propagator sends small POSTs to one plain-http endpoint, many times a second. httpx's own
+pool and even aiohttp's spend most of their CPU on generality this path never uses (HTTP/2,
+proxies, cookies, streaming bodies); bench/propagate.py measures the difference. This transport
+keeps httpx's Request and Response types and its exceptions, so retries, tests with
+`httpx.MockTransport` and every other caller see httpx. It serves `http://` only; `https://`
+goes to httpx-aiohttp's transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import httptools
+import httpx
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection, one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[None] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.closed = False
+        self.keep_alive = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(
+                httpx.RemoteProtocolError("server disconnected without sending a response")
+            )
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"malformed response: {exc}"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _fail(self, exc: Exception) -> None:
+        self.close()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    def _time_out(self) -> None:
+        self._fail(httpx.ReadTimeout("no answer in time"))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def exchange(self, data: bytes, timeout: float | None) -> tuple[int, list[Any], bytes]:
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        self.headers, self.body = [], []
+        assert self.transport is not None
+        self.transport.write(data)
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._time_out)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+        status = self.parser.get_status_code()
+        if not self.keep_alive:
+            self.close()
+        return status, self.headers, b"".join(self.body)
+
+
+class LeanTransport(httpx.AsyncBaseTransport):
+    """Keep-alive HTTP/1.1 for `http://` URLs; at most `max_connections` open at once."""
+
+    def __init__(self, *, max_connections: int = 100, max_idle: int = 64) -> None:
+        self.max_idle = max_idle
+        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._slots = asyncio.Semaphore(max_connections)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme != "http":
+            raise httpx.UnsupportedProtocol(f"{url.scheme}:// is not served by LeanTransport")
+        if isinstance(request.stream, httpx.SyncByteStream):
+            content = request.read()  # no async iteration for a body already in memory
+        else:
+            content = await request.aread()
+        head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), url.raw_path)]
+        has_host = False
+        for name, value in request.headers.raw:
+            lowered = name.lower()
+            if lowered not in _FRAMING:
+                has_host = has_host or lowered == b"host"
+                head.append(b"%s: %s\r\n" % (name, value))
+        if not has_host:
+            head.append(b"Host: %s\r\n" % url.netloc)
+        head.append(b"Content-Length: %d\r\n\r\n" % len(content))
+        head.append(content)
+        timeouts = request.extensions.get("timeout", {})
+        key = (url.host, url.port or 80)
+        async with self._slots:
+            connection = await self._connection(key, timeouts.get("connect"))
+            try:
+                status, headers, body = await connection.exchange(
+                    b"".join(head), timeouts.get("read")
+                )
+            except BaseException:
+                connection.close()
+                raise
+            if not connection.closed:
+                idle = self._idle.setdefault(key, deque())
+                if len(idle) < self.max_idle:
+                    idle.append(connection)
+                else:
+                    connection.close()
+        return httpx.Response(
+            status, headers=headers, stream=httpx.ByteStream(body), request=request
+        )
+
+    async def _connection(self, key: tuple[str, int], timeout: float | None) -> _Connection:
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_connection(_Connection, *key)
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"no connection to {key[0]}:{key[1]} in time") from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        return connection
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
