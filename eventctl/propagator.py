@@ -13,10 +13,10 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import httpx
 import orjson
@@ -72,8 +72,7 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 Outcome = Literal["delivered", "retrying", "failed"]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """What happened to one attempt to deliver one event."""
 
     outcome: Outcome
@@ -423,7 +422,7 @@ class Propagator:
                 delay = retry_after
                 if delay is None:
                     delay = self.policy.delay(attempt, self.jitter_rng)
-                self._report(replace(record, outcome="retrying", retry_in=delay))
+                self._report(record._replace(outcome="retrying", retry_in=delay))
                 stats.retrying += 1
                 try:
                     await self.sleep(delay)

@@ -94,10 +94,10 @@ class _Connection(asyncio.Protocol):
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
-    """Keep-alive HTTP/1.1 for `http://` URLs; at most `max_connections` open at once."""
+    """Keep-alive HTTP/1.1 for `http://` URLs: at most `max_connections` requests (so
+    connections) at once, and every connection kept open for the next request."""
 
-    def __init__(self, *, max_connections: int = 100, max_idle: int = 64) -> None:
-        self.max_idle = max_idle
+    def __init__(self, *, max_connections: int = 100) -> None:
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._slots = asyncio.Semaphore(max_connections)
 
@@ -132,11 +132,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 connection.close()
                 raise
             if not connection.closed:
-                idle = self._idle.setdefault(key, deque())
-                if len(idle) < self.max_idle:
-                    idle.append(connection)
-                else:
-                    connection.close()
+                self._idle.setdefault(key, deque()).append(connection)
         return httpx.Response(
             status, headers=headers, stream=httpx.ByteStream(body), request=request
         )

@@ -175,3 +175,26 @@ def test_an_unwritable_spool_is_a_clean_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(SpoolError, match="cannot open the spool"):
         Spool.open(blocker / "spool.db")
+
+
+async def test_ticks_found_due_together_are_spooled_in_one_transaction(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    clock = VirtualClock()
+    sent: list[str] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200)
+
+    async def oversleep(seconds: float) -> None:
+        await clock.sleep(seconds + 0.0095)  # every wake-up finds about ten ticks due
+
+    run = propagator(clock, httpx.MockTransport(record), spool, interval=0.001, count=40)
+    run.sleep = oversleep
+    stats = await clock.run(run.run())
+    entries = spool.entries()
+    assert stats.generated == stats.delivered == 40
+    assert sorted(sent) == sorted(e.event_id for e in entries)
+    batches = {e.created_at for e in entries}  # one created_at per transaction
+    assert len(batches) <= 6
+    assert max(stats.lateness) >= 0.009
