@@ -9,13 +9,12 @@ answer other than 2xx has the same JSON shape (see docs/http-api.md):
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from importlib import resources
@@ -27,13 +26,23 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Match, Route
 
 from eventctl.auth import Credentials, SignatureError, token_matches, verify
 from eventctl.config import ConsumerConfig, metrics_enabled
 from eventctl.errors import DatabaseError, InvalidEvent
 from eventctl.events import Event, new_event_id, validate_event
 from eventctl.metrics import CONTENT_TYPE, Metrics
+from eventctl.openapi import (
+    CURSOR_PATTERN,
+    CURSOR_PREFIX,
+    DEFAULT_PAGE,
+    IDEMPOTENCY_KEY_PATTERN,
+    LIST_PARAMETERS,
+    MAX_PAGE,
+    MAX_ROW_ID,
+    document,
+)
 from eventctl.store import Incoming, Store
 from eventctl.stream import event_stream
 from eventctl.timefmt import parse_since
@@ -50,7 +59,8 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RETRY_AFTER_SECONDS = 1
 READY_TIMEOUT_SECONDS = 3.0
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+CURSOR = re.compile(CURSOR_PATTERN)
 
 SUCCESS_BODY = b'{"status":"success"}'
 JSON_HEADER = (b"content-type", b"application/json")
@@ -343,11 +353,14 @@ def _read_routes(store: Store) -> list[Route]:
 
     async def list_events(request: Request) -> Response:
         params = request.query_params
-        allowed = {"type", "since", "until", "q", "limit", "cursor"}
+        allowed = {parameter["name"] for parameter in LIST_PARAMETERS}
         if unknown := sorted(set(params) - allowed):
             raise_bad_parameter(
                 unknown[0], f"is not a parameter (use {', '.join(sorted(allowed))})"
             )
+        for name in ("type", "q"):
+            for value in params.getlist(name):
+                _text_parameter(value, name)
         now = datetime.now(UTC)
         since = _time_parameter(params.get("since"), "since", now)
         until = _time_parameter(params.get("until"), "until", now)
@@ -370,18 +383,20 @@ def _read_routes(store: Store) -> list[Route]:
     async def stream(request: Request) -> Response:
         header = request.headers.get("last-event-id")
         after = request.query_params.get("after")
-        if header is not None:
-            if not header.isdigit():
-                raise_bad_parameter("Last-Event-ID", "must be the id of an event of the stream")
-            start_after = int(header)
-        elif after is not None:
-            start_after = _int_parameter(after, "after", 0, 2**63 - 1)
+        for value in request.query_params.getlist("type"):
+            _text_parameter(value, "type")
+        resume = None if header is None else _int_parameter(header, "Last-Event-ID", 0, MAX_ROW_ID)
+        start = None if after is None else _int_parameter(after, "after", 0, MAX_ROW_ID)
+        if resume is not None:
+            start_after = resume
+        elif start is not None:
+            start_after = start
         else:
             start_after = await anyio.to_thread.run_sync(store.last_id)
         return await event_stream(request, store, start_after)
 
     async def get_event(request: Request) -> Response:
-        event_id = request.path_params["event_id"]
+        event_id = _text_parameter(request.path_params["event_id"], "event_id")
         event = await anyio.to_thread.run_sync(store.event, event_id)
         if event is None:
             raise ApiError(404, "not_found", f"no event with event_id {event_id}")
@@ -400,16 +415,18 @@ def _read_routes(store: Store) -> list[Route]:
     ]
 
 
-DEFAULT_PAGE = 50
-MAX_PAGE = 1000
-
-
 def raise_bad_parameter(name: str, problem: str) -> NoReturn:
     raise ApiError(400, "invalid_parameter", f"{name} {problem}", field=name)
 
 
+def _text_parameter(text: str, name: str) -> str:
+    if "\x00" in text:
+        raise_bad_parameter(name, "must not contain NUL characters")
+    return text
+
+
 def _int_parameter(text: str, name: str, low: int, high: int) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise_bad_parameter(name, f"must be an integer from {low} to {high}, not {text!r}")
     return int(text)
 
@@ -424,19 +441,25 @@ def _time_parameter(text: str | None, name: str, now: datetime) -> datetime | No
 
 
 def encode_cursor(last_id: int) -> str:
-    """An opaque cursor: the page continues below this row id."""
-    return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
+    """A cursor: the page continues below this row id. Versioned, so that paging can change
+    without breaking a client that only passes cursors back."""
+    return f"{CURSOR_PREFIX}{last_id}"
 
 
 def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        version, _, value = text.partition(":")
-        if version == "v1" and value.isdigit():
-            return int(value)
-    except (ValueError, UnicodeDecodeError):
-        pass
+    if CURSOR.fullmatch(cursor):
+        return int(cursor.removeprefix(CURSOR_PREFIX))
     raise_bad_parameter("cursor", "is not a cursor from a previous page")
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route answers on this path (Starlette's 405 names only the first
+    route's, and `/events` has two: GET and POST)."""
+    methods: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 class ConsumerApp(Starlette):
@@ -505,6 +528,9 @@ def create_app(
         assert metrics is not None
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
+    async def openapi_page(request: Request) -> Response:
+        return JSONResponse(schema)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -514,13 +540,22 @@ def create_app(
             404: f"no such endpoint: {request.url.path}",
             405: f"{request.method} is not allowed on {request.url.path}",
         }.get(exc.status_code, exc.detail)
-        return error_response(ApiError(exc.status_code, code, message, headers=exc.headers))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(routes, request.scope))
+        return error_response(ApiError(exc.status_code, code, message, headers=headers))
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         if metrics:
             metrics.rejected.labels(str(exc.status), exc.code).inc()
         return error_response(exc)
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return await api_error(
+            request, ApiError(503, "database_unavailable", str(exc), headers=retry)
+        )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -535,11 +570,14 @@ def create_app(
     ]
     if metrics:
         routes.append(Route("/metrics", metrics_page, methods=["GET"]))
+    routes.append(Route("/openapi.json", openapi_page, methods=["GET"]))
+    schema = document(routes, config, credentials)
     return ConsumerApp(
         {"/event": one, "/events": many},
         routes=routes,
         exception_handlers={
             ApiError: api_error,
+            DatabaseError: database_error,
             HTTPException: http_error,
             Exception: server_error,
         },

@@ -7,26 +7,38 @@ import re
 from datetime import UTC, datetime, timedelta
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
+
+
+class DurationTooLong(ValueError):
+    """A duration too long to be a float (as a `since`, it means: from the beginning)."""
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in `text`: a plain number of seconds, or parts like `1h30m`, `250ms`, `2d`."""
+    """Seconds in `text`: a plain number of seconds, or parts like `1h30m`, `250ms`, `2d`
+    (units in any case; ASCII digits only, no signs or exponents)."""
     text = text.strip().lower()
-    try:
+    if _NUMBER.fullmatch(text):
         seconds = float(text)
-    except ValueError:
-        pos = 0
-        seconds = 0.0
-        for match in _PART.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNITS[match.group(2)]
-            pos = match.end()
-        if pos == 0 or pos != len(text):
-            raise ValueError(f"not a duration: {text!r} (try 30s, 10m, 2h or 1h30m)") from None
-    if not 0 <= seconds < math.inf:
-        raise ValueError(f"not a duration: {text!r}")
+        if seconds == math.inf:
+            raise DurationTooLong(f"not a duration: {_shown(text)} (too long)")
+        return seconds
+    pos = 0
+    seconds = 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        seconds += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or pos != len(text):
+        raise ValueError(f"not a duration: {_shown(text)} (try 30s, 10m, 2h or 1h30m)")
+    if seconds == math.inf:
+        raise DurationTooLong(f"not a duration: {_shown(text)} (too long)")
     return seconds
 
 
@@ -37,9 +49,16 @@ def parse_since(text: str, now: datetime) -> datetime:
     except ValueError:
         try:
             return now - timedelta(seconds=parse_duration(text))
+        except (DurationTooLong, OverflowError):
+            return datetime.min.replace(tzinfo=UTC)  # further back than any event
         except ValueError:
             raise ValueError(
-                f"not a time: {text!r} (use an ISO time like 2026-11-27T09:00:00Z, "
+                f"not a time: {_shown(text)} (use an ISO time like 2026-11-27T09:00:00Z, "
                 "or an age like 10m, 2h, 1d)"
             ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # within hours of year 1 or 9999: as far as UTC goes
+        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)

@@ -9,9 +9,13 @@ from typing import Any
 import pytest
 import typer.main
 
+from eventctl.app import create_app
+from eventctl.auth import Credentials
 from eventctl.cli import app
 from eventctl.config import ConsumerConfig, PropagatorConfig, describe
 from eventctl.errors import ExitCode
+from eventctl.store import Store
+from tests.conftest import in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -81,3 +85,43 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     )
     assert command in readme
     assert command in ci
+
+
+async def maximal_document(tmp_path: Path) -> dict[str, Any]:
+    """/openapi.json of a server with everything on: metrics, a token, signing, a drill."""
+    store = Store.open(f"sqlite:///{tmp_path / 'events.db'}", create=True)
+    try:
+        config = ConsumerConfig(metrics=True, fail_rate=0.1)
+        credentials = Credentials(token="t", keys=[b"k" * 24])
+        app = create_app(config, store, credentials=credentials)
+        async with in_process(app) as client:
+            document: dict[str, Any] = (await client.get("/openapi.json")).json()
+    finally:
+        store.close()
+    return document
+
+
+@pytest.mark.anyio
+async def test_http_api_md_matches_openapi_json(tmp_path: Path) -> None:
+    document = await maximal_document(tmp_path)
+    text = (DOCS / "http-api.md").read_text()
+    table = set(re.findall(r"^\| `(GET|POST) (/[^`]*)` \|", text, re.MULTILINE))
+    operations = {
+        (method.upper(), path) for path, ops in document["paths"].items() for method in ops
+    }
+    assert table == operations
+
+    rows = set(re.findall(r"^\| (\d{3}|4xx/5xx) \| `([a-z_]+)` \|", text, re.MULTILINE))
+    documented: set[tuple[str, str]] = set()
+    for path, ops in document["paths"].items():
+        for method, operation in ops.items():
+            for parameter in operation.get("parameters", []):
+                name = parameter["name"]
+                assert f"`{name}" in text, f"{name} of {method.upper()} {path} is undocumented"
+            for status, answer in operation["responses"].items():
+                schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+                for code in schema.get("properties", {}).get("code", {}).get("enum", []):
+                    documented.add(("4xx/5xx" if code == "injected_fault" else status, code))
+    assert documented <= rows, f"undocumented in http-api.md: {documented - rows}"
+    generic = {("405", "method_not_allowed"), ("500", "internal_error")}
+    assert rows - documented <= generic, f"not in /openapi.json: {rows - documented - generic}"

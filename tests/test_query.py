@@ -108,7 +108,11 @@ async def test_one_event_by_id(client: httpx.AsyncClient) -> None:
         ({"since": "yesterday"}, "since"),
         ({"until": "soon"}, "until"),
         ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"cursor": "c1.99999999999999999999"}, "cursor"),
         ({"colour": "red"}, "colour"),
+        ({"limit": "\u00b2"}, "limit"),
+        ({"q": "a\x00b"}, "q"),
+        ({"type": "a\x00"}, "type"),
     ],
 )
 async def test_bad_parameters_are_400_naming_the_parameter(
@@ -120,3 +124,43 @@ async def test_bad_parameters_are_400_naming_the_parameter(
     assert body["code"] == "invalid_parameter"
     assert body["errors"][0]["field"] == name
     assert body["message"].startswith(name)
+
+
+async def test_ages_beyond_the_calendar_mean_from_the_beginning(client: httpx.AsyncClient) -> None:
+    assert len(ids(await client.get("/events", params={"since": "99999999999d"}))) == 30
+    assert ids(await client.get("/events", params={"until": "9" * 400})) == []
+
+
+async def test_an_event_id_with_nul_is_400_not_a_database_error(client: httpx.AsyncClient) -> None:
+    response = await client.get("/events/a%00b")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "event_id"
+
+
+@pytest.mark.parametrize(
+    ("headers", "params", "name"),
+    [
+        ({"Last-Event-ID": "99999999999999999999"}, {}, "Last-Event-ID"),
+        ({"Last-Event-ID": b"\xb2"}, {}, "Last-Event-ID"),
+        ({}, {"after": "-1"}, "after"),
+        ({"Last-Event-ID": "3"}, {"after": "x"}, "after"),
+        ({}, {"type": "\x00"}, "type"),
+    ],
+)
+async def test_bad_stream_positions_are_400(
+    client: httpx.AsyncClient, headers: dict[str, str | bytes], params: dict[str, str], name: str
+) -> None:
+    response = await client.get("/events/stream", headers=headers, params=params)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == name
+
+
+async def test_a_read_the_database_cannot_answer_is_503(store: Store) -> None:
+    async with in_process(create_app(ConsumerConfig(), store)) as client:
+        store.database.drop_tables([store.model])
+        response = await client.get("/events")
+        single = await client.get("/events/e01")
+    for answer in (response, single):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "database_unavailable"
+        assert answer.headers["Retry-After"] == "1"
