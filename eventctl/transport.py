@@ -31,6 +31,8 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.closed = False
         self.keep_alive = False
+        self.answered = False
+        self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -43,6 +45,7 @@ class _Connection(asyncio.Protocol):
             )
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -75,7 +78,7 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, data: bytes, timeout: float | None) -> tuple[int, list[Any], bytes]:
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
-        self.headers, self.body = [], []
+        self.headers, self.body, self.answered = [], [], False
         assert self.transport is not None
         self.transport.write(data)
         timer = None
@@ -83,6 +86,9 @@ class _Connection(asyncio.Protocol):
             timer = loop.call_later(timeout, self._time_out)
         try:
             await waiter
+        except BaseException:
+            self.close()  # a connection left mid-exchange is of no further use
+            raise
         finally:
             self.waiter = None
             if timer is not None:
@@ -95,9 +101,14 @@ class _Connection(asyncio.Protocol):
 
 class LeanTransport(httpx.AsyncBaseTransport):
     """Keep-alive HTTP/1.1 for `http://` URLs: at most `max_connections` requests (so
-    connections) at once, and every connection kept open for the next request."""
+    connections) at once. An idle connection is reused for up to `keepalive_expiry` seconds,
+    below the 5 s after which uvicorn and Node close theirs. A reused connection that the
+    server closed before answering (the request crossed its close) is retried once on a new
+    connection, as browsers do; nothing of the request can have been processed, and the
+    propagator's requests carry an Idempotency-Key besides."""
 
-    def __init__(self, *, max_connections: int = 100) -> None:
+    def __init__(self, *, max_connections: int = 100, keepalive_expiry: float = 4.0) -> None:
+        self.keepalive_expiry = keepalive_expiry
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._slots = asyncio.Semaphore(max_connections)
 
@@ -120,29 +131,41 @@ class LeanTransport(httpx.AsyncBaseTransport):
             head.append(b"Host: %s\r\n" % url.netloc)
         head.append(b"Content-Length: %d\r\n\r\n" % len(content))
         head.append(content)
+        data = b"".join(head)
         timeouts = request.extensions.get("timeout", {})
+        connect, read = timeouts.get("connect"), timeouts.get("read")
         key = (url.host, url.port or 80)
         async with self._slots:
-            connection = await self._connection(key, timeouts.get("connect"))
+            connection = self._reuse(key)
+            reused = connection is not None
+            if connection is None:
+                connection = await self._connect(key, connect)
             try:
-                status, headers, body = await connection.exchange(
-                    b"".join(head), timeouts.get("read")
-                )
-            except BaseException:
-                connection.close()
-                raise
+                status, headers, body = await connection.exchange(data, read)
+            except httpx.RemoteProtocolError:
+                if not reused or connection.answered:
+                    raise
+                connection = await self._connect(key, connect)
+                status, headers, body = await connection.exchange(data, read)
             if not connection.closed:
+                connection.idle_since = asyncio.get_running_loop().time()
                 self._idle.setdefault(key, deque()).append(connection)
         return httpx.Response(
             status, headers=headers, stream=httpx.ByteStream(body), request=request
         )
 
-    async def _connection(self, key: tuple[str, int], timeout: float | None) -> _Connection:
+    def _reuse(self, key: tuple[str, int]) -> _Connection | None:
+        """The most recently used idle connection to `key` still fit for a request."""
         idle = self._idle.get(key)
+        oldest = asyncio.get_running_loop().time() - self.keepalive_expiry
         while idle:
             connection = idle.pop()
-            if not connection.closed:
+            if not connection.closed and connection.idle_since >= oldest:
                 return connection
+            connection.close()
+        return None
+
+    async def _connect(self, key: tuple[str, int], timeout: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):

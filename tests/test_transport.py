@@ -129,6 +129,51 @@ async def test_a_connection_the_server_closes_is_not_reused(peer_factory: PeerFa
     assert peer.connections == 3
 
 
+async def test_an_idle_connection_is_not_reused_after_keepalive_expiry(
+    peer_factory: PeerFactory,
+) -> None:
+    peer = await peer_factory(ok)
+    async with LeanTransport(keepalive_expiry=0.05) as transport:
+        await transport.handle_async_request(post(peer.url))
+        await transport.handle_async_request(post(peer.url))
+        await asyncio.sleep(0.1)
+        await transport.handle_async_request(post(peer.url))
+    assert peer.connections == 2
+
+
+async def test_a_reused_connection_closed_before_answering_is_retried_once_on_a_new_one(
+    peer_factory: PeerFactory,
+) -> None:
+    answered: set[asyncio.StreamWriter] = set()
+
+    async def close_the_second(request: bytes, writer: asyncio.StreamWriter) -> None:
+        if writer in answered:  # the server's keep-alive timer fired as this request came in
+            writer.close()
+            return
+        writer.write(OK + OK_BODY)
+        answered.add(writer)
+
+    peer = await peer_factory(close_the_second)
+    async with LeanTransport() as transport:
+        for _ in range(3):
+            assert (await transport.handle_async_request(post(peer.url))).status_code == 200
+    assert peer.connections == 3
+    assert len(peer.requests) == 5  # 1 + (1 lost + 1 retried) + (1 lost + 1 retried)
+
+
+async def test_a_new_connection_closed_before_answering_is_not_retried(
+    peer_factory: PeerFactory,
+) -> None:
+    async def close(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    peer = await peer_factory(close)
+    async with LeanTransport() as transport:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await transport.handle_async_request(post(peer.url))
+    assert len(peer.requests) == 1
+
+
 async def test_a_chunked_answer_is_read_whole(peer_factory: PeerFactory) -> None:
     async def chunked(request: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(
