@@ -1,6 +1,7 @@
 """Sending benchmark: client loops and `eventctl propagate --rate` against a fast local sink.
 
     python bench/propagate.py                    # rates 500, 1000, 2000/s for 5 s each
+    python bench/propagate.py --repeat 3         # three rounds; each row its median
 
 The sink is bench/baselines.py's bare ASGI app, pinned to CPU 1; every client runs pinned to
 CPU 0, on uvloop as `eventctl propagate` does. In one run it measures, for 4,000 requests
@@ -23,6 +24,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -210,6 +212,28 @@ def propagate_row(
     return row
 
 
+def one_round(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = [client_row(name, url, args.client_cpu) for name in CLIENTS]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for rate in (float(r) for r in args.rates.split(",")):
+            paced = client_row("bare asyncio loop", url, args.client_cpu, rate)
+            rows.append({**paced, "client": f"bare asyncio loop paced at {rate:g}/s"})
+            rows.append(propagate_row(url, rate, args.duration, args.client_cpu, workdir))
+        rows.append(propagate_row(url, FLAT_OUT_RATE, args.duration, args.client_cpu, workdir))
+    return rows
+
+
+def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of every round, each number its median over the rounds."""
+    row = dict(samples[0])
+    for key, value in row.items():
+        if isinstance(value, float) and key != "rate":
+            row[key] = statistics.median(s[key] for s in samples)
+    row["rounds"] = len(samples)
+    return row
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
         rate = float(sys.argv[4]) if len(sys.argv) > 4 else None
@@ -222,6 +246,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--client-cpu", type=int, default=0)
     parser.add_argument("--sink-cpu", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; each row reports its median")
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}/event"
@@ -231,20 +256,16 @@ def main() -> None:
             [sys.executable, str(ROOT / "bench" / "baselines.py"), "bare", "--port", str(port)],
         )
     )
-    rows: list[dict[str, Any]] = []
+    rounds: list[list[dict[str, Any]]] = []
     try:
         wait_until_listening(port, sink)  # type: ignore[arg-type]
-        rows += [client_row(name, url, args.client_cpu) for name in CLIENTS]
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
-            for rate in (float(r) for r in args.rates.split(",")):
-                paced = client_row("bare asyncio loop", url, args.client_cpu, rate)
-                rows.append({**paced, "client": f"bare asyncio loop paced at {rate:g}/s"})
-                rows.append(propagate_row(url, rate, args.duration, args.client_cpu, workdir))
-            rows.append(propagate_row(url, FLAT_OUT_RATE, args.duration, args.client_cpu, workdir))
+        for n in range(args.repeat):
+            print(f"round {n + 1} of {args.repeat}", file=sys.stderr)
+            rounds.append(one_round(url, args))
     finally:
         sink.terminate()
         sink.wait(10)
+    rows = [median_row([r[i] for r in rounds]) for i in range(len(rounds[0]))]
     print(json.dumps({"rows": rows}, indent=2))
     if shutil.which("taskset") is None:
         print("note: taskset not found; nothing was pinned", file=sys.stderr)
