@@ -387,11 +387,8 @@ def _read_routes(store: Store) -> list[Route]:
             _text_parameter(value, "type")
         resume = None if header is None else _int_parameter(header, "Last-Event-ID", 0, MAX_ROW_ID)
         start = None if after is None else _int_parameter(after, "after", 0, MAX_ROW_ID)
-        if resume is not None:
-            start_after = resume
-        elif start is not None:
-            start_after = start
-        else:
+        start_after = resume if resume is not None else start
+        if start_after is None:
             start_after = await anyio.to_thread.run_sync(store.last_id)
         return await event_stream(request, store, start_after)
 

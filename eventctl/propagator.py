@@ -265,7 +265,7 @@ class Propagator:
             self._launch(event_id, event)
         start = self.clock()
         tick = 0
-        while not self._done(start, tick):
+        while not self._done(tick):
             due = start + tick * self.interval
             if await self._sleep_or_stop(due - self.clock()):
                 break
@@ -273,9 +273,10 @@ class Propagator:
             now = self.clock()
             fresh: list[tuple[str, Event]] = []
             while True:
-                self._tick(start + tick * self.interval, fresh)
+                self._tick(due, fresh)
                 tick += 1
-                if start + tick * self.interval > now or self._done(start, tick):
+                due = start + tick * self.interval
+                if due > now or self._done(tick):
                     break
             if fresh and self.spool is not None:
                 self.spool.add_many(fresh)
@@ -286,7 +287,7 @@ class Propagator:
         stats.cpu_seconds = self.cpu_clock() - cpu_start
         return stats
 
-    def _done(self, start: float, tick: int) -> bool:
+    def _done(self, tick: int) -> bool:
         if self.count is not None and self.stats.generated >= self.count:
             return True
         return self.duration is not None and tick * self.interval >= self.duration
