@@ -291,7 +291,8 @@ def _print_events(
         writer.writerows(e.to_json() for e in events)
     elif events:
         order = "newest first" if events[0].id >= events[-1].id else "oldest first"
-        Console(highlight=False).print(_events_table(events, order))
+        console = Console(highlight=False)
+        console.print(_events_table(events, order, console.width))
     elif not quiet:
         typer.echo("No events match." if filtered else "No events yet.", err=True)
     sys.stdout.flush()
@@ -466,20 +467,27 @@ def _shorten(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _events_table(events: list[StoredEvent], order: str) -> Table:
+def _events_table(events: list[StoredEvent], order: str, width: int) -> Table:
     from eventctl.store import iso
 
+    id_width = max(len(str(e.id)) for e in events)
+    type_width = min(32, max(len("event_type"), *(len(e.event_type) for e in events)))
+    # the payload gets what the other columns and the borders (13 characters) leave, so a
+    # narrow terminal shortens the payload instead of squeezing the id and type away
+    payload_width = max(12, width - id_width - 24 - type_width - 13)
     table = Table(title=f"{len(events)} events, {order}", title_justify="left")
-    table.add_column("id", justify="right", style="cyan")
-    table.add_column("received_at (UTC)", no_wrap=True)
-    table.add_column("event_type", style="bold")
-    table.add_column("event_payload", overflow="ellipsis", no_wrap=True)
+    table.add_column("id", justify="right", style="cyan", no_wrap=True, min_width=id_width)
+    table.add_column("received_at (UTC)", no_wrap=True, min_width=24)
+    table.add_column(
+        "event_type", style="bold", no_wrap=True, width=type_width, overflow="ellipsis"
+    )
+    table.add_column("event_payload", no_wrap=True, max_width=payload_width)
     for event in events:
         table.add_row(
             str(event.id),
             iso(event.received_at)[:23] + "Z",
             event.event_type,
-            _shorten(event.event_payload),
+            _shorten(event.event_payload, payload_width),
         )
     return table
 

@@ -15,7 +15,7 @@ from eventctl.cli import sparkline
 from eventctl.errors import ExitCode
 from eventctl.events import Event
 from eventctl.store import Incoming, Store
-from tests.conftest import run_cli, spawn
+from tests.conftest import cli_env, run_cli, spawn
 
 
 @pytest.fixture
@@ -134,3 +134,19 @@ def test_stats_counts_and_rates(filled: str) -> None:
 def test_sparkline() -> None:
     assert sparkline([0, 0]) == "▁▁"
     assert sparkline([0, 1, 2, 4, 8]) == "▁▁▂▄█"
+
+
+def test_the_table_fits_an_80_column_terminal_without_losing_id_or_type(sqlite_url: str) -> None:
+    store = Store.open(sqlite_url, create=True)
+    payload = json.dumps({"order_id": "ord_5531", "note": "x" * 200})
+    store.insert([Incoming("e1", Event("shipment.dispatched", payload), datetime.now(UTC))])
+    store.close()
+    result = run_cli(
+        "list-events", "--database-url", sqlite_url, env=cli_env(COLUMNS="80", TERM="dumb")
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    row = next(line for line in lines if "shipment.dispatched" in line)
+    assert row.split("│")[1].strip() == "1"
+    assert '{"order_id": "ord_' in row
