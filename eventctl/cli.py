@@ -171,6 +171,27 @@ def serve_command(
     auth_token_file: Annotated[
         str | None, typer.Option(help="File holding the bearer token requests must carry")
     ] = None,
+    max_header_bytes: Annotated[
+        int | None, typer.Option(help="Largest request line plus headers (default: 16384)")
+    ] = None,
+    max_headers: Annotated[
+        int | None, typer.Option(help="Most header fields in one request (default: 100)")
+    ] = None,
+    header_timeout: Annotated[
+        float | None, typer.Option(help="Seconds to send a complete request head (default: 10)")
+    ] = None,
+    body_timeout: Annotated[
+        float | None, typer.Option(help="Seconds to send a request body (default: 30)")
+    ] = None,
+    keep_alive: Annotated[
+        float | None, typer.Option(help="Seconds an idle connection stays open (default: 5)")
+    ] = None,
+    max_connections: Annotated[
+        int | None, typer.Option(help="Open connections per worker before 503 (default: 1000)")
+    ] = None,
+    allowed_hosts: Annotated[
+        str | None, typer.Option(help="Comma-separated Host names accepted besides loopback")
+    ] = None,
 ) -> None:
     """Run the Event Consumer: accept events on POST /event and store them."""
     from eventctl.runner import listen, serve
@@ -194,6 +215,13 @@ def serve_command(
         webhook_secrets_file=webhook_secrets_file,
         webhook_tolerance_seconds=webhook_tolerance_seconds,
         auth_token_file=auth_token_file,
+        max_header_bytes=max_header_bytes,
+        max_headers=max_headers,
+        header_timeout_seconds=header_timeout,
+        body_timeout_seconds=body_timeout,
+        keep_alive_seconds=keep_alive,
+        max_connections=max_connections,
+        allowed_hosts=allowed_hosts,
     )
     serve(cfg, listen(cfg.host, cfg.port), Console(stderr=True, highlight=False))
 

@@ -97,6 +97,21 @@ class ConsumerConfig:
     webhook_secrets_file: str = _option("", None, "file of whsec_ secrets to verify signatures")
     webhook_tolerance_seconds: float = _option(300.0, _positive, "accepted webhook-timestamp skew")
     auth_token_file: str = _option("", None, "file holding the bearer token to require")
+    max_header_bytes: int = _option(16_384, _positive, "largest request line plus headers (431)")
+    max_headers: int = _option(100, _positive, "most header fields in one request (431)")
+    header_timeout_seconds: float = _option(
+        10.0, _positive, "time to send a complete request head", "--header-timeout"
+    )
+    body_timeout_seconds: float = _option(
+        30.0, _positive, "time to send a request body (408)", "--body-timeout"
+    )
+    keep_alive_seconds: float = _option(
+        5.0, _positive, "idle time before a connection is closed", "--keep-alive"
+    )
+    max_connections: int = _option(1000, _positive, "open connections per worker before 503")
+    allowed_hosts: str = _option(
+        "", None, "comma-separated Host names accepted besides loopback ones"
+    )
 
 
 def metrics_enabled(config: ConsumerConfig) -> bool:
