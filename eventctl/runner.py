@@ -39,6 +39,7 @@ from eventctl.auth import SIGNING_SECRET_ENV, WEBHOOK_SECRETS_ENV, Credentials
 from eventctl.config import ConsumerConfig, PropagatorConfig
 from eventctl.display import Display, JsonDisplay, LiveDisplay, LogDisplay
 from eventctl.errors import EventctlError, Unavailable
+from eventctl.httpserver import Limits, ServerConfig, fit_connections
 from eventctl.logs import log_config
 from eventctl.propagator import Propagator, RetryPolicy, Stats
 from eventctl.spool import Spool
@@ -79,9 +80,22 @@ def local_url(sock: socket.socket, path: str = "") -> str:
 WORKER_CONFIG_ENV = "EVENTCTL_WORKER_CONFIG"
 
 
+def limits(cfg: ConsumerConfig) -> Limits:
+    """The connection limits of `cfg`, with max_connections fitted to the open-file limit."""
+    return Limits(
+        max_header_bytes=cfg.max_header_bytes,
+        max_headers=cfg.max_headers,
+        header_timeout=cfg.header_timeout_seconds,
+        body_timeout=cfg.body_timeout_seconds,
+        max_connections=fit_connections(cfg.max_connections),
+    )
+
+
 def _uvicorn_config(cfg: ConsumerConfig, app: Any, **kwargs: Any) -> uvicorn.Config:
-    return uvicorn.Config(
+    return ServerConfig(
         app,
+        limits=limits(cfg),
+        timeout_keep_alive=cfg.keep_alive_seconds,
         log_config=log_config(cfg.log_level),
         log_level=cfg.log_level,
         access_log=cfg.log_level in ("info", "debug"),
