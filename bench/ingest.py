@@ -11,6 +11,8 @@ is installed, else the bundled asyncio HTTP/1.1 driver in this file. Targets:
   naive     a Starlette + Peewee handler that commits each request on its own
   eventctl  `eventctl serve` (group commit, WAL, synchronous=FULL), POST /event
   batch     `eventctl serve`, POST /events with 100 events per request
+  before    `eventctl serve` as of the git revision given by --before (a temporary
+            worktree), POST /event: the same run measures a change against its parent
 
 Committed events/s is counted from the database (rows after - rows before) / duration, so
 only what was really stored counts. Everything stays on loopback and stops by itself.
@@ -77,7 +79,11 @@ def server(target: str, cpu: int | None, workdir: Path) -> Iterator[tuple[int, P
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     url = f"sqlite:///{db}"
-    if target in ("eventctl", "batch"):
+    cwd, env = ROOT, None
+    if target == "before":
+        cwd = workdir / "before"
+        env = {**os.environ, "PYTHONPATH": str(cwd)}
+    if target in ("eventctl", "batch", "before"):
         argv = [
             sys.executable,
             "-m",
@@ -101,7 +107,7 @@ def server(target: str, cpu: int | None, workdir: Path) -> Iterator[tuple[int, P
     else:
         argv = [sys.executable, str(ROOT / "bench" / "baselines.py"), "bare", "--port", str(port)]
     process = subprocess.Popen(
-        pinned(cpu, argv), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        pinned(cpu, argv), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         wait_until_listening(port, process)
@@ -112,6 +118,20 @@ def server(target: str, cpu: int | None, workdir: Path) -> Iterator[tuple[int, P
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextmanager
+def worktree(revision: str | None, path: Path) -> Iterator[None]:
+    """A detached git worktree of `revision` at `path` for the `before` target."""
+    if revision is None:
+        yield
+        return
+    git = ["git", "-C", str(ROOT)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(path), revision], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False)
 
 
 def count_rows(db: Path | None) -> int:
@@ -300,7 +320,14 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also measure `eventctl serve` at this git revision (target `before`)",
+    )
     args = parser.parse_args()
+    if args.before and "before" not in args.targets.split(","):
+        args.targets += ",before"
     driver = (
         "wrk"
         if args.driver == "wrk" or (args.driver == "auto" and shutil.which("wrk"))
@@ -312,7 +339,10 @@ def main() -> None:
         for c in (args.batch_connections if target == "batch" else args.connections).split(",")
     ]
     rounds: dict[tuple[str, int], list[dict[str, Any]]] = {point: [] for point in points}
-    with tempfile.TemporaryDirectory(prefix="eventctl-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="eventctl-bench-") as tmp,
+        worktree(args.before, Path(tmp) / "before"),
+    ):
         workdir = Path(tmp)
         for round_number in range(args.repeat):
             for target, conns in points:
@@ -372,8 +402,8 @@ def report(results: list[dict[str, Any]], driver: str, args: argparse.Namespace)
         f"server on CPU {args.server_cpu}, client on CPU {args.client_cpu}",
         "",
         "| target | connections | requests/s | committed events/s (rounds) | p50 ms | p99 ms "
-        "| errors | vs bare | vs naive |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| errors | vs bare | vs naive | vs before |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         single = r["target"] != "batch"
@@ -385,11 +415,17 @@ def report(results: list[dict[str, Any]], driver: str, args: argparse.Namespace)
             if naive and naive["events_per_s"]
             else "-"
         )
+        before = by.get(("before", r["connections"])) if single else None
+        vs_before = (
+            f"{r['events_per_s'] / before['events_per_s']:.2f}"
+            if before and before["events_per_s"] and r["target"] != "before"
+            else "-"
+        )
         lines.append(
             f"| {r['target']} | {r['connections']} | {r['requests_per_s']:.0f} | "
             f"{r['events_per_s']:.0f} ({', '.join(map(str, r['events_per_s_all']))}) | "
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['errors']:.0f} | {vs_bare} | {vs_naive} |"
+            f"{r['errors']:.0f} | {vs_bare} | {vs_naive} | {vs_before} |"
         )
     print("\n".join(lines))
     if args.json:
