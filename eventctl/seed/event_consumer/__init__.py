@@ -1,0 +1,1 @@
+"""`python -m event_consumer.main`: the seed's name for `eventctl serve`."""

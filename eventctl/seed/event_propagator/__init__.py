@@ -1,0 +1,1 @@
+"""`python -m event_propagator.main`: the seed's name for `eventctl propagate`."""
