@@ -27,6 +27,7 @@ from eventctl.config import (
     load_config,
 )
 from eventctl.errors import (
+    ConfigError,
     EventctlError,
     ExitCode,
     InvalidEvent,
@@ -35,6 +36,7 @@ from eventctl.errors import (
 )
 from eventctl.events import Event, new_event_id, validate_event
 from eventctl.templates import EventSource, load_events_file
+from eventctl.textsafe import json_text, visible
 from eventctl.timefmt import parse_duration, parse_since
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ R = TypeVar("R")
 
 
 def _fail(message: str, code: ExitCode) -> typer.Exit:
-    typer.echo(f"eventctl: error: {message}", err=True)
+    typer.echo(f"eventctl: error: {visible(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -305,11 +307,10 @@ def _print_events(
 ) -> None:
     """Print events in the order given. `quiet`: no "No events" line for an empty list."""
     if output == "json":
-        json.dump([e.to_json() for e in events], sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(json_text([e.to_json() for e in events], indent=2) + "\n")
     elif output == "ndjson":
         for event in events:
-            sys.stdout.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+            sys.stdout.write(json_text(event.to_json()) + "\n")
     elif output == "csv":
         import csv
 
@@ -360,12 +361,18 @@ def tail(
 
     import httpx
 
-    from eventctl.stream import parse_sse
+    from eventctl.propagator import transport_error_text
+    from eventctl.stream import parse_sse, sse_lines
 
     cfg = consumer_config(config)
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
-    base = (endpoint or f"http://{host}:{cfg.port}").rstrip("/").removesuffix("/events/stream")
-    url = base + "/events/stream"
+    base = endpoint or consumer_url(cfg.host, cfg.port)
+    url = base.rstrip("/").removesuffix("/events/stream") + "/events/stream"
+    try:
+        scheme = httpx.URL(url).scheme
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"{url}: not a valid URL: {exc}") from None
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"{url}: must be an http:// or https:// URL")
     params = {"type": event_types or []}
     console = Console(highlight=False)
     last_id: str | None = None
@@ -383,30 +390,50 @@ def tail(
                     if last_id is None:
                         typer.echo(f"eventctl tail: following {url}; Ctrl-C stops", err=True)
                     delay = 0.5
-                    for event_id, data in parse_sse(response.iter_lines()):
+                    for event_id, data in parse_sse(sse_lines(response.iter_bytes())):
                         last_id = event_id or last_id
                         _print_streamed(console, data, as_json)
+                reason = "the stream ended"
             except httpx.TransportError as exc:
-                from eventctl.propagator import transport_error_text
-
-                typer.echo(
-                    f"eventctl tail: {transport_error_text(exc)}; reconnecting in {delay:g}s",
-                    err=True,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                reason = transport_error_text(exc)
+            except httpx.DecodingError as exc:
+                reason = str(exc)
+            typer.echo(f"eventctl tail: {visible(reason)}; reconnecting in {delay:g}s", err=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
     except KeyboardInterrupt:
         return
 
 
+def consumer_url(host: str, port: int) -> str:
+    """http://host:port of a consumer listening on `host`: a wildcard address becomes
+    loopback, an IPv6 address goes in brackets (with a zone's % escaped, RFC 6874)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in host and not host.startswith("["):
+        host = "[" + host.replace("%", "%25") + "]"
+    return f"http://{host}:{port}"
+
+
+STREAMED_FIELDS = ("received_at", "event_type", "event_payload")
+
+
 def _print_streamed(console: Console, data: str, as_json: bool) -> None:
+    """Print one streamed event; a message that is not one is reported on stderr."""
+    try:
+        event = json.loads(data)
+    except (ValueError, RecursionError):
+        event = None
+    if not isinstance(event, dict) or not all(
+        isinstance(event.get(name), str) for name in STREAMED_FIELDS
+    ):
+        typer.echo(f"eventctl tail: not an event, skipped: {visible(data[:200])}", err=True)
+        return
     if as_json:
-        sys.stdout.write(data + "\n")
+        sys.stdout.write(json_text(event) + "\n")
         sys.stdout.flush()
         return
-    event = json.loads(data)
-    line = Text(f"{event['received_at'][11:23]}  ")
-    line.append(event["event_type"], style="bold")
+    line = Text(visible(f"{event['received_at'][11:23]}  "))
+    line.append(visible(event["event_type"]), style="bold")
     line.append(f"  {_shorten(event['event_payload'], 80)}")
     console.print(line, soft_wrap=True)
 
@@ -450,22 +477,17 @@ def stats(
         index = int((received_at - start).total_seconds() // 60)
         per_minute[min(max(index, 0), minutes - 1)] += 1
     if as_json:
-        json.dump(
-            {
-                "since": iso(start),
-                "until": iso(now),
-                "total": sum(n for _, n, _, _ in types),
-                "types": [
-                    {"event_type": t, "count": n, "first": iso(first), "last": iso(last)}
-                    for t, n, first, last in types
-                ],
-                "per_minute": per_minute,
-            },
-            sys.stdout,
-            ensure_ascii=False,
-            indent=2,
-        )
-        sys.stdout.write("\n")
+        report = {
+            "since": iso(start),
+            "until": iso(now),
+            "total": sum(n for _, n, _, _ in types),
+            "types": [
+                {"event_type": t, "count": n, "first": iso(first), "last": iso(last)}
+                for t, n, first, last in types
+            ],
+            "per_minute": per_minute,
+        }
+        sys.stdout.write(json_text(report, indent=2) + "\n")
         return
     if not types:
         typer.echo(f"No events since {iso(start)}.", err=True)
@@ -476,7 +498,7 @@ def stats(
     table.add_column("first seen (UTC)", no_wrap=True)
     table.add_column("last seen (UTC)", no_wrap=True)
     for event_type, n, first, last in types:
-        table.add_row(event_type, str(n), iso(first)[:19], iso(last)[:19])
+        table.add_row(Text(visible(event_type)), str(n), iso(first)[:19], iso(last)[:19])
     console = Console(highlight=False)
     console.print(table)
     shown = per_minute[-60:]
@@ -491,15 +513,17 @@ StoredEventFields = ("id", "event_id", "event_type", "event_payload", "received_
 
 
 def _shorten(text: str, width: int = 60) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    """`text` shown escaped (see eventctl.textsafe), cut to `width` characters."""
+    shown = visible(text)
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
 def _events_table(events: list[StoredEvent], order: str, width: int) -> Table:
     from eventctl.store import iso
 
+    types = [visible(e.event_type) for e in events]
     id_width = max(len(str(e.id)) for e in events)
-    type_width = min(32, max(len("event_type"), *(len(e.event_type) for e in events)))
+    type_width = min(32, max(len("event_type"), *(len(t) for t in types)))
     # the payload gets what the other columns and the borders (13 characters) leave, so a
     # narrow terminal shortens the payload instead of squeezing the id and type away
     payload_width = max(12, width - id_width - 24 - type_width - 13)
@@ -510,12 +534,12 @@ def _events_table(events: list[StoredEvent], order: str, width: int) -> Table:
         "event_type", style="bold", no_wrap=True, width=type_width, overflow="ellipsis"
     )
     table.add_column("event_payload", no_wrap=True, max_width=payload_width)
-    for event in events:
+    for event, shown_type in zip(events, types, strict=True):
         table.add_row(
             str(event.id),
             iso(event.received_at)[:23] + "Z",
-            event.event_type,
-            _shorten(event.event_payload, payload_width),
+            Text(shown_type),
+            Text(_shorten(event.event_payload, payload_width)),
         )
     return table
 
@@ -769,20 +793,16 @@ def send_once(
         credentials=propagator_credentials(cfg),
     )
     if as_json:
-        json.dump(
-            {
-                "endpoint": cfg.api_endpoint,
-                "status_code": sent.status,
-                "event_id": sent.event_id,
-                "replayed": sent.replayed,
-                "latency_ms": round(sent.latency * 1000, 3),
-                "event": event.to_json(),
-                "response": sent.body,
-            },
-            sys.stdout,
-            ensure_ascii=False,
-        )
-        sys.stdout.write("\n")
+        outcome = {
+            "endpoint": cfg.api_endpoint,
+            "status_code": sent.status,
+            "event_id": sent.event_id,
+            "replayed": sent.replayed,
+            "latency_ms": round(sent.latency * 1000, 3),
+            "event": event.to_json(),
+            "response": sent.body,
+        }
+        sys.stdout.write(json_text(outcome) + "\n")
     where = f"{cfg.api_endpoint}: {sent.status}"
     if 400 <= sent.status < 500:
         raise Refused(f"refused by {where} {sent.error_text()}")
@@ -791,8 +811,10 @@ def send_once(
     if not as_json:
         replayed = " (replayed: already stored)" if sent.replayed else ""
         typer.echo(
-            f"{sent.status} {event.event_type} -> {cfg.api_endpoint} "
-            f"event_id={sent.event_id} {sent.latency * 1000:.1f} ms{replayed}"
+            visible(
+                f"{sent.status} {event.event_type} -> {cfg.api_endpoint} "
+                f"event_id={sent.event_id} {sent.latency * 1000:.1f} ms{replayed}"
+            )
         )
 
 
@@ -861,8 +883,7 @@ def spool_list(
     finally:
         opened.close()
     if as_json:
-        json.dump([_entry_json(e) for e in entries], sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(json_text([_entry_json(e) for e in entries], indent=2) + "\n")
         return
     typer.echo(
         f"{cfg.spool_path}: {counts['pending']} pending, {counts['failed']} failed, "
@@ -878,7 +899,11 @@ def spool_list(
         table.add_column("event_type", no_wrap=True, overflow="ellipsis")
         for e in entries:
             table.add_row(
-                e.event_id, e.state, str(e.attempts), e.last_result or "-", e.event.event_type
+                Text(visible(e.event_id)),
+                e.state,
+                str(e.attempts),
+                Text(visible(e.last_result or "-")),
+                Text(visible(e.event.event_type)),
             )
         Console(highlight=False).print(table)
 
@@ -974,7 +999,7 @@ def verify(
         )
         for kind in ("lost", "duplicated"):
             for event_id in result[f"{kind}_ids"]:
-                typer.echo(f"  {kind}: {event_id}")
+                typer.echo(f"  {kind}: {visible(event_id)}")
     if not report.ok:
         raise typer.Exit(ExitCode.MISMATCH)
 

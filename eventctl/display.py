@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from eventctl.propagator import Record, Stats
+from eventctl.textsafe import visible
 
 OUTCOME_STYLE = {"delivered": "green", "retrying": "yellow", "failed": "bold red"}
 
@@ -41,7 +42,9 @@ def render(stats: Stats, now: float) -> RenderableType:
         in_flight.append("  cap hit: ticks skipped", style="bold yellow")
     if stats.spool_full:
         in_flight.append("  spool full: generation paused", style="bold yellow")
-    head.add_row("endpoint", stats.endpoint, "elapsed", _elapsed(now - stats.started_at))
+    head.add_row(
+        "endpoint", Text(visible(stats.endpoint)), "elapsed", _elapsed(now - stats.started_at)
+    )
     head.add_row(
         "interval",
         f"{stats.interval:g} s ({1 / stats.interval:g}/s)",
@@ -74,7 +77,7 @@ def render(stats: Stats, now: float) -> RenderableType:
     latency.add_column()
     latency.add_row(
         "last",
-        "-" if last is None else f"{last.event_type}  {last.result}",
+        Text("-" if last is None else visible(f"{last.event_type}  {last.result}")),
     )
     latency.add_row(
         "latency", f"p50 {_ms(stats.percentile(0.5))}   p99 {_ms(stats.percentile(0.99))}"
@@ -95,9 +98,9 @@ def render(stats: Stats, now: float) -> RenderableType:
     for record in reversed(stats.recent):
         recent.add_row(
             f"{record.at - stats.started_at:.1f}s",
-            record.event_type,
+            Text(visible(record.event_type)),
             Text(record.outcome, style=OUTCOME_STYLE[record.outcome]),
-            record.result,
+            Text(visible(record.result)),
             _ms(record.latency),
             str(record.attempt),
         )
@@ -112,8 +115,8 @@ def log_line(record: Record, started_at: float) -> str:
     parts = [
         f"{record.at - started_at:8.3f}s",
         f"{record.outcome:<9}",
-        record.event_type,
-        record.result,
+        visible(record.event_type),
+        visible(record.result),
     ]
     if record.latency is not None:
         parts.append(_ms(record.latency))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
 import anyio
 from starlette.requests import Request
@@ -65,7 +66,40 @@ async def event_stream(request: Request, store: Store, start_after: int) -> Stre
     )
 
 
-def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str]]:
+_END_OF_LINE = re.compile(rb"\r\n|\r|\n")
+
+
+def sse_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines of an SSE stream from its bytes, however they are cut into chunks.
+
+    SSE ends lines with CR, LF or CRLF only (not U+2028, U+2029 or U+0085, as
+    `str.splitlines` and httpx's `iter_lines` do). A CR ending a chunk may be the first
+    half of a CRLF, so an LF opening the next chunk is dropped. Lines are decoded as
+    UTF-8 with replacement characters, a leading BOM is dropped, and an unfinished last
+    line is not a line.
+    """
+    partial: list[bytes] = []
+    after_cr = False
+    first = True
+    for chunk in chunks:
+        if not chunk:
+            continue
+        start = 1 if after_cr and chunk.startswith(b"\n") else 0
+        after_cr = chunk.endswith(b"\r")
+        for end in _END_OF_LINE.finditer(chunk, start):
+            partial.append(chunk[start : end.start()])
+            line = b"".join(partial).decode("utf-8", errors="replace")
+            partial.clear()
+            start = end.end()
+            if first:
+                line = line.removeprefix("\ufeff")
+                first = False
+            yield line
+        if start < len(chunk):
+            partial.append(chunk[start:])
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str | None, str]]:
     """(id, data) of each SSE message with data, from the stream's lines."""
     event_id: str | None = None
     data: list[str] = []

@@ -15,6 +15,7 @@ import pytest
 
 from eventctl.errors import ExitCode
 from tests.conftest import ROOT, Server, cli_env, free_port, run_cli, send_once, spawn
+from tests.test_display import HOSTILE, raw_in_json, unsafe_characters
 
 EVENTS_FILE = str(ROOT / "events" / "events.json")
 
@@ -397,3 +398,38 @@ def test_up_on_a_port_in_use_exits_6(sqlite_url: str) -> None:
         result = run_cli("up", "--port", str(taken.getsockname()[1]), "--database-url", sqlite_url)
     assert result.returncode == ExitCode.UNAVAILABLE
     assert_one_line_error(result.stderr, "cannot listen on")
+
+
+HOSTILE_TYPE = "evil\u202e\u200bexe"  # the consumer refuses control characters in types
+
+
+def test_send_once_shows_the_event_type_escaped_and_json_keeps_it(server: Server) -> None:
+    human = send_once(server.url, event_type=HOSTILE_TYPE, payload=HOSTILE)
+    assert human.returncode == 0, human.stderr
+    assert unsafe_characters(human.stdout) == []
+    assert human.stdout.startswith("200 evil\\u202e\\u200bexe -> ")
+    as_json = send_once(server.url, "--json", event_type=HOSTILE_TYPE, payload=HOSTILE)
+    assert raw_in_json(as_json.stdout) == []
+    assert json.loads(as_json.stdout)["event"] == {
+        "event_type": HOSTILE_TYPE,
+        "event_payload": HOSTILE,
+    }
+
+
+def test_propagate_log_lines_show_event_types_escaped(server: Server, tmp_path: Path) -> None:
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps([{"event_type": HOSTILE_TYPE, "event_payload": HOSTILE}]))
+    result = run_cli(
+        "propagate",
+        "--events-file",
+        str(events),
+        "--endpoint",
+        server.url + "/event",
+        "--interval",
+        "0.01",
+        "--count",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert unsafe_characters(result.stderr) == []
+    assert "delivered  evil\\u202e\\u200bexe  200" in result.stderr

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +17,8 @@ from eventctl.cli import sparkline
 from eventctl.errors import ExitCode
 from eventctl.events import Event
 from eventctl.store import Incoming, Store
-from tests.conftest import cli_env, run_cli, spawn
+from tests.conftest import ROOT, cli_env, run_cli, spawn
+from tests.test_display import HOSTILE, HOSTILE_SHOWN, raw_in_json, unsafe_characters
 
 
 @pytest.fixture
@@ -150,3 +153,79 @@ def test_the_table_fits_an_80_column_terminal_without_losing_id_or_type(sqlite_u
     row = next(line for line in lines if "shipment.dispatched" in line)
     assert row.split("│")[1].strip() == "1"
     assert '{"order_id": "ord_' in row
+
+
+@pytest.fixture
+def hostile(sqlite_url: str) -> str:
+    """A database whose one event carries escape sequences and invisible characters."""
+    store = Store.open(sqlite_url, create=True)
+    event = Event("evil\x1b[2J\x9b31m\u202e\u2028", HOSTILE)
+    store.insert([Incoming("id\x1b]0;x\x07\u2029", event, datetime.now(UTC))])
+    store.close()
+    return sqlite_url
+
+
+def run_bytes(*args: str) -> str:
+    """stdout of `eventctl ARGS` exactly as written: no newline translation."""
+    result = subprocess.run(
+        [sys.executable, "-m", "eventctl", *args],
+        capture_output=True,
+        cwd=ROOT,
+        env=cli_env(COLUMNS="250", TERM="dumb"),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
+
+
+def assert_escaped_json(text: str) -> None:
+    """JSON as it reaches a terminal: no raw C1 control, U+2028 or U+2029."""
+    assert raw_in_json(text) == []
+    assert "\\u009b" in text
+    assert "\\u2028" in text
+    assert "\\u2029" in text
+
+
+def test_the_table_shows_event_data_escaped(hostile: str) -> None:
+    out = run_bytes("list-events", "--database-url", hostile)
+    assert unsafe_characters(out) == []
+    row = next(line for line in out.splitlines() if "evil" in line)
+    assert "evil\\x1b[2J\\x9b31m\\u202e\\u2028" in row
+    assert HOSTILE_SHOWN in row
+    assert len(out.splitlines()) == 6  # title, three border lines, header, one row
+
+
+def test_json_and_ndjson_keep_the_values_with_c1_and_separators_escaped(hostile: str) -> None:
+    as_json = run_bytes("list-events", "--database-url", hostile, "--json")
+    as_ndjson = run_bytes("list-events", "--database-url", hostile, "--output", "ndjson")
+    for text in (as_json, as_ndjson):
+        assert_escaped_json(text)
+    [row] = json.loads(as_json)
+    assert json.loads(as_ndjson) == row
+    assert (row["event_id"], row["event_type"], row["event_payload"]) == (
+        "id\x1b]0;x\x07\u2029",
+        "evil\x1b[2J\x9b31m\u202e\u2028",
+        HOSTILE,
+    )
+
+
+def test_csv_keeps_the_exact_values(hostile: str) -> None:
+    out = run_bytes("list-events", "--database-url", hostile, "--output", "csv")
+    [row] = list(csv.DictReader(io.StringIO(out, newline="")))
+    assert (row["event_id"], row["event_type"], row["event_payload"]) == (
+        "id\x1b]0;x\x07\u2029",
+        "evil\x1b[2J\x9b31m\u202e\u2028",
+        HOSTILE,
+    )
+
+
+def test_stats_shows_event_types_escaped_and_json_keeps_them(hostile: str) -> None:
+    table = run_bytes("stats", "--database-url", hostile)
+    assert unsafe_characters(table) == []
+    assert "evil\\x1b[2J\\x9b31m\\u202e\\u2028" in table
+    as_json = run_bytes("stats", "--database-url", hostile, "--json")
+    assert raw_in_json(as_json) == []
+    assert "\\u009b" in as_json
+    assert "\\u2028" in as_json
+    assert json.loads(as_json)["types"][0]["event_type"] == "evil\x1b[2J\x9b31m\u202e\u2028"

@@ -9,7 +9,9 @@ from pathlib import Path
 from eventctl.errors import ExitCode
 from eventctl.events import Event
 from eventctl.spool import Spool
+from eventctl.store import Store
 from tests.conftest import ROOT, Server, cli_env, free_port, propagate_quickly, run_cli
+from tests.test_display import HOSTILE, raw_in_json, unsafe_characters
 
 EVENTS_FILE = str(ROOT / "events" / "events.json")
 
@@ -107,3 +109,34 @@ def test_fault_drill_flags_refuse_requests(tmp_path: Path, sqlite_url: str) -> N
     bad = run_cli("serve", "--fail-rate", "2", "--database-url", sqlite_url)
     assert bad.returncode == ExitCode.CONFIG
     assert "--fail-rate: must be between 0 and 1" in bad.stderr
+
+
+def test_spool_list_shows_event_data_escaped_and_json_keeps_it() -> None:
+    spool = Spool.open(spool_path())
+    spool.add("id\x1b[2J", Event("evil\x9b31m\u202e\u2028", HOSTILE))
+    spool.settle("id\x1b[2J", "failed", 1, "503 \x1b]0;title\x07\u2029")
+    spool.close()
+    table = run_cli("spool", "list", env=cli_env(COLUMNS="200"))
+    assert table.returncode == 0, table.stderr
+    assert unsafe_characters(table.stdout) == []
+    for shown in ("id\\x1b[2J", "evil\\x9b31m\\u202e\\u2028", "503 \\x1b]0;title"):
+        assert shown in table.stdout
+    as_json = run_cli("spool", "list", "--json")
+    assert raw_in_json(as_json.stdout) == []
+    [entry] = json.loads(as_json.stdout)
+    assert entry["event"] == {"event_type": "evil\x9b31m\u202e\u2028", "event_payload": HOSTILE}
+    assert entry["last_result"] == "503 \x1b]0;title\x07\u2029"
+
+
+def test_verify_shows_lost_ids_escaped(sqlite_url: str) -> None:
+    Store.open(sqlite_url, create=True).close()
+    spool = Spool.open(spool_path())
+    spool.add("lost\x1b[2J\x9b\u2028", Event("t", "p"))
+    spool.settle("lost\x1b[2J\x9b\u2028", "delivered", 1, "200")
+    spool.close()
+    human = run_cli("verify", "--database-url", sqlite_url)
+    assert human.returncode == ExitCode.MISMATCH
+    assert unsafe_characters(human.stdout) == []
+    assert "  lost: lost\\x1b[2J\\x9b\\u2028" in human.stdout
+    as_json = run_cli("verify", "--database-url", sqlite_url, "--json")
+    assert json.loads(as_json.stdout)["lost_ids"] == ["lost\x1b[2J\x9b\u2028"]
