@@ -50,6 +50,20 @@ class DatabaseError(EventctlError):
     exit_code = ExitCode.DATABASE
 
 
+class IdempotencyConflict(EventctlError):
+    """An event id (an `Idempotency-Key`, or a batch's `<key>/<index>`) is already stored
+    with a different event_type or event_payload: the request is refused, not replayed."""
+
+    exit_code = ExitCode.INPUT
+
+    def __init__(self, event_id: str, index: int) -> None:
+        self.event_id = event_id
+        self.index = index
+        super().__init__(
+            f"event_id {event_id} is already stored with a different event_type or event_payload"
+        )
+
+
 class Unavailable(EventctlError):
     """A socket could not be bound, or a peer could not be reached."""
 

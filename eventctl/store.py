@@ -2,10 +2,19 @@
 
 No SQL dialect leaks out of this module. Every public method is blocking: call it from
 a worker thread, never from the event loop.
+
+A SQLite file can be deleted or replaced under a running process, which then keeps using
+the old file. So each connection remembers the (st_dev, st_ino) of the database file and
+of its -wal file, every operation compares them with the path first, and `insert` compares
+again after its commit: a connection whose files are no longer at the path is never used.
+Only the write path (`insert`, `probe`) reopens the file; readers wait for it to do so.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -17,13 +26,51 @@ from urllib.parse import urlsplit
 import peewee
 from playhouse.db_url import connect
 
-from eventctl.errors import DatabaseError
+from eventctl.errors import DatabaseError, IdempotencyConflict
 from eventctl.events import MAX_EVENT_TYPE_LENGTH, Event
 
 SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "full"}
 INSERT_CHUNK = 1000
 INSERT_COLUMNS = ("event_id", "event_type", "event_payload", "received_at")
 PG_CONNECT_TIMEOUT = 5
+# Not ASCII, so no Idempotency-Key, batch id or generated id can ever be this.
+PROBE_EVENT_ID = "\u2022eventctl write probe"
+PG_DISK_FULL = "53100"
+
+log = logging.getLogger("eventctl.store")
+
+FileId = tuple[int, int]
+
+
+class _Files(NamedTuple):
+    """(st_dev, st_ino) of the database file and of its -wal file, None where missing."""
+
+    db: FileId | None
+    wal: FileId | None
+
+
+def _file_id(path: Path) -> FileId | None:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _stale_wal(old: _Files, files: _Files) -> bool:
+    """Whether the -wal file at the path is the old one while the database file is not."""
+    return old.wal is not None and files.wal == old.wal and files.db != old.db
+
+
+def _cause(exc: peewee.PeeweeException) -> str:
+    """What the database's error code says, where a message alone hides it."""
+    orig = getattr(exc, "orig", None) or exc.__context__
+    name = getattr(orig, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL") or getattr(orig, "pgcode", None) == PG_DISK_FULL:
+        return "the disk is full"
+    if name.startswith("SQLITE_READONLY"):
+        return "the database is read-only"
+    return ""
 
 
 class Incoming(NamedTuple):
@@ -124,7 +171,12 @@ class Store:
         self.url = url
         self.model = _bind(database)
         self.is_sqlite = isinstance(database, peewee.SqliteDatabase)
+        self.path = sqlite_path(url) if self.is_sqlite else None
         self._insert_sql_cache: dict[int, str] = {}
+        # The files the write path (or `open`) last opened on purpose; None after letting go
+        # of replaced files, until the write path reopens the path.
+        self._files: _Files | None = None
+        self._local = threading.local()  # .conn, .files: this thread's connection and its files
 
     @classmethod
     def open(
@@ -167,6 +219,8 @@ class Store:
             elif not database.table_exists("events"):
                 store.close()
                 raise DatabaseError(f"{where}: no events table here; is this an eventctl database?")
+            if path is not None:
+                store._remember(owner=True)
         return store
 
     @contextmanager
@@ -177,7 +231,160 @@ class Store:
             if isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
                 self._drop_connection()
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if cause := _cause(exc):
+                message = f"{cause} ({message})"
             raise DatabaseError(f"{describe_url(self.url)}: {doing}: {message}") from exc
+        except OSError as exc:
+            raise DatabaseError(f"{describe_url(self.url)}: {doing}: {exc}") from exc
+
+    def _paths(self) -> _Files:
+        assert self.path is not None
+        return _Files(_file_id(self.path), _file_id(Path(f"{self.path}-wal")))
+
+    def _remember(self, *, owner: bool) -> None:
+        """Record the files this thread's new connection has open (after a first read, so
+        that its -wal file is open too)."""
+        files = self._paths()
+        self._local.conn = self.database.connection()  # type: ignore[no-untyped-call]
+        self._local.files = files
+        if owner:
+            self._files = files
+
+    def file_changed(self) -> bool:
+        """Whether the SQLite file at the path is no longer the one last opened."""
+        if self.path is None:
+            return False
+        with self._errors("cannot look at the database file"):
+            return self._paths() != self._files
+
+    def _current(self, *, writer: bool) -> None:
+        """Make sure this thread's connection has the files at the path open (SQLite).
+
+        A connection to files that were deleted or replaced is closed; the write path then
+        reopens the path, and a reader refuses until the write path has done so."""
+        if self.path is None:
+            return
+        files = self._paths()
+        local = self._local
+        if not self.database.is_closed():
+            conn = self.database.connection()  # type: ignore[no-untyped-call]
+            held = local.files if getattr(local, "conn", None) is conn else self._files
+            if held == files:
+                local.conn, local.files = conn, files
+                return
+            if writer:
+                self._let_go(held, files)
+            else:
+                self._drop_connection()
+        where = describe_url(self.url)
+        if files != self._files:
+            # A reader may read a new -wal file (SQLite makes one after the last connection
+            # closed); a database file other than the one the write path opened, never.
+            if not writer and (self._files is None or files.db != self._files.db):
+                raise DatabaseError(
+                    f"{where}: the database file {self.path} was deleted or replaced while in "
+                    "use; not reading the old one (the next write reopens the path)"
+                )
+            # No connection to the old file is left on this thread to empty its log with.
+            old = self._files
+            if old is not None and _stale_wal(old, files):
+                raise DatabaseError(
+                    f"{where}: {self.path} was replaced while in use, and {self.path}-wal "
+                    "still belongs to the old file; opening them together would corrupt "
+                    f"it: stop eventctl and move {self.path}-wal and {self.path}-shm away"
+                )
+        self._reopen(writer=writer)
+
+    def _let_go(self, held: _Files | None, files: _Files) -> None:
+        """Close the write connection to files no longer at the path, leaving nothing of
+        the old file that the path's new file could be paired with."""
+        assert self.path is not None
+        if files.db is None:
+            what = f"the database file {self.path} was deleted"
+        elif held is None or files.db != held.db:
+            what = f"the database file {self.path} was replaced by another file"
+        else:
+            what = f"the write-ahead log {self.path}-wal was deleted or replaced"
+        log.warning(
+            "%s: %s while in use; closing the old file and reopening the path (nothing "
+            "written to the old file since then is acknowledged)",
+            describe_url(self.url),
+            what,
+        )
+        if (
+            held is not None
+            and held.wal is not None
+            and (_stale_wal(held, files) or files.db == held.db)
+        ):
+            # The old -wal is still at the path (a new file there would replay it), or the
+            # old file is (our frames must reach it): copy every frame into the file we have
+            # open and empty the log, which resets the shared index too.
+            cursor = self.database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[no-untyped-call]
+            busy = cursor.fetchone()[0]
+            if busy:
+                raise DatabaseError(
+                    f"{describe_url(self.url)}: {what} while in use, and the old write-ahead "
+                    "log cannot be emptied while another connection reads it; retrying on the "
+                    "next write"
+                )
+        self._drop_connection()
+        self._files = None
+
+    def _reopen(self, *, writer: bool) -> None:
+        """Connect this thread. The write path creates the table only where that is safe:
+        the path is missing or an empty file."""
+        assert self.path is not None
+        fresh = writer and (not self.path.exists() or self.path.stat().st_size == 0)
+        self.database.connect()
+        try:
+            if fresh:
+                self.database.create_tables([self.model], safe=True)
+            elif writer and not self.database.table_exists("events"):
+                raise DatabaseError(
+                    f"{describe_url(self.url)}: no events table in {self.path}; is this an "
+                    "eventctl database? (nothing is stored in it)"
+                )
+            else:
+                self.database.execute_sql("SELECT 1 FROM sqlite_master LIMIT 1")  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._drop_connection()
+            raise
+        self._remember(owner=writer)
+
+    def _check_unchanged(self) -> None:
+        """After a commit: raise unless it went to the files at the path."""
+        if self.path is None:
+            return
+        files = self._paths()
+        if files != self._local.files:
+            self._let_go(self._local.files, files)
+            raise DatabaseError(
+                f"{describe_url(self.url)}: the database file {self.path} was deleted or "
+                "replaced during the commit, which went to the old file (the next write "
+                "reopens the path)"
+            )
+
+    def _begin(self) -> None:
+        self.database.begin()
+
+    def _rollback(self) -> None:
+        """Roll back if a transaction is still open. A failed COMMIT (SQLITE_FULL, ...) may
+        have rolled back already; the original error is the one worth reporting."""
+        with suppress(peewee.PeeweeException):
+            self.database.rollback()
+
+    def _commit(self) -> None:
+        try:
+            self.database.commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def connect_writer(self) -> None:
+        """Open the write path's connection now (on the calling thread), so that the files
+        it holds are known before the first write."""
+        with self._errors("cannot open the database"):
+            self._current(writer=True)
 
     def _drop_connection(self) -> None:
         """Forget this thread's connection after a connection-level error; the next call
@@ -206,28 +413,121 @@ class Store:
     def insert(self, records: Sequence[Incoming]) -> set[str]:
         """Store all records in one transaction; return the event ids that were new.
 
-        A record whose event id is already stored (or repeated earlier in `records`) is
-        skipped, so retrying a batch never stores an event twice.
+        A record whose event id is already stored (or repeated earlier in `records`) with
+        the same event_type and event_payload is skipped, so retrying a batch never stores
+        an event twice. With different content it raises IdempotencyConflict and stores
+        nothing.
         """
+        [result] = self.insert_requests([records])
+        if isinstance(result, IdempotencyConflict):
+            raise result
+        return result
+
+    def insert_requests(
+        self, requests: Sequence[Sequence[Incoming]]
+    ) -> list[set[str] | IdempotencyConflict]:
+        """Store several requests in one transaction: for each, the event ids that were new,
+        or the IdempotencyConflict that refused it (and nothing of it is stored).
+
+        A request conflicts when one of its event ids is stored, or taken earlier in this
+        transaction, with a different event_type or event_payload. Found inside the
+        transaction, so exact under concurrency; the transaction is then rolled back and
+        redone without the refused requests.
+        """
+        results: dict[int, set[str] | IdempotencyConflict] = {}
+        pending = list(range(len(requests)))
+        with self._errors("cannot store events"):
+            self._current(writer=True)
+            while pending:
+                self._begin()
+                try:
+                    new, refused = self._insert_checked([requests[i] for i in pending])
+                except BaseException:
+                    self._rollback()
+                    raise
+                if refused:
+                    self._rollback()
+                    for position, conflict in refused.items():
+                        results[pending[position]] = conflict
+                    pending = [i for n, i in enumerate(pending) if n not in refused]
+                    continue
+                self._commit()
+                self._check_unchanged()
+                for i in pending:
+                    mine = {r.event_id for r in requests[i]} & new
+                    new -= mine  # an id repeated in a later request is a replay there
+                    results[i] = mine
+                pending = []
+        return [results[i] for i in range(len(requests))]
+
+    def _insert_checked(
+        self, requests: Sequence[Sequence[Incoming]]
+    ) -> tuple[set[str], dict[int, IdempotencyConflict]]:
+        """Inside a transaction: insert every new id; return the new ids and the requests
+        (by position) holding an id whose stored content differs from theirs."""
         rows: dict[str, tuple[str, str, str, object]] = {}
         last_moment: datetime | None = None
         value: object = None
-        for event_id, event, received_at in records:
-            if event_id not in rows:
-                if received_at is not last_moment:  # a batch shares one arrival time
-                    last_moment = received_at
-                    value = self._db_time(received_at)
-                rows[event_id] = (event_id, event.event_type, event.event_payload, value)
+        total = 0
+        for records in requests:
+            total += len(records)
+            for event_id, event, received_at in records:
+                if event_id not in rows:
+                    if received_at is not last_moment:  # a batch shares one arrival time
+                        last_moment = received_at
+                        value = self._db_time(received_at)
+                    rows[event_id] = (event_id, event.event_type, event.event_payload, value)
         values = list(rows.values())
-        stored: set[str] = set()
-        with self._errors("cannot store events"), self.database.atomic():
-            for start in range(0, len(values), INSERT_CHUNK):
-                chunk = values[start : start + INSERT_CHUNK]
-                params = [value for row in chunk for value in row]
-                sql = self._insert_sql(len(chunk))
-                cursor = self.database.execute_sql(sql, params)  # type: ignore[no-untyped-call]
-                stored.update(event_id for (event_id,) in cursor.fetchall())
-        return stored
+        new: set[str] = set()
+        for start in range(0, len(values), INSERT_CHUNK):
+            chunk = values[start : start + INSERT_CHUNK]
+            params = [value for row in chunk for value in row]
+            cursor = self.database.execute_sql(self._insert_sql(len(chunk)), params)  # type: ignore[no-untyped-call]
+            new.update(event_id for (event_id,) in cursor.fetchall())
+        if len(new) == total:  # every id new and none repeated: nothing to compare
+            return new, {}
+        content = {event_id: (row[1], row[2]) for event_id, row in rows.items()}
+        content.update(self._stored_content([i for i in rows if i not in new]))
+        refused: dict[int, IdempotencyConflict] = {}
+        for position, records in enumerate(requests):
+            for index, (event_id, event, _) in enumerate(records):
+                if content[event_id] != (event.event_type, event.event_payload):
+                    refused[position] = IdempotencyConflict(event_id, index)
+                    break
+        return new, refused
+
+    def _stored_content(self, event_ids: list[str]) -> dict[str, tuple[str, str]]:
+        model = self.model
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(event_ids), INSERT_CHUNK):
+            chunk = event_ids[start : start + INSERT_CHUNK]
+            query = model.select(model.event_id, model.event_type, model.event_payload).where(
+                model.event_id.in_(chunk)
+            )
+            rows: list[Any] = list(query.tuples())
+            found.update((event_id, (kind, payload)) for event_id, kind, payload in rows)
+        return found
+
+    def probe(self) -> None:
+        """Check the write path: insert and delete a row in one committed transaction, so
+        that the database really writes (a full disk or a read-only file fails here)."""
+        model = self.model
+        with self._errors("cannot store events"):
+            self._current(writer=True)
+            self._begin()
+            try:
+                row_id = model.insert(
+                    event_id=PROBE_EVENT_ID,
+                    event_type="probe",
+                    event_payload="",
+                    received_at=self._db_time(datetime.now(UTC)),
+                ).execute()
+                model.delete().where(model.id == row_id).execute()
+            except BaseException:
+                self._rollback()
+                raise
+            self._commit()
+            self._check_unchanged()
 
     def events(
         self,
@@ -261,12 +561,14 @@ class Store:
         if after_id is not None:
             query = query.where(model.id > after_id)
         with self._errors("cannot read events"):
+            self._current(writer=False)
             return [_stored(row) for row in query]
 
     def last_id(self) -> int:
         """The highest row id (0 for an empty table)."""
         model = self.model
         with self._errors("cannot read events"):
+            self._current(writer=False)
             value = model.select(peewee.fn.MAX(model.id)).scalar()
         return int(value or 0)
 
@@ -274,6 +576,7 @@ class Store:
         """The event with this event id, if stored."""
         model = self.model
         with self._errors("cannot read events"):
+            self._current(writer=False)
             row = model.get_or_none(model.event_id == event_id)
         return None if row is None else _stored(row)
 
@@ -297,6 +600,7 @@ class Store:
         if since is not None:
             query = query.where(model.received_at >= _naive_utc(since))
         with self._errors("cannot read events"):
+            self._current(writer=False)
             rows: list[Any] = list(query)
             return [(kind, n, _as_utc(first), _as_utc(last)) for kind, n, first, last in rows]
 
@@ -307,16 +611,20 @@ class Store:
             model.received_at >= _naive_utc(since)
         )
         with self._errors("cannot read events"):
+            self._current(writer=False)
             return [(row.event_id, row.received_at.replace(tzinfo=UTC)) for row in query]
 
     def count(self) -> int:
         with self._errors("cannot count events"):
+            self._current(writer=False)
             return int(self.model.select().count())
 
     def ping(self) -> None:
         """Raise DatabaseError unless the database answers a query on the events table."""
-        with self._errors("not answering"), self.database.connection_context():
-            list(self.model.select(self.model.id).limit(1))
+        with self._errors("not answering"):
+            self._current(writer=False)
+            with self.database.connection_context():
+                list(self.model.select(self.model.id).limit(1))
 
     def close(self) -> None:
         """Close this thread's connection."""

@@ -3,6 +3,8 @@
 Handlers hand over their records and wait; the writer takes everything queued (up to a
 bound), inserts it in one transaction, commits, and only then wakes each waiting handler.
 Each event is durable before it is acknowledged, at the cost of one commit per batch.
+A request whose event id is stored with other content is refused (IdempotencyConflict)
+without failing the others. `last_error` is the outcome of the latest commit or probe.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from eventctl.errors import DatabaseError, EventctlError
+from eventctl.errors import DatabaseError, EventctlError, IdempotencyConflict
 from eventctl.store import Incoming, Store
 
 log = logging.getLogger("eventctl.writer")
@@ -31,7 +33,8 @@ class _Submission:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[set[str]]
     stored: set[str] = field(default_factory=set)
-    error: DatabaseError | None = None
+    error: EventctlError | None = None
+    probe: bool = False
 
 
 _STOP = object()
@@ -64,6 +67,7 @@ class Writer:
         self.max_queued = max_queued
         self.on_commit = on_commit
         self.queued = 0  # events handed over and not yet settled; changed on the loop thread only
+        self.last_error: DatabaseError | None = None  # of the latest commit or probe
         self._queue: queue.SimpleQueue[_Submission | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -84,8 +88,9 @@ class Writer:
     async def write(self, records: Sequence[Incoming]) -> set[str]:
         """Store `records` in one transaction; return the event ids that were new.
 
-        Raises Overloaded when too many events wait already and DatabaseError when the
-        commit failed; in both cases nothing of `records` was acknowledged.
+        Raises Overloaded when too many events wait already, DatabaseError when the commit
+        failed, and IdempotencyConflict when an event id of `records` is stored with other
+        content; in each case nothing of `records` was stored or acknowledged.
         """
         if self._closed:
             raise Overloaded("the server is shutting down")
@@ -99,6 +104,16 @@ class Writer:
             return await future
         finally:
             self.queued -= len(records)
+
+    async def probe(self) -> None:
+        """Check the write path with a write that stores nothing (see `Store.probe`), in turn
+        with the commits; raise DatabaseError if it fails. Updates `last_error`."""
+        if self._closed:
+            raise Overloaded("the server is shutting down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[set[str]] = loop.create_future()
+        self._queue.put(_Submission((), loop, future, probe=True))
+        await future
 
     def _take(self, first: _Submission) -> tuple[list[_Submission], bool]:
         """The first submission plus what else is waiting, up to the bounds; and whether to stop."""
@@ -126,6 +141,11 @@ class Writer:
     def _run(self) -> None:
         stopping = False
         try:
+            try:
+                self.store.connect_writer()
+            except DatabaseError as exc:
+                log.error("%s", exc)
+                self.last_error = exc
             while not stopping:
                 item = self._queue.get()
                 if item is _STOP:
@@ -137,26 +157,50 @@ class Writer:
             self.store.close()
 
     def _commit(self, batch: list[_Submission]) -> None:
+        probes = [sub for sub in batch if sub.probe]
+        if len(probes) < len(batch):
+            self._store([sub for sub in batch if not sub.probe])
+        if probes:
+            try:
+                self.store.probe()
+            except DatabaseError as exc:
+                self.last_error = exc
+                for sub in probes:
+                    sub.error = exc
+            else:
+                self.last_error = None
+            self._wake(probes)
+
+    def _store(self, batch: list[_Submission]) -> None:
         started = time.perf_counter()
         size = sum(len(sub.records) for sub in batch)
         try:
-            new = self.store.insert([r for sub in batch for r in sub.records])
+            results = self.store.insert_requests([sub.records for sub in batch])
         except DatabaseError as exc:
+            self.last_error = exc
             if self.on_commit:
                 self.on_commit(size, 0, time.perf_counter() - started, self.queued, True)
             if len(batch) > 1:
                 log.warning("a commit of %d events failed (%s); retrying each request", size, exc)
                 for sub in batch:
-                    self._commit([sub])
+                    self._store([sub])
                 return
             log.error("%s", exc)
             batch[0].error = exc
         else:
+            self.last_error = None
+            new = 0
+            for sub, result in zip(batch, results, strict=True):
+                if isinstance(result, IdempotencyConflict):
+                    sub.error = result
+                else:
+                    sub.stored = result
+                    new += len(result)
             if self.on_commit:
-                self.on_commit(size, len(new), time.perf_counter() - started, self.queued, False)
-            for sub in batch:
-                sub.stored = {r.event_id for r in sub.records} & new
-                new -= sub.stored
+                self.on_commit(size, new, time.perf_counter() - started, self.queued, False)
+        self._wake(batch)
+
+    def _wake(self, batch: list[_Submission]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Submission]] = {}
         for sub in batch:
             by_loop.setdefault(sub.loop, []).append(sub)

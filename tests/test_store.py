@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from eventctl.errors import DatabaseError
+from eventctl.errors import DatabaseError, IdempotencyConflict
 from eventctl.events import Event
 from eventctl.store import Incoming, Store, describe_url
 from tests.conftest import postgres_url
@@ -21,6 +21,37 @@ def test_insert_returns_only_new_ids_and_never_stores_twice(store: Store) -> Non
     assert store.insert([incoming("a"), incoming("b"), incoming("a")]) == {"a", "b"}
     assert store.insert([incoming("b"), incoming("c")]) == {"c"}
     assert store.count() == 3
+
+
+def test_an_id_stored_with_other_content_is_a_conflict_and_stores_nothing(store: Store) -> None:
+    store.insert([incoming("a")])
+    with pytest.raises(IdempotencyConflict) as caught:
+        store.insert([incoming("b"), incoming("a", "other type"), incoming("c")])
+    assert (caught.value.event_id, caught.value.index) == ("a", 1)
+    assert "a is already stored with a different event_type or event_payload" in str(caught.value)
+    with pytest.raises(IdempotencyConflict):
+        store.insert([incoming("d"), Incoming("d", Event("t", "not the first payload"), T0)])
+    assert store.count() == 1
+    assert store.insert([incoming("a")]) == set()  # the same event again is a replay
+
+
+def test_insert_requests_refuses_only_the_conflicting_requests(store: Store) -> None:
+    store.insert([incoming("k")])
+    results = store.insert_requests(
+        [
+            [incoming("x"), incoming("y")],
+            [incoming("k", "changed")],
+            [incoming("y"), incoming("z")],
+            [Incoming("z", Event("t", "changed"), T0)],
+            [incoming("k")],
+        ]
+    )
+    assert results[0] == {"x", "y"}
+    assert isinstance(results[1], IdempotencyConflict)
+    assert results[2] == {"z"}
+    assert isinstance(results[3], IdempotencyConflict)
+    assert results[4] == set()
+    assert sorted(e.event_id for e in store.events(limit=10)) == ["k", "x", "y", "z"]
 
 
 def test_rows_keep_every_field(store: Store) -> None:
