@@ -9,6 +9,9 @@ answer other than 2xx has the same JSON shape (see docs/http-api.md):
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import ipaddress
 import json
 import logging
 import random
@@ -31,7 +34,7 @@ from starlette.routing import BaseRoute, Match, Route
 from eventctl.auth import Credentials, SignatureError, token_matches, verify
 from eventctl.config import ConsumerConfig, metrics_enabled
 from eventctl.errors import DatabaseError, InvalidEvent
-from eventctl.events import Event, new_event_id, validate_event
+from eventctl.events import Event, new_event_id, unique_keys, validate_event
 from eventctl.metrics import CONTENT_TYPE, Metrics
 from eventctl.openapi import (
     CURSOR_PATTERN,
@@ -99,10 +102,84 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
-def _headers(scope: Scope) -> tuple[bytes, bytes | None, bytes | None]:
-    """(content-type, content-length, idempotency-key) from the raw ASGI headers."""
+def misdirected() -> ApiError:
+    return ApiError(
+        421,
+        "misdirected_request",
+        "this server does not answer for the host named in the Host header (see allowed_hosts)",
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening address is loopback only: 127.0.0.0/8, ::1 or localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host: bytes) -> bytes | None:
+    """The name in a Host value, lower case and without its port; None if malformed."""
+    host = host.lower()
+    if host.startswith(b"["):
+        end = host.find(b"]") + 1
+        if not end:
+            return None
+        name, rest = host[:end], host[end:]
+    else:
+        name, colon, port = host.partition(b":")
+        rest = colon + port
+    if rest and not (rest.startswith(b":") and rest[1:].isdigit() and len(rest) <= 6):
+        return None
+    return name or None
+
+
+def _is_loopback_name(name: bytes) -> bool:
+    if name == b"localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name.decode().removeprefix("[").removesuffix("]"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return address.is_loopback and (address.version == 4) != name.startswith(b"[")
+
+
+class HostGuard:
+    """Which `Host` headers are answered: a guard against DNS rebinding.
+
+    Bound to loopback: loopback names and addresses (any port) and `allowed_hosts`. Bound
+    elsewhere: only `allowed_hosts`, or any Host when it is empty. An entry with a port
+    allows that port only.
+    """
+
+    def __init__(self, config: ConsumerConfig) -> None:
+        entries = (entry.strip().lower() for entry in config.allowed_hosts.split(","))
+        self.allowed = frozenset(entry.encode() for entry in entries if entry)
+        self.loopback = is_loopback(config.host)
+        self.any = not self.loopback and not self.allowed
+        # the Host values of nearly every request, answered by one set lookup
+        common = {b"localhost", b"127.0.0.1", b"[::1]"} if self.loopback else set()
+        port = b":%d" % config.port
+        self.common = frozenset(common | {n + port for n in common} | self.allowed)
+
+    def allows(self, host: bytes | None) -> bool:
+        if self.any or host in self.common:
+            return True
+        name = _host_name(host) if host else None
+        if host is None or name is None:
+            return False
+        if name in self.allowed or host.lower() in self.allowed:
+            return True
+        return self.loopback and _is_loopback_name(name)
+
+
+def _headers(scope: Scope) -> tuple[bytes, bytes | None, bytes | None, bytes | None]:
+    """(content-type, content-length, idempotency-key, host) from the raw ASGI headers; the
+    host is b"" when there are two Host headers."""
     content_type = b""
-    length = key = None
+    length = key = host = None
     for name, value in scope["headers"]:
         if name == b"content-type":
             content_type = value
@@ -110,7 +187,17 @@ def _headers(scope: Scope) -> tuple[bytes, bytes | None, bytes | None]:
             length = value
         elif name == b"idempotency-key":
             key = value
-    return content_type, length, key
+        elif name == b"host":
+            host = value if host is None else b""
+    return content_type, length, key, host
+
+
+def _host(scope: Scope) -> bytes | None:
+    host = None
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value if host is None else b""
+    return host
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -195,11 +282,13 @@ class Ingest:
         writer: Writer,
         metrics: Metrics | None,
         credentials: Credentials,
+        hosts: HostGuard,
         *,
         batch: bool,
     ) -> None:
         self.config = config
         self.credentials = credentials
+        self.hosts = hosts
         self.writer = writer
         self.metrics = metrics
         self.batch = batch
@@ -220,8 +309,6 @@ class Ingest:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         try:
-            if self.drills:
-                await self._drill()
             status, body, headers = await self._handle(scope, receive)
         except ApiError as exc:
             status = exc.status
@@ -242,7 +329,11 @@ class Ingest:
             self.timer.observe(time.perf_counter() - started)
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
-        content_type, length, raw_key = _headers(scope)
+        content_type, length, raw_key, host = _headers(scope)
+        if not self.hosts.allows(host):
+            raise misdirected()
+        if self.drills:
+            await self._drill()
         credentials = self.credentials
         if credentials.token and not token_matches(
             credentials.token, _header(scope, b"authorization")
@@ -273,14 +364,16 @@ class Ingest:
             key = key or _idempotency_key(message_id.encode() if message_id else None)
         data = _parse_json(body)
         if self.batch:
-            return await self._many(data, key)
-        return await self._one(data, key)
+            return await self._many(data, key, body)
+        return await self._one(data, key, body)
 
-    async def _one(self, data: Any, key: str | None) -> tuple[int, bytes, list[Any]]:
+    async def _one(self, data: Any, key: str | None, body: bytes) -> tuple[int, bytes, list[Any]]:
         if not isinstance(data, dict):
             raise ApiError(400, "malformed_json", "request body must be a JSON object")
         try:
             event = validate_event(data)
+            if not _keys_once(body, 1):
+                event = validate_event(_parse_unique(body))
         except InvalidEvent as exc:
             raise ApiError(422, "invalid_event", str(exc), errors=[_invalid(exc)]) from None
         event_id = key or new_event_id()
@@ -292,7 +385,7 @@ class Ingest:
             headers.append((b"idempotent-replayed", b"true"))
         return 200, SUCCESS_BODY, headers
 
-    async def _many(self, data: Any, key: str | None) -> tuple[int, bytes, list[Any]]:
+    async def _many(self, data: Any, key: str | None, body: bytes) -> tuple[int, bytes, list[Any]]:
         if not isinstance(data, list):
             raise ApiError(400, "malformed_json", "request body must be a JSON array of events")
         limit = self.config.max_batch
@@ -302,13 +395,9 @@ class Ingest:
                 "invalid_batch",
                 f"a batch holds 1 to {limit} events, not {len(data)}",
             )
-        events: list[Event] = []
-        errors: list[dict[str, Any]] = []
-        for index, item in enumerate(data):
-            try:
-                events.append(validate_event(item))
-            except InvalidEvent as exc:
-                errors.append(_invalid(exc, index))
+        events, errors = _validate_all(data)
+        if not errors and not _keys_once(body, len(data)):
+            events, errors = _validate_all(_parse_unique(body))
         if errors:
             first = errors[0]
             raise ApiError(
@@ -327,8 +416,41 @@ class Ingest:
         headers = [(b"events-stored", str(len(stored)).encode())]
         if not stored:
             headers.append((b"idempotent-replayed", b"true"))
-        body = b'{"status":"success","count":%d}' % len(records)
-        return 200, body, headers
+        return 200, b'{"status":"success","count":%d}' % len(records), headers
+
+
+def _validate_all(data: list[Any]) -> tuple[list[Event], list[dict[str, Any]]]:
+    """The events of a batch, and an error (with its index) for each bad one."""
+    events: list[Event] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(data):
+        try:
+            events.append(validate_event(item))
+        except InvalidEvent as exc:
+            errors.append(_invalid(exc, index))
+    return events, errors
+
+
+def _keys_once(body: bytes, events: int) -> bool:
+    """True when a body whose `events` events passed validate_event surely repeats no key.
+
+    Each event has the keys event_type and event_payload, and a key equal to one of them is
+    written either as that name in quotes or with a \\u escape (no other escape makes a
+    letter or an underscore). So in a body without \\u, every key written in an event is a
+    distinct occurrence of a quoted name: if each quoted name occurs only `events` times, no
+    event repeats it. (A string value equal to a name also counts: then the answer is a
+    cautious False, and the caller parses again.)"""
+    return (
+        b"\\u" not in body
+        and body.count(b'"event_type"') == events
+        and body.count(b'"event_payload"') == events
+    )
+
+
+def _parse_unique(body: bytes) -> Any:
+    """`body` parsed again, objects with a repeated key as DuplicateKeys (which validate_event
+    refuses). Only for bodies orjson parsed and validate_event accepted: flat, and UTF-8."""
+    return json.loads(body.decode(), object_pairs_hook=unique_keys)
 
 
 _INTERNAL_ERROR = json.dumps(
@@ -400,9 +522,10 @@ def _read_routes(store: Store) -> list[Route]:
         return JSONResponse(event.to_json())
 
     page = (resources.files("eventctl") / "web" / "index.html").read_bytes()
+    page_headers = page_security_headers(page)
 
     async def index(request: Request) -> Response:
-        return Response(page, media_type="text/html; charset=utf-8")
+        return Response(page, media_type="text/html; charset=utf-8", headers=page_headers)
 
     return [
         Route("/", index, methods=["GET"]),
@@ -410,6 +533,32 @@ def _read_routes(store: Store) -> list[Route]:
         Route("/events/stream", stream, methods=["GET"]),
         Route("/events/{event_id:path}", get_event, methods=["GET"]),
     ]
+
+
+def _inline_hashes(page: bytes, tag: bytes) -> str:
+    """CSP sources for the page's inline <script> or <style> elements: their sha256."""
+    found = re.findall(rb"<%s>(.*?)</%s>" % (tag, tag), page, re.DOTALL)
+    digests = (base64.b64encode(hashlib.sha256(text).digest()).decode() for text in found)
+    return " ".join(f"'sha256-{digest}'" for digest in digests) or "'none'"
+
+
+def page_security_headers(page: bytes) -> dict[str, str]:
+    """The web page may run its own inline script and style, and talk to this origin only."""
+    policy = (
+        "default-src 'none'",
+        f"script-src {_inline_hashes(page, b'script')}",
+        f"style-src {_inline_hashes(page, b'style')}",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+    return {
+        "Content-Security-Policy": "; ".join(policy),
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+    }
 
 
 def raise_bad_parameter(name: str, problem: str) -> NoReturn:
@@ -459,18 +608,46 @@ def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
     return sorted(methods)
 
 
-class ConsumerApp(Starlette):
-    """Starlette, with the ingest endpoints answered before the router and middleware."""
+def _http_message(routes: Sequence[BaseRoute], request: Request, exc: HTTPException) -> str:
+    """The message of Starlette's 404 or 405; a 404 with a trailing slash suggests the path
+    without it when that is an endpoint (slashes are not redirected)."""
+    path = request.url.path
+    if exc.status_code == 405:
+        return f"{request.method} is not allowed on {path}"
+    if exc.status_code != 404:
+        return exc.detail
+    message = f"no such endpoint: {path}"
+    scope = {**request.scope, "path": path[:-1]}
+    if path.endswith("/") and any(route.matches(scope)[0] != Match.NONE for route in routes):
+        message += f" (did you mean {path[:-1]}?)"
+    return message
 
-    def __init__(self, fast: dict[str, Ingest], **kwargs: Any) -> None:
+
+class ConsumerApp(Starlette):
+    """Starlette, with the ingest endpoints answered before the router and middleware (they
+    check the Host themselves), and the Host of every other request checked first."""
+
+    def __init__(
+        self, fast: dict[str, Ingest], hosts: HostGuard, metrics: Metrics | None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
+        self.router.redirect_slashes = False  # its 307 would echo the client's Host
         self.fast = fast
+        self.hosts = hosts
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.fast.get(scope["path"])
-            if handler is not None:
-                await handler(scope, receive, send)
+        if scope["type"] == "http":
+            if scope["method"] == "POST":
+                handler = self.fast.get(scope["path"])
+                if handler is not None:
+                    await handler(scope, receive, send)
+                    return
+            if not self.hosts.allows(_host(scope)):
+                refusal = misdirected()
+                if self.metrics:
+                    self.metrics.rejected.labels(str(refusal.status), refusal.code).inc()
+                await error_response(refusal)(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
@@ -496,8 +673,9 @@ def create_app(
         max_queued=config.max_queued_events,
         on_commit=metrics.on_commit if metrics else None,
     )
-    one = Ingest(config, writer, metrics, credentials, batch=False)
-    many = Ingest(config, writer, metrics, credentials, batch=True)
+    hosts = HostGuard(config)
+    one = Ingest(config, writer, metrics, credentials, hosts, batch=False)
+    many = Ingest(config, writer, metrics, credentials, hosts, batch=True)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -533,10 +711,7 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         if metrics:
             metrics.rejected.labels(str(exc.status_code), code).inc()
-        message = {
-            404: f"no such endpoint: {request.url.path}",
-            405: f"{request.method} is not allowed on {request.url.path}",
-        }.get(exc.status_code, exc.detail)
+        message = _http_message(routes, request, exc)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(routes, request.scope))
@@ -568,9 +743,11 @@ def create_app(
     if metrics:
         routes.append(Route("/metrics", metrics_page, methods=["GET"]))
     routes.append(Route("/openapi.json", openapi_page, methods=["GET"]))
-    schema = document(routes, config, credentials)
+    schema = document(routes, config, credentials, checks_host=not hosts.any)
     return ConsumerApp(
         {"/event": one, "/events": many},
+        hosts,
+        metrics,
         routes=routes,
         exception_handlers={
             ApiError: api_error,

@@ -64,6 +64,10 @@ def signature_headers(key: bytes, message_id: str, timestamp: int, body: bytes) 
     }
 
 
+MAX_TIMESTAMP_DIGITS = 18
+"""More digits are more than 3 billion years from now: refused before any arithmetic."""
+
+
 def verify(
     keys: Sequence[bytes],
     message_id: str | None,
@@ -74,28 +78,38 @@ def verify(
     now: float,
     tolerance: float,
 ) -> None:
-    """Accept the request if any `v1` signature matches any key; else SignatureError."""
-    if not message_id or not timestamp or not signatures:
+    """Accept the request if any `v1` signature matches any key; else SignatureError.
+
+    Any value of the three headers (as latin-1 text) gives a SignatureError at worst: the
+    timestamp must be ASCII digits (int() would also take signs, underscores and other
+    scripts' digits) and is signed as an integer, as the reference implementations do.
+    """
+    message_id = (message_id or "").strip(" \t")
+    timestamp = (timestamp or "").strip(" \t")
+    if not message_id or not timestamp or not signatures or not signatures.strip():
         raise SignatureError("webhook-id, webhook-timestamp and webhook-signature are required")
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise SignatureError("webhook-timestamp must be an integer (Unix seconds)") from None
-    if abs(now - sent_at) > tolerance:
+    if not message_id.isascii():
+        raise SignatureError("webhook-id must be ASCII")
+    if not (timestamp.isascii() and timestamp.isdigit()):
+        raise SignatureError("webhook-timestamp must be an integer (Unix seconds)")
+    sent_at = int(timestamp) if len(timestamp) <= MAX_TIMESTAMP_DIGITS else None
+    if sent_at is None or abs(now - sent_at) > tolerance:
         raise SignatureError(f"webhook-timestamp is more than {tolerance:g} s away from now")
-    offered = [s.removeprefix("v1,") for s in signatures.split() if s.startswith("v1,")]
+    offered = [s[3:] for s in signatures.split() if s.startswith("v1,") and s.isascii()]
     for key in keys:
-        expected = sign(key, message_id, sent_at, body).removeprefix("v1,")
+        expected = sign(key, message_id, sent_at, body)[3:]
         if any(hmac.compare_digest(expected, candidate) for candidate in offered):
             return
     raise SignatureError("no webhook-signature matches")
 
 
 def token_matches(expected: str, authorization: str | None) -> bool:
-    """Constant-time check of an `Authorization: Bearer <token>` header."""
-    if not authorization or not authorization.startswith("Bearer "):
+    """Constant-time check of an `Authorization: Bearer <token>` header (the scheme in any
+    case, RFC 9110)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(expected.encode(), authorization[7:].strip().encode())
+    return hmac.compare_digest(expected.encode(), token.strip().encode())
 
 
 class Credentials:

@@ -10,8 +10,42 @@ from typing import Any, NamedTuple
 from eventctl.errors import InvalidEvent
 
 MAX_EVENT_TYPE_LENGTH = 255
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 FIELDS = frozenset({"event_type", "event_payload"})
+# Regex classes (Python `re` syntax, shared with the OpenAPI schema). Unicode's Cf (format)
+# characters are invisible: an event_type of only these and whitespace is blank (test_events.py
+# checks the list against unicodedata). Cc (C0, DEL, C1) and the line and paragraph separators
+# (Zl, Zp) are refused anywhere in an event_type.
+FORMAT_CHARACTERS = (
+    r"\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f"
+    r"\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    r"\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
+    r"\U000e0020-\U000e007f"
+)
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
+_BLANK = re.compile(f"[\\s{FORMAT_CHARACTERS}]*")
+
+
+class DuplicateKeys(dict[str, Any]):
+    """A JSON object that had `key` more than once (it holds the last value, as dict does)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], key: str) -> None:
+        super().__init__(pairs)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for json.loads: an object with a repeated key is parsed into a
+    DuplicateKeys, which validate_event refuses naming the key."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return DuplicateKeys(pairs, key)
+        seen.add(key)
+    raise AssertionError("unreachable: a shorter dict has a repeated key")
 
 
 class Event(NamedTuple):
@@ -76,11 +110,15 @@ def validate_event(obj: object) -> Event:
     """Return `obj` as an Event, or raise InvalidEvent naming the first field at fault.
 
     The rules: a JSON object with exactly the string fields `event_type` and
-    `event_payload`; `event_type` is 1-255 characters, not blank and without control
-    characters; neither field holds NUL or unpaired surrogates (no database stores those).
+    `event_payload`, each once; `event_type` is 1-255 characters, not blank (only whitespace
+    and Unicode format characters such as U+200B) and without control characters (Unicode Cc,
+    C1 included, and the line and paragraph separators U+2028, U+2029); neither field holds
+    NUL or unpaired surrogates (no database stores those).
     """
     if not isinstance(obj, dict):
         raise InvalidEvent(None, f"an event must be a JSON object, not {json_type(obj)}")
+    if type(obj) is DuplicateKeys:
+        raise InvalidEvent(obj.key, "is given more than once")
     if len(obj) != 2 and (extra := sorted(obj.keys() - FIELDS)):
         raise InvalidEvent(extra[0], "is not allowed (an event has only two fields)")
     event_type = _string(obj, "event_type")
@@ -88,7 +126,7 @@ def validate_event(obj: object) -> Event:
     if len(event_type) > MAX_EVENT_TYPE_LENGTH:
         problem = f"must be at most {MAX_EVENT_TYPE_LENGTH} characters, not {len(event_type)}"
         raise InvalidEvent("event_type", problem)
-    if not event_type.strip():
+    if not event_type.strip() if event_type.isascii() else _BLANK.fullmatch(event_type):
         raise InvalidEvent("event_type", "must not be empty")
     if _CONTROL.search(event_type):
         raise InvalidEvent("event_type", "must not contain control characters")

@@ -18,14 +18,18 @@ from starlette.routing import BaseRoute, Route
 from eventctl import __version__
 from eventctl.auth import Credentials
 from eventctl.config import ConsumerConfig
-from eventctl.events import MAX_EVENT_TYPE_LENGTH
+from eventctl.events import CONTROL_CHARACTERS, FORMAT_CHARACTERS, MAX_EVENT_TYPE_LENGTH
 
 JSON = "application/json"
 Schema = dict[str, Any]
 
 # The same rules as events.validate_event, as JSON Schema (Python `re` syntax, which both
-# schemathesis and jsonschema use): not blank, no control characters, no NUL.
-EVENT_TYPE_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"
+# schemathesis and jsonschema use): no control characters, and not blank (some character that
+# is neither whitespace nor a format character).
+EVENT_TYPE_PATTERN = (
+    f"^[^{CONTROL_CHARACTERS}]*[^{CONTROL_CHARACTERS}\\s{FORMAT_CHARACTERS}]"
+    f"[^{CONTROL_CHARACTERS}]*$"
+)
 NO_NUL_PATTERN = r"^[^\x00]*$"
 DURATION_PATTERN = r"^\s*([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?([mM][sS]|[sSmMhHdDwW]))+)\s*$"
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"
@@ -188,9 +192,24 @@ LIST_PARAMETERS: list[Schema] = [
 class Spec:
     """What the document says of one server: its config and credentials decide the details."""
 
-    def __init__(self, config: ConsumerConfig, credentials: Credentials) -> None:
+    def __init__(
+        self, config: ConsumerConfig, credentials: Credentials, *, checks_host: bool
+    ) -> None:
         self.config = config
         self.credentials = credentials
+        self.checks_host = checks_host
+
+    def _answers(self, ok: Schema) -> Answers:
+        """The answers of an operation, starting with those that can come on any request: the
+        HTTP layer's (eventctl/httpserver.py) and the Host check's."""
+        answers = Answers(ok)
+        answers.add(400, "malformed_request")
+        answers.add(408, "request_timeout")
+        if self.checks_host:
+            answers.add(421, "misdirected_request")
+        answers.add(431, "headers_too_large")
+        answers.add(503, "too_many_connections", headers={"Retry-After": RETRY_AFTER})
+        return answers
 
     def _fault(self, answers: Answers) -> None:
         if self.config.fail_rate > 0:
@@ -199,11 +218,13 @@ class Spec:
             answers.add(status, "injected_fault", headers=headers)
 
     def _ingest(self, ok: Schema, body: Schema, summary: str, batch: bool) -> dict[str, Any]:
-        answers = Answers(ok)
+        answers = self._answers(ok)
         answers.add(400, "malformed_json", "invalid_header")
         answers.add(413, "payload_too_large")
         answers.add(415, "unsupported_media_type")
-        answers.add(422, "invalid_event", *(["invalid_batch"] if batch else []))
+        answers.add(
+            422, "invalid_event", "idempotency_key_reused", *(["invalid_batch"] if batch else [])
+        )
         answers.add(503, "overloaded", "database_unavailable", headers={"Retry-After": RETRY_AFTER})
         self._fault(answers)
         parameters: list[Schema] = [
@@ -299,7 +320,7 @@ class Spec:
             },
             "additionalProperties": False,
         }
-        answers = Answers(_json_ok("a page of events, newest first", page))
+        answers = self._answers(_json_ok("a page of events, newest first", page))
         answers.add(400, "invalid_parameter")
         answers.add(503, "database_unavailable")
         return {
@@ -309,7 +330,7 @@ class Spec:
         }
 
     def get_event(self) -> dict[str, Any]:
-        answers = Answers(_json_ok("the event", STORED_EVENT))
+        answers = self._answers(_json_ok("the event", STORED_EVENT))
         answers.add(400, "invalid_parameter")
         answers.add(404, "not_found")
         answers.add(503, "database_unavailable")
@@ -347,7 +368,7 @@ class Spec:
             "description": "newly stored events, oldest first, from the given position on",
             "content": {"text/event-stream": {"schema": message}},
         }
-        answers = Answers(ok)
+        answers = self._answers(ok)
         answers.add(400, "invalid_parameter")
         answers.add(503, "database_unavailable")
         position = {"type": "integer", "minimum": 0, "maximum": MAX_ROW_ID}
@@ -369,27 +390,35 @@ class Spec:
         }
 
     def index(self) -> dict[str, Any]:
-        return {
-            "summary": "The live web page",
-            "responses": {"200": _text_ok("an HTML page", "text/html")},
+        ok = _text_ok("an HTML page", "text/html")
+        headers = {
+            name: _header(meaning)
+            for name, meaning in (
+                ("Content-Security-Policy", "its own inline script and style, this origin only"),
+                ("X-Content-Type-Options", "nosniff"),
+                ("X-Frame-Options", "DENY"),
+                ("Referrer-Policy", "no-referrer"),
+            )
         }
+        ok["headers"] = headers
+        return {"summary": "The live web page", "responses": self._answers(ok).render()}
 
     def healthz(self) -> dict[str, Any]:
         ok = _json_ok("the process is up", {"const": {"status": "ok"}})
-        return {"summary": "Liveness", "responses": {"200": ok}}
+        return {"summary": "Liveness", "responses": self._answers(ok).render()}
 
     def readyz(self) -> dict[str, Any]:
-        answers = Answers(_json_ok("the database answers", {"const": {"status": "ok"}}))
+        answers = self._answers(_json_ok("the database answers", {"const": {"status": "ok"}}))
         answers.add(503, "database_unavailable")
         return {"summary": "Readiness", "responses": answers.render()}
 
     def metrics(self) -> dict[str, Any]:
         ok = _text_ok("Prometheus text format", "text/plain")
-        return {"summary": "Prometheus metrics", "responses": {"200": ok}}
+        return {"summary": "Prometheus metrics", "responses": self._answers(ok).render()}
 
     def openapi(self) -> dict[str, Any]:
         ok = _json_ok("this document", {"type": "object"})
-        return {"summary": "This OpenAPI document", "responses": {"200": ok}}
+        return {"summary": "This OpenAPI document", "responses": self._answers(ok).render()}
 
 
 OPERATIONS: dict[tuple[str, str], Callable[[Spec], dict[str, Any]]] = {
@@ -412,10 +441,15 @@ def openapi_path(path: str) -> str:
 
 
 def document(
-    routes: Sequence[BaseRoute], config: ConsumerConfig, credentials: Credentials
+    routes: Sequence[BaseRoute],
+    config: ConsumerConfig,
+    credentials: Credentials,
+    *,
+    checks_host: bool,
 ) -> dict[str, Any]:
-    """The OpenAPI document of an app with these routes, config and credentials."""
-    spec = Spec(config, credentials)
+    """The OpenAPI document of an app with these routes, config and credentials; 421 is
+    listed when the app `checks_host`."""
+    spec = Spec(config, credentials, checks_host=checks_host)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not isinstance(route, Route):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from eventctl.errors import InvalidEvent
-from eventctl.events import Event, json_type, validate_event
+from eventctl.events import DuplicateKeys, Event, json_type, unique_keys, validate_event
 
 PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 
@@ -162,7 +162,7 @@ def load_events_file(path: Path, environ: Mapping[str, str] | None = None) -> Ev
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidEvent(None, f"{path}: cannot read: {exc}") from None
     try:
-        data: Any = json.loads(text)
+        data: Any = json.loads(text, object_pairs_hook=unique_keys)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise InvalidEvent(None, f"{path}: not valid JSON: {exc}") from None
     if not isinstance(data, list):
@@ -182,6 +182,8 @@ def _event_template(item: object, environ: Mapping[str, str]) -> EventTemplate:
     """One entry of the events file. The event rules apply to its literal text now (each
     placeholder standing in as "x"), and to every rendered event at send time."""
     weight = 1.0
+    if isinstance(item, DuplicateKeys):
+        raise InvalidEvent(item.key, "is given more than once")
     if isinstance(item, dict) and "weight" in item:
         weight = _weight(item["weight"])
         item = {k: v for k, v in item.items() if k != "weight"}

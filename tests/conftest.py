@@ -83,7 +83,7 @@ async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan and talk to it through httpx's ASGI transport."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://eventctl.test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             yield c
 
 

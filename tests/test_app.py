@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,12 +69,15 @@ async def test_a_repeated_idempotency_key_stores_once(
 ) -> None:
     headers = {"Idempotency-Key": "evt-42"}
     first = await client.post("/event", json=GOOD, headers=headers)
-    again = await client.post("/event", json={**GOOD, "event_payload": "other"}, headers=headers)
+    again = await client.post("/event", json=GOOD, headers=headers)
+    other = await client.post("/event", json={**GOOD, "event_payload": "other"}, headers=headers)
     assert first.status_code == again.status_code == 200
     assert again.json() == {"status": "success"}
     assert first.headers["Event-Id"] == again.headers["Event-Id"] == "evt-42"
     assert "Idempotent-Replayed" not in first.headers
     assert again.headers["Idempotent-Replayed"] == "true"
+    error = assert_error(other, 422, "idempotency_key_reused")
+    assert error["errors"][0]["field"] == "Idempotency-Key"
     [row] = store.events(limit=5)
     assert row.event_payload == GOOD["event_payload"]
 
@@ -263,3 +269,188 @@ async def test_a_failed_commit_is_503_with_retry_after_and_not_acknowledged(
     store.database.create_tables([store.model])
     assert (await client.post("/event", json=GOOD)).status_code == 200
     assert store.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"event_type":"a","event_type":"b","event_payload":"x"}', "event_type"),
+        (b'{"event_type":"a","event_payload":"x","event_payload":"y"}', "event_payload"),
+        (b'{"event_type":"a","\\u0065vent_type":"b","event_payload":"x"}', "event_type"),
+        (b'{"event_type":"a","event_payload":"x","event_p\\u0061yload":"y"}', "event_payload"),
+    ],
+)
+async def test_duplicate_keys_are_422_naming_the_field(
+    client: httpx.AsyncClient, store: Store, body: bytes, field: str
+) -> None:
+    response = await client.post(
+        "/event", content=body, headers={"Content-Type": "application/json"}
+    )
+    error = assert_error(response, 422, "invalid_event")
+    assert error["errors"] == [{"field": field, "message": f"{field} is given more than once"}]
+    assert store.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "stored"),
+    [
+        (b'{"event_type":"caf\\u00e9","event_payload":"x"}', ("café", "x")),
+        (b'{"event_type":"a","event_payload":"\\"event_type\\""}', ("a", '"event_type"')),
+        (
+            b'{"event_payload":"event_type","event_type":"event_payload"}',
+            ("event_payload", "event_type"),
+        ),
+        (b'{"event_type":"a","event_payload":"C:\\\\users"}', ("a", "C:\\users")),
+    ],
+)
+async def test_keys_written_once_are_fine_however_the_body_looks(
+    client: httpx.AsyncClient, store: Store, body: bytes, stored: tuple[str, str]
+) -> None:
+    response = await client.post(
+        "/event", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    [row] = store.events(limit=5)
+    assert (row.event_type, row.event_payload) == stored
+
+
+@pytest.mark.parametrize("event_type", ["a\u0085b", "\u200b", "a\u2028b"])
+async def test_invisible_or_control_event_types_are_422(
+    client: httpx.AsyncClient, store: Store, event_type: str
+) -> None:
+    response = await client.post("/event", json={"event_type": event_type, "event_payload": "p"})
+    assert assert_error(response, 422, "invalid_event")["errors"][0]["field"] == "event_type"
+    assert store.count() == 0
+
+
+async def test_the_page_has_a_strict_content_security_policy(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200
+    html = response.text
+    policy = dict(
+        part.strip().split(" ", 1)
+        for part in response.headers["Content-Security-Policy"].split(";")
+    )
+    for tag, directive in (("script", "script-src"), ("style", "style-src")):
+        [inline] = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.DOTALL)
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        assert policy[directive] == f"'sha256-{digest}'"
+    assert policy["default-src"] == "'none'"
+    assert policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert "unsafe" not in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+async def test_a_trailing_slash_is_404_in_the_error_shape_not_a_redirect(store: Store) -> None:
+    async with in_process(create_app(ConsumerConfig(host="0.0.0.0"), store)) as client:
+        for method, path in (("POST", "/event/"), ("GET", "/healthz/"), ("GET", "/openapi.json/")):
+            response = await client.request(
+                method, path, json=GOOD, headers={"Host": "evil.example"}
+            )
+            body = assert_error(response, 404, "not_found")
+            assert f"did you mean {path.rstrip('/')}?" in body["message"]
+            assert "location" not in response.headers
+            assert "evil.example" not in response.text + str(response.headers)
+        other = await client.get("/nope/")
+        assert "did you mean" not in assert_error(other, 404, "not_found")["message"]
+    assert store.count() == 0
+
+
+LOOPBACK_HOSTS = [
+    "localhost",
+    "localhost:8000",
+    "LocalHost:1",
+    "127.0.0.1",
+    "127.0.0.1:8000",
+    "127.1.2.3:80",
+    "[::1]",
+    "[::1]:8000",
+]
+FOREIGN_HOSTS = [
+    "evil.example",
+    "evil.example:8000",
+    "localhost.evil.example",
+    "127.0.0.1.evil.example",
+    "128.0.0.1",
+    "127.0.0.256",
+    "[::2]:8000",
+    "localhost:80:80",
+    "localhost:http",
+    "",
+]
+
+
+async def _every_kind_of_request(client: httpx.AsyncClient, host: str) -> list[httpx.Response]:
+    headers = {"Host": host}
+    return [
+        await client.get("/events", headers=headers),
+        await client.get("/healthz", headers=headers),
+        await client.get("/nope", headers=headers),
+        await client.delete("/event", headers=headers),
+        await client.post("/event", json=GOOD, headers=headers),
+        await client.post("/events", json=[GOOD], headers=headers),
+    ]
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+async def test_on_loopback_loopback_hosts_are_answered(
+    client: httpx.AsyncClient, store: Store, host: str
+) -> None:
+    statuses = [r.status_code for r in await _every_kind_of_request(client, host)]
+    assert statuses == [200, 200, 404, 405, 200, 200]
+    assert store.count() == 2
+
+
+@pytest.mark.parametrize("host", FOREIGN_HOSTS)
+async def test_on_loopback_other_hosts_are_421_everywhere(
+    client: httpx.AsyncClient, store: Store, host: str
+) -> None:
+    for response in await _every_kind_of_request(client, host):
+        body = assert_error(response, 421, "misdirected_request")
+        assert "evil" not in body["message"]
+    assert store.count() == 0
+
+
+async def test_two_host_headers_are_421(client: httpx.AsyncClient, store: Store) -> None:
+    headers = [(b"host", b"localhost"), (b"host", b"evil.example")]
+    for response in (
+        await client.get("/events", headers=headers),
+        await client.post("/event", json=GOOD, headers=headers),
+    ):
+        assert_error(response, 421, "misdirected_request")
+    assert store.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("config", "answered", "refused"),
+    [
+        (
+            ConsumerConfig(allowed_hosts=" events.example.com, Other.Example:8443 ,"),
+            ["events.example.com", "EVENTS.example.com:9", "other.example:8443", "localhost"],
+            ["other.example", "other.example:8444", "example.com"],
+        ),
+        (ConsumerConfig(host="0.0.0.0"), ["evil.example", "localhost", "x:1"], []),
+        (ConsumerConfig(host="::"), ["evil.example"], []),
+        (
+            ConsumerConfig(host="0.0.0.0", allowed_hosts="events.example.com"),
+            ["events.example.com", "events.example.com:8000"],
+            ["localhost", "127.0.0.1", "evil.example"],
+        ),
+        (ConsumerConfig(host="127.0.0.2"), ["127.0.0.1", "localhost:1"], ["evil.example"]),
+        (ConsumerConfig(host="::1"), ["[::1]:8000", "localhost"], ["evil.example"]),
+        (ConsumerConfig(host="localhost"), ["localhost"], ["evil.example"]),
+    ],
+)
+async def test_allowed_hosts_follow_the_bound_address(
+    store: Store, config: ConsumerConfig, answered: list[str], refused: list[str]
+) -> None:
+    async with in_process(create_app(config, store)) as client:
+        for host in answered:
+            for response in await _every_kind_of_request(client, host):
+                assert response.status_code != 421, host
+        for host in refused:
+            for response in await _every_kind_of_request(client, host):
+                assert_error(response, 421, "misdirected_request")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from eventctl.auth import (
     sign,
     signature_headers,
     signing_key,
+    token_matches,
     verify,
 )
 from eventctl.config import ConsumerConfig
@@ -168,3 +170,108 @@ def test_signed_and_authenticated_delivery_end_to_end(tmp_path: Path, sqlite_url
     store = Store.open(sqlite_url)
     assert store.count() == 6
     store.close()
+
+
+VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+VECTOR_BODY = b'{"test": 2432232314}'
+VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+@pytest.mark.parametrize(
+    ("message_id", "timestamp", "signatures"),
+    [
+        (VECTOR_ID, "1" + "0" * 309, VECTOR_SIGNATURE),
+        (VECTOR_ID, "9" * 5000, VECTOR_SIGNATURE),
+        (VECTOR_ID, "-1614265330", VECTOR_SIGNATURE),
+        (VECTOR_ID, "+1614265330", VECTOR_SIGNATURE),
+        (VECTOR_ID, "1_614_265_330", VECTOR_SIGNATURE),
+        (
+            VECTOR_ID,
+            "\u0661\u0666\u0661\u0664\u0662\u0666\u0665\u0663\u0663\u0660",
+            VECTOR_SIGNATURE,
+        ),
+        (VECTOR_ID, "1614265330.0", VECTOR_SIGNATURE),
+        (VECTOR_ID, " ", VECTOR_SIGNATURE),
+        (VECTOR_ID, "1614265330", "v1,\xe9\xe9"),
+        (VECTOR_ID, "1614265330", "v1,\u20ac " * 50),
+        (VECTOR_ID, "1614265330", "v1,\udcff"),
+        (VECTOR_ID, "1614265330", " ".join(["v1,AAAA"] * 1000)),
+        (VECTOR_ID, "1614265330", "v1,"),
+        (VECTOR_ID, "1614265330", "\t"),
+        ("\xe9\xff", "1614265330", VECTOR_SIGNATURE),
+        ("\udcff", "1614265330", VECTOR_SIGNATURE),
+        ("", "1614265330", VECTOR_SIGNATURE),
+    ],
+)
+def test_verify_refuses_any_odd_value_with_signature_error(
+    message_id: str, timestamp: str, signatures: str
+) -> None:
+    with pytest.raises(SignatureError):
+        verify(
+            [signing_key(SPEC_SECRET, "t")],
+            message_id,
+            timestamp,
+            signatures,
+            VECTOR_BODY,
+            now=1614265330.5,
+            tolerance=300,
+        )
+
+
+def _fuzzed_value(rng: random.Random, real: bytes) -> bytes:
+    """A header value built from the pieces a hostile client would try."""
+    pieces = [
+        real,
+        b"",
+        b" ",
+        b"\t \t",
+        b"1" + b"0" * rng.randint(1, 400),
+        b"-" + real,
+        b"+" + real,
+        b"v1,",
+        b"v1," + bytes(rng.randint(0x80, 0xFF) for _ in range(rng.randint(1, 44))),
+        b"v2," + real,
+        b" ".join([b"v1,AAAA"] * rng.randint(2, 300)),
+        bytes(rng.randint(0x20, 0xFF) for _ in range(rng.randint(1, 60))),
+        str(rng.randint(-(2**70), 2**70)).encode(),
+        "١٦١٤".encode(),
+        b"\xef\xbb\xbf" + real,
+    ]
+    chosen = rng.sample(pieces, rng.randint(1, 3))
+    return rng.choice([b"", b" ", b","]).join(chosen)
+
+
+@pytest.mark.anyio
+async def test_fuzzed_webhook_headers_always_get_401_never_500(
+    signed_client: httpx.AsyncClient, store: Store
+) -> None:
+    rng = random.Random(20260527)
+    now = int(time.time())
+    # well-formed pieces, but signed over another body: no combination of them can match
+    real = signature_headers(b"new key", "msg_1", now, BODY + b" ")
+    for _ in range(300):
+        headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+            if rng.random() < 0.9:
+                headers.append((name.encode(), _fuzzed_value(rng, real[name].encode())))
+        response = await signed_client.post("/event", content=BODY, headers=headers)
+        assert response.status_code == 401, (headers, response.text)
+        assert response.json()["code"] == "invalid_signature"
+    assert store.count() == 0
+
+
+def test_token_matches_any_case_of_the_scheme() -> None:
+    for header in ("Bearer t0ken", "bearer t0ken", "BEARER t0ken", "bEaReR   t0ken"):
+        assert token_matches("t0ken", header), header
+    for header in ("Bearert0ken", "Basic t0ken", "Bearer", "Bearer t0ke", "Bearer t0ken\xe9", ""):
+        assert not token_matches("t0ken", header), header
+
+
+@pytest.mark.anyio
+async def test_a_lower_case_bearer_scheme_is_accepted(store: Store) -> None:
+    app = create_app(ConsumerConfig(), store, credentials=Credentials(token="t0ken"))
+    async with in_process(app) as client:
+        lower = await client.post("/event", json=EVENT, headers={"Authorization": "bearer t0ken"})
+        upper = await client.post("/event", json=EVENT, headers={"Authorization": "BEARER t0ken"})
+    assert (lower.status_code, upper.status_code) == (200, 200), lower.text
+    assert store.count() == 2

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
 
 from eventctl.errors import InvalidEvent
-from eventctl.events import Event, validate_event
+from eventctl.events import Event, unique_keys, validate_event
 from eventctl.templates import load_events_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,3 +101,70 @@ def test_new_event_ids_are_uuid7_unique_and_sortable() -> None:
         parsed = uuid.UUID(text)
         assert (str(parsed), parsed.version, parsed.variant) == (text, 7, uuid.RFC_4122)
     assert later > max(first)
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    ["a\x85b", "\x9f", "a\u2028b", "a\u2029b", "\x7f", "tab\there"],
+)
+def test_event_type_refuses_every_control_character_and_line_separator(event_type: str) -> None:
+    with pytest.raises(InvalidEvent, match="control characters") as caught:
+        validate_event({"event_type": event_type, "event_payload": "p"})
+    assert caught.value.field == "event_type"
+
+
+@pytest.mark.parametrize(
+    "event_type", ["\u200b", "\u200b \ufeff", "\u00a0", "\u3000\u00ad", "\u2060\t", "\U000e0001"]
+)
+def test_event_type_of_only_whitespace_and_format_characters_is_blank(event_type: str) -> None:
+    with pytest.raises(InvalidEvent, match="must not be empty"):
+        validate_event({"event_type": event_type, "event_payload": "p"})
+
+
+@pytest.mark.parametrize(
+    "event_type", ["ünïcode.événement", "order\u00a0created", "👩\u200d💻", "\u200bx", "注文.作成"]
+)
+def test_event_type_accepts_visible_unicode(event_type: str) -> None:
+    assert validate_event({"event_type": event_type, "event_payload": "\x85"}).event_type == (
+        event_type
+    )
+
+
+def test_the_format_character_table_is_unicodedatas() -> None:
+    from eventctl.events import FORMAT_CHARACTERS
+
+    table = re.compile(f"[{FORMAT_CHARACTERS}]")
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        assert bool(table.match(char)) == (unicodedata.category(char) == "Cf"), hex(code)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('{"event_type": "a", "event_type": "b", "event_payload": "x"}', "event_type"),
+        ('{"event_type": "a", "event_payload": "x", "event_payload": "y"}', "event_payload"),
+        ('{"event_type": "a", "\\u0065vent_type": "b", "event_payload": "x"}', "event_type"),
+    ],
+)
+def test_duplicate_keys_are_refused_naming_the_field(text: str, field: str) -> None:
+    data = json.loads(text, object_pairs_hook=unique_keys)
+    with pytest.raises(InvalidEvent, match="more than once") as caught:
+        validate_event(data)
+    assert caught.value.field == field
+    assert json.loads('{"a": {"b": 1, "c": 2}}', object_pairs_hook=unique_keys) == {
+        "a": {"b": 1, "c": 2}
+    }
+
+
+def test_duplicate_keys_in_the_events_file_name_file_index_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "events.json"
+    path.write_text(
+        '[{"event_type": "a", "event_payload": "x"},'
+        ' {"event_type": "a", "event_payload": "x", "weight": 1, "weight": 2}]'
+    )
+    with pytest.raises(InvalidEvent, match=r"\[1\]: weight is given more than once"):
+        load_events_file(path)
+    path.write_text('[{"event_type": "a", "event_type": "b", "event_payload": "x"}]')
+    with pytest.raises(InvalidEvent, match=r"\[0\]: event_type is given more than once"):
+        load_events_file(path)

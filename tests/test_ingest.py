@@ -253,3 +253,46 @@ async def test_group_commit_batches_concurrent_requests(sqlite_url: str) -> None
     assert store.count() == 30
     assert sizes[0] < 30  # fewer commits than events: they were grouped
     store.close()
+
+
+async def test_a_batch_with_a_duplicate_key_names_the_event_and_field(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    good = b'{"event_type":"a","event_payload":"x"}'
+    body = (
+        b"["
+        + b",".join(
+            [
+                good,
+                b'{"event_type":"a","event_type":"b","event_payload":"x"}',
+                good,
+                b'{"event_payload":"x","event_type":"a","\\u0065vent_payload":"y"}',
+            ]
+        )
+        + b"]"
+    )
+    response = await client.post(
+        "/events", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["code"] == "invalid_event"
+    assert [(e["index"], e["field"]) for e in error["errors"]] == [
+        (1, "event_type"),
+        (3, "event_payload"),
+    ]
+    assert store.count() == 0
+
+
+async def test_a_batch_whose_payloads_name_the_keys_is_fine(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    events = [
+        {"event_type": "event_type", "event_payload": '"event_payload"'},
+        {"event_type": "caf\u00e9", "event_payload": "\u2603"},
+    ]
+    response = await client.post("/events", json=events)
+    assert response.status_code == 200, response.text
+    assert sorted((e.event_type, e.event_payload) for e in store.events(limit=5)) == sorted(
+        (e["event_type"], e["event_payload"]) for e in events
+    )

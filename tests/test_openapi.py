@@ -15,6 +15,9 @@ import pytest
 from eventctl.app import create_app
 from eventctl.auth import Credentials
 from eventctl.config import ConsumerConfig
+from eventctl.errors import InvalidEvent
+from eventctl.events import validate_event
+from eventctl.openapi import EVENT
 from eventctl.store import Store
 from tests.conftest import Server, _drop_events_table, in_process, postgres_url
 
@@ -129,3 +132,59 @@ async def test_405_names_every_method_of_the_path(store: Store) -> None:
         response: httpx.Response = await client.delete("/events")
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, HEAD, POST"
+
+
+TRANSPORT_ANSWERS = {
+    400: "malformed_request",
+    408: "request_timeout",
+    431: "headers_too_large",
+    503: "too_many_connections",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("config", "guarded"),
+    [
+        (ConsumerConfig(), True),
+        (ConsumerConfig(host="0.0.0.0"), False),
+        (ConsumerConfig(host="0.0.0.0", allowed_hosts="events.example.com"), True),
+    ],
+)
+async def test_every_operation_lists_the_http_layers_answers(
+    store: Store, config: ConsumerConfig, guarded: bool
+) -> None:
+    async with in_process(create_app(config, store)) as client:
+        host = config.allowed_hosts or "localhost"
+        document = (await client.get("/openapi.json", headers={"Host": host})).json()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, code in TRANSPORT_ANSWERS.items():
+                assert code in error_codes(document, method, path, status), (method, path)
+            assert "Retry-After" in operation["responses"]["503"]["headers"]
+            responses = operation["responses"]
+            if guarded:
+                assert error_codes(document, method, path, 421) == {"misdirected_request"}
+            else:
+                assert "421" not in responses
+
+
+ACCEPTED = ["order.created", "a b", "ünï", "\u200bx", "👩\u200d💻", "x" * 255]
+REFUSED = ["", " ", "\u200b", "\u200b\u00a0\ufeff", "\U000e0001 ", "x" * 256]
+REFUSED += ["a\x85", "a\u2028", "\u2029", "a\x00", "a\nb", "\x7f"]
+
+
+@pytest.mark.parametrize("event_type", ACCEPTED + REFUSED)
+def test_the_event_type_schema_is_validate_event(event_type: str) -> None:
+    schema = EVENT["properties"]["event_type"]
+    by_schema = (
+        schema["minLength"] <= len(event_type) <= schema["maxLength"]
+        and re.search(schema["pattern"], event_type) is not None
+    )
+    try:
+        validate_event({"event_type": event_type, "event_payload": ""})
+    except InvalidEvent:
+        by_rules = False
+    else:
+        by_rules = True
+    assert by_schema == by_rules == (event_type in ACCEPTED)
