@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Match, Route
 
 from eventctl.auth import Credentials, SignatureError, token_matches, verify
 from eventctl.config import ConsumerConfig, metrics_enabled
-from eventctl.errors import DatabaseError, InvalidEvent
+from eventctl.errors import DatabaseError, IdempotencyConflict, InvalidEvent
 from eventctl.events import Event, new_event_id, unique_keys, validate_event
 from eventctl.metrics import CONTENT_TYPE, Metrics
 from eventctl.openapi import (
@@ -379,7 +379,9 @@ class Ingest:
         event_id = key or new_event_id()
         if self.metrics:
             self.metrics.received.inc()
-        stored = await _write(self.writer, [Incoming(event_id, event, datetime.now(UTC))])
+        stored = await _write(
+            self.writer, [Incoming(event_id, event, datetime.now(UTC))], batch=False
+        )
         headers = [(b"event-id", event_id.encode())]
         if not stored:
             headers.append((b"idempotent-replayed", b"true"))
@@ -412,7 +414,7 @@ class Ingest:
         records = [Incoming(f"{batch_id}/{i}", event, now) for i, event in enumerate(events)]
         if self.metrics:
             self.metrics.received.inc(len(records))
-        stored = await _write(self.writer, records)
+        stored = await _write(self.writer, records, batch=True)
         headers = [(b"events-stored", str(len(stored)).encode())]
         if not stored:
             headers.append((b"idempotent-replayed", b"true"))
@@ -458,12 +460,24 @@ _INTERNAL_ERROR = json.dumps(
 ).encode()
 
 
-async def _write(writer: Writer, records: list[Incoming]) -> set[str]:
+async def _write(writer: Writer, records: list[Incoming], *, batch: bool) -> set[str]:
+    """Commit through the writer; map its refusals to ApiError (a batch's conflict names the
+    event's index)."""
     retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     try:
         return await writer.write(records)
     except Overloaded as exc:
         raise ApiError(503, "overloaded", f"try again later: {exc}", headers=retry) from None
+    except IdempotencyConflict as exc:
+        reuse = f"reuse an {IDEMPOTENCY_HEADER} only to retry the same event"
+        error: dict[str, Any] = {"field": IDEMPOTENCY_HEADER}
+        if batch:
+            message = f"[{exc.index}] {exc}; nothing was stored ({reuse}s)"
+            error["index"] = exc.index
+        else:
+            message = f"{exc}; nothing was stored ({reuse})"
+        error["message"] = message
+        raise ApiError(422, "idempotency_key_reused", message, errors=[error]) from None
     except DatabaseError as exc:
         raise ApiError(
             503, "database_unavailable", f"events not stored: {exc}", headers=retry
@@ -689,10 +703,17 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        # Ready means the last commit worked and the database answers a read. While the
+        # last commit failed (or the SQLite file changed), a write probe is the check, so
+        # readiness comes back by itself once writes work, with or without traffic.
         try:
             with anyio.fail_after(READY_TIMEOUT_SECONDS):
+                if writer.last_error is not None or await anyio.to_thread.run_sync(
+                    store.file_changed, abandon_on_cancel=True
+                ):
+                    await writer.probe()
                 await anyio.to_thread.run_sync(store.ping, abandon_on_cancel=True)
-        except DatabaseError as exc:
+        except (DatabaseError, Overloaded) as exc:
             return error_response(ApiError(503, "database_unavailable", str(exc)))
         except TimeoutError:
             message = "the database did not answer"

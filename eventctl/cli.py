@@ -34,7 +34,7 @@ from eventctl.errors import (
     Refused,
     ServerFailed,
 )
-from eventctl.events import Event, new_event_id, validate_event
+from eventctl.events import Event, new_event_id, unique_keys, validate_event
 from eventctl.templates import EventSource, load_events_file
 from eventctl.textsafe import json_text, visible
 from eventctl.timefmt import parse_duration, parse_since
@@ -706,7 +706,7 @@ def _event_from_flags(
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidEvent(None, f"{where}: cannot read: {exc}") from None
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=unique_keys)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise InvalidEvent(None, f"{where}: not valid JSON: {exc}") from None
         try:

@@ -261,3 +261,125 @@ def test_stopping_with_a_stream_attached_is_quick_and_quiet(server: Server) -> N
     assert elapsed < 2, err
     assert "Traceback" not in err
     assert "Cancel" not in err
+
+
+def request(server: Server, head: bytes, body: bytes = b"") -> Response:
+    """One request on a new connection; `head` is the request line and headers."""
+    if body:
+        head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+    with connect(server) as sock:
+        sock.sendall(head + b"\r\n" + body)
+        return read_response(sock)
+
+
+def post(server: Server, body: bytes, *headers: bytes, path: bytes = b"/event") -> Response:
+    head = b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(headers)
+    return request(server, head, body)
+
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_any_webhook_header_value_is_a_401_never_a_500(sqlite_url: str, tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.write_text(SECRET + "\n")
+    server = Server(sqlite_url, tmp_path, "--webhook-secrets-file", str(secrets))
+    now = str(int(time.time())).encode()
+    huge = b"1" + b"0" * 309
+    cases = [
+        (b"msg_1", huge, b"v1,abc"),
+        (b"msg_1", b"-" + huge, b"v1,abc"),
+        (b"msg_1", b"9" * 5000, b"v1,abc"),
+        (b"msg_1", b"1e9", b"v1,abc"),
+        (b"msg_1", b" ", b"v1,abc"),
+        (b"msg_1", now, b"v1,\xe9\xe9\xe9"),
+        (b"msg_1", now, b"v1," + b"A" * 4000),
+        (b"\xff\xfe", now, b"v1,abc v2,def v1,"),
+        (b"msg_1", now, b" ".join(b"v1,%d" % i for i in range(500))),
+    ]
+    try:
+        for message_id, timestamp, signature in cases:
+            status, _, body = post(
+                server,
+                EVENT,
+                b"webhook-id: " + message_id + b"\r\n",
+                b"webhook-timestamp: " + timestamp + b"\r\n",
+                b"webhook-signature: " + signature + b"\r\n",
+            )
+            assert (status, error_code(body)) == (401, "invalid_signature"), (timestamp, body)
+    finally:
+        server.stop()
+
+
+def test_the_bearer_scheme_is_case_insensitive(sqlite_url: str, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    server = Server(sqlite_url, tmp_path, "--auth-token-file", str(token))
+    try:
+        for scheme in (b"Bearer", b"bearer", b"BEARER"):
+            status, _, body = post(server, EVENT, b"Authorization: " + scheme + b" s3cret\r\n")
+            assert status == 200, (scheme, body)
+        status, _, body = post(server, EVENT, b"Authorization: Basic s3cret\r\n")
+        assert (status, error_code(body)) == (401, "unauthorized")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"event_type":"a","event_type":"b","event_payload":"x"}', "event_type"),
+        (b'{"event_type":"a","event_payload":"x","event\\u005fpayload":"y"}', "event_payload"),
+        (b'{"event_type":"a\xc2\x85b","event_payload":"x"}', "event_type"),
+        (b'{"event_type":"\xe2\x80\x8b","event_payload":"x"}', "event_type"),
+    ],
+    ids=["duplicate", "escaped-duplicate", "c1-control", "zero-width-space"],
+)
+def test_strict_input_is_refused_with_422(hostile: Server, body: bytes, field: str) -> None:
+    status, _, answer = post(hostile, body)
+    assert (status, error_code(answer)) == (422, "invalid_event"), answer
+    assert json.loads(answer)["errors"][0]["field"] == field
+    assert httpx.get(hostile.url + "/events", timeout=2).json()["events"] == []
+
+
+def test_a_batch_never_silently_drops_an_event_on_a_clients_key(hostile: Server) -> None:
+    single = b'{"event_type":"single","event_payload":"a"}'
+    assert post(hostile, single, b"Idempotency-Key: kk/0\r\n")[0] == 200
+    batch = b"[" + b",".join(b'{"event_type":"batch","event_payload":"%d"}' % i for i in range(3))
+    status, _, body = post(hostile, batch + b"]", b"Idempotency-Key: kk\r\n", path=b"/events")
+    assert (status, error_code(body)) == (422, "idempotency_key_reused"), body
+    events = httpx.get(hostile.url + "/events", timeout=2).json()["events"]
+    assert [(e["event_id"], e["event_type"]) for e in events] == [("kk/0", "single")]
+    status, headers, _ = post(hostile, single, b"Idempotency-Key: kk/0\r\n")
+    assert (status, headers.get("idempotent-replayed")) == (200, "true")
+
+
+def test_the_page_sends_security_headers(hostile: Server) -> None:
+    status, headers, body = request(hostile, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    assert status == 200
+    assert b"<html" in body.lower()
+    csp = headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize("path", [b"/events", b"/", b"/healthz", b"/event"])
+def test_a_foreign_host_gets_421_on_loopback(hostile: Server, path: bytes) -> None:
+    method = b"POST" if path == b"/event" else b"GET"
+    head = method + b" " + path + b" HTTP/1.1\r\nHost: rebind.example:%d\r\n" % hostile.port
+    status, _, body = request(hostile, head, EVENT if method == b"POST" else b"")
+    assert (status, error_code(body)) == (421, "misdirected_request")
+    for host in (b"localhost", b"127.0.0.1", b"[::1]", b"127.0.0.2"):
+        head = b"GET /healthz HTTP/1.1\r\nHost: " + host + b":%d\r\n" % hostile.port
+        assert request(hostile, head)[0] == 200, host
+
+
+def test_a_trailing_slash_is_an_error_that_echoes_no_host(hostile: Server) -> None:
+    head = b"POST /event/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % hostile.port
+    status, headers, body = request(hostile, head, EVENT)
+    assert (status, error_code(body)) == (404, "not_found")
+    assert "location" not in headers
+    assert b"127.0.0.1" not in body
