@@ -91,6 +91,13 @@ def post_event(extra_headers: bytes = b"") -> bytes:
     )
 
 
+def post_answers(server: Server) -> int:
+    """The status of one event posted on a new connection."""
+    with connect(server) as sock:
+        sock.sendall(post_event())
+        return read_response(sock)[0]
+
+
 @pytest.fixture
 def hostile(sqlite_url: str, tmp_path: Path) -> Iterator[Server]:
     running = Server(
@@ -202,9 +209,7 @@ def test_connections_beyond_the_limit_are_refused_at_once(sqlite_url: str, tmp_p
             assert time.monotonic() - started < 1
         idle.pop().close()
         time.sleep(0.2)
-        with connect(server) as sock:
-            sock.sendall(post_event())
-            assert read_response(sock)[0] == 200
+        assert post_answers(server) == 200
         for sock in idle:
             sock.close()
     finally:
@@ -235,9 +240,7 @@ def test_under_a_low_open_file_limit_idle_sockets_cannot_starve_new_clients(
         assert (status, error_code(body)) == (503, "too_many_connections")
         assert time.monotonic() - started < 1
         time.sleep(2.5)  # the idle ones reach the header timeout
-        with connect(server) as sock:
-            sock.sendall(post_event())
-            assert read_response(sock)[0] == 200
+        assert post_answers(server) == 200
         for sock in idle:
             sock.close()
     finally:
