@@ -418,7 +418,7 @@ def report(results: list[dict[str, Any]], driver: str, args: argparse.Namespace)
         before = by.get(("before", r["connections"])) if single else None
         vs_before = (
             f"{r['events_per_s'] / before['events_per_s']:.2f}"
-            if before and before["events_per_s"] and r["target"] != "before"
+            if before and before["events_per_s"] and r["target"] not in ("before", "bare")
             else "-"
         )
         lines.append(

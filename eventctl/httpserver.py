@@ -155,8 +155,6 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._closing or self.parser is None:
             return
         self._unset_keepalive_if_required()
-        if self._timer is None and not self._busy():
-            self._arm(self.limits.header_timeout, self._head_timed_out)
         while data:
             if self._head_open:
                 room = self.limits.max_header_bytes - self._head_bytes
@@ -172,6 +170,12 @@ class LimitedProtocol(HttpToolsProtocol):
                 piece, data = data, b""
             if not self._feed(piece):
                 return
+        # Timers only for a request still incomplete after this read: most arrive whole.
+        if self._timer is None and self._in_message:
+            if self._head_open:
+                self._arm(self.limits.header_timeout, self._head_timed_out)
+            elif not self.pipeline:
+                self._arm(self.limits.body_timeout, self._body_timed_out)
 
     def _feed(self, data: bytes) -> bool:
         try:
@@ -244,8 +248,6 @@ class LimitedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._cancel()
         super().on_headers_complete()
-        if not self.pipeline:
-            self._arm(self.limits.body_timeout, self._body_timed_out)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
