@@ -264,8 +264,16 @@ class Store:
         reopens the path, and a reader refuses until the write path has done so."""
         if self.path is None:
             return
-        files = self._paths()
         local = self._local
+        if (
+            writer
+            and not self.database.is_closed()
+            and getattr(local, "checked", None) is self.database.connection()  # type: ignore[no-untyped-call]
+        ):
+            # The last commit on this connection was checked against the path (after it,
+            # before anyone was answered); a change since then is caught after the next.
+            return
+        files = self._paths()
         if not self.database.is_closed():
             conn = self.database.connection()  # type: ignore[no-untyped-call]
             held = local.files if getattr(local, "conn", None) is conn else self._files
@@ -299,17 +307,20 @@ class Store:
         """Close the write connection to files no longer at the path, leaving nothing of
         the old file that the path's new file could be paired with."""
         assert self.path is not None
+        then = "closing the old file and reopening the path (nothing written to the old file "
+        then += "since then is acknowledged)"
         if files.db is None:
             what = f"the database file {self.path} was deleted"
         elif held is None or files.db != held.db:
             what = f"the database file {self.path} was replaced by another file"
         else:
             what = f"the write-ahead log {self.path}-wal was deleted or replaced"
+            then = "copying what it holds into the database file and starting a new log"
         log.warning(
-            "%s: %s while in use; closing the old file and reopening the path (nothing "
-            "written to the old file since then is acknowledged)",
+            "%s: %s while in use; %s",
             describe_url(self.url),
             what,
+            then,
         )
         if (
             held is not None
@@ -352,12 +363,18 @@ class Store:
         self._remember(owner=writer)
 
     def _check_unchanged(self) -> None:
-        """After a commit: raise unless it went to the files at the path."""
+        """After a commit: raise unless it went to the database file at the path. (When only
+        the -wal changed, the commit is copied into that file and stands.)"""
         if self.path is None:
             return
         files = self._paths()
-        if files != self._local.files:
-            self._let_go(self._local.files, files)
+        held = self._local.files
+        if files == held:
+            self._local.checked = self.database.connection()  # type: ignore[no-untyped-call]
+            return
+        self._local.checked = None
+        self._let_go(held, files)
+        if held is None or files.db != held.db:
             raise DatabaseError(
                 f"{describe_url(self.url)}: the database file {self.path} was deleted or "
                 "replaced during the commit, which went to the old file (the next write "

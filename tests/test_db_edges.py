@@ -134,10 +134,12 @@ def test_a_replacement_that_is_not_an_eventctl_database_stays_503(tmp_path: Path
     try:
         assert post(server, "before").status_code == 200
         os.replace(tmp_path / "notes.db", path)
-        refused = post(server, "after")
+        went_to_the_old_file = post(server, "after-0")
+        refused = post(server, "after-1")
         ready = httpx.get(server.url + "/readyz", timeout=10)
     finally:
         server.stop()
+    assert went_to_the_old_file.status_code == 503
     assert refused.status_code == ready.status_code == 503
     assert refused.headers["Retry-After"] == "1"
     for answer in (refused, ready):

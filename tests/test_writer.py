@@ -90,6 +90,8 @@ async def test_readers_never_read_the_deleted_file_and_follow_the_writer(tmp_pat
             store.events(limit=5)
         with pytest.raises(DatabaseError):
             store.ping()
+        with pytest.raises(DatabaseError, match="went to the old file"):
+            await writer.write([rec("lost")])
         assert await writer.write([rec("new")]) == {"new"}
         assert [e.event_id for e in store.events(limit=5)] == ["new"]
         store.ping()
@@ -110,6 +112,8 @@ async def test_a_replacement_that_is_not_an_eventctl_database_is_refused(tmp_pat
     try:
         await writer.write([rec("first")])
         os.replace(other, path)
+        with pytest.raises(DatabaseError, match="went to the old file"):
+            await writer.write([rec("lost")])
         for _ in range(2):
             with pytest.raises(DatabaseError, match="no events table"):
                 await writer.write([rec("lost")])
