@@ -124,7 +124,6 @@ class LimitedProtocol(HttpToolsProtocol):
         self._timer: TimerHandle | None = None
         self._head_open = True
         self._head_bytes = 0
-        self._header_count = 0
         self._in_message = False
         self._closing = False
 
@@ -235,15 +234,12 @@ class LimitedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_message = True
-        self._header_count = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_headers:
-            raise _TooManyHeaders
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        # max_header_bytes already bounds what the parser held; the count is checked here,
+        # once, rather than on every header.
+        if len(self.headers) > self.limits.max_headers:
+            raise _TooManyHeaders
         self._head_open = False
         self._head_bytes = 0
         self._cancel()
