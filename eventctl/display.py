@@ -18,6 +18,11 @@ from eventctl.propagator import Record, Stats
 from eventctl.textsafe import visible
 
 OUTCOME_STYLE = {"delivered": "green", "retrying": "yellow", "failed": "bold red"}
+TITLE = "eventctl propagate"
+RATE_MIN_SECONDS = 1.0
+# below this many events, or this rate, CPU per event is mostly start-up and idle time
+CPU_MIN_EVENTS = 100
+CPU_MIN_RATE = 50.0
 
 
 def _ms(seconds: float | None) -> str:
@@ -30,7 +35,7 @@ def _elapsed(seconds: float) -> str:
     return f"{hours:d}:{minutes:02d}:{secs:02d}"
 
 
-def render(stats: Stats, now: float) -> RenderableType:
+def render(stats: Stats, now: float, *, title: str = TITLE) -> RenderableType:
     """The live status of a run as a Rich renderable. Pure: same input, same output."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="dim")
@@ -82,11 +87,14 @@ def render(stats: Stats, now: float) -> RenderableType:
     latency.add_row(
         "latency", f"p50 {_ms(stats.percentile(0.5))}   p99 {_ms(stats.percentile(0.99))}"
     )
-    latency.add_row(
-        "rate",
-        f"{stats.achieved_rate(now):.1f}/s achieved   lateness p99 "
-        f"{_ms(stats.percentile(0.99, stats.lateness))}",
+    elapsed = now - stats.started_at
+    # a rate over less than two intervals is one or two events over a sliver of time
+    rate = (
+        f"{stats.achieved_rate(now):.1f}/s achieved"
+        if stats.generated and elapsed >= max(RATE_MIN_SECONDS, 2 * stats.interval)
+        else "-"
     )
+    latency.add_row("rate", f"{rate}   lateness p99 {_ms(stats.percentile(0.99, stats.lateness))}")
 
     recent = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
     recent.add_column("at", justify="right")
@@ -107,7 +115,7 @@ def render(stats: Stats, now: float) -> RenderableType:
     parts: list[RenderableType] = [head, Text(), counts, Text(), latency]
     if stats.recent:
         parts += [Text(), recent]
-    return Panel(Group(*parts), title="eventctl propagate", title_align="left", expand=False)
+    return Panel(Group(*parts), title=title, title_align="left", expand=False)
 
 
 def log_line(record: Record, started_at: float) -> str:
@@ -145,27 +153,51 @@ def record_json(record: Record, started_at: float) -> dict[str, Any]:
     }
 
 
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """The end-of-run summary as a few plain lines."""
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _summary_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def summary_lines(summary: dict[str, Any], *, title: str = TITLE) -> list[str]:
+    """The end-of-run summary as a few plain lines, the first one starting with `title`.
+
+    The achieved rate and lateness are shown only when at least two events were generated,
+    CPU per event only for at least CPU_MIN_EVENTS events sent at CPU_MIN_RATE or faster.
+    """
     resent = f"{summary['resent']} resent from the spool, " if summary["resent"] else ""
-    return [
-        f"eventctl propagate: {summary['generated']} sent, {resent}{summary['delivered']} "
+    elapsed = summary["elapsed_seconds"]
+    first = (
+        f"{title}: {summary['generated']} sent, {resent}{summary['delivered']} "
         f"delivered, {summary['failed']} failed, {summary['pending']} pending "
-        f"in {summary['elapsed_seconds']:.1f}s ({summary['attempts']} attempts, "
-        f"{summary['replayed']} replayed, {summary['skipped_ticks']} ticks skipped)",
-        f"latency p50 {summary['latency_p50_ms'] or '-'} ms, "
-        f"p99 {summary['latency_p99_ms'] or '-'} ms; achieved {summary['achieved_rate']}/s, "
-        f"lateness p99 {summary['lateness_p99_ms'] or '-'} ms; "
-        f"CPU {summary['cpu_per_event_us'] or '-'} µs/event",
+        f"in {elapsed:.1f}s ({_plural(summary['attempts'], 'attempt')}, "
+        f"{summary['replayed']} replayed, {_plural(summary['skipped_ticks'], 'tick')} skipped)"
+    )
+    second = [
+        f"latency p50 {_summary_ms(summary['latency_p50_ms'])}, "
+        f"p99 {_summary_ms(summary['latency_p99_ms'])}"
     ]
+    if summary["generated"] >= 2:
+        second.append(
+            f"achieved {summary['achieved_rate']:.1f}/s, "
+            f"lateness p99 {_summary_ms(summary['lateness_p99_ms'])}"
+        )
+    sent = summary["generated"] + summary["resent"]
+    cpu = summary["cpu_per_event_us"]
+    if cpu is not None and sent >= CPU_MIN_EVENTS and sent >= CPU_MIN_RATE * elapsed:
+        second.append(f"CPU {cpu:.1f} µs/event")
+    return [first, "; ".join(second)]
 
 
 class Display:
     """Where a run's progress goes: the base shows only the summary, on `console` (stderr)."""
 
-    def __init__(self, stats: Stats, console: Console) -> None:
+    def __init__(self, stats: Stats, console: Console, *, title: str = TITLE) -> None:
         self.stats = stats
         self.console = console
+        self.title = title
 
     def __enter__(self) -> Display:
         return self
@@ -183,16 +215,16 @@ class Display:
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def summary(self, summary: dict[str, Any]) -> None:
-        for line in summary_lines(summary):
+        for line in summary_lines(summary, title=self.title):
             self.print(line)
 
 
 class LiveDisplay(Display):
     """A Rich live panel on the console, redrawn by refresh()."""
 
-    def __init__(self, stats: Stats, console: Console, now: float) -> None:
-        super().__init__(stats, console)
-        self._live = Live(render(stats, now), console=console, auto_refresh=False)
+    def __init__(self, stats: Stats, console: Console, now: float, *, title: str = TITLE) -> None:
+        super().__init__(stats, console, title=title)
+        self._live = Live(render(stats, now, title=title), console=console, auto_refresh=False)
 
     def __enter__(self) -> Display:
         self._live.__enter__()
@@ -202,7 +234,7 @@ class LiveDisplay(Display):
         self._live.__exit__(None, None, None)
 
     def refresh(self, now: float) -> None:
-        self._live.update(render(self.stats, now), refresh=True)
+        self._live.update(render(self.stats, now, title=self.title), refresh=True)
 
 
 class LogDisplay(Display):
@@ -215,8 +247,10 @@ class LogDisplay(Display):
 class JsonDisplay(Display):
     """NDJSON on `stream` (stdout): one object per record, then one `summary` object."""
 
-    def __init__(self, stats: Stats, console: Console, stream: IO[str]) -> None:
-        super().__init__(stats, console)
+    def __init__(
+        self, stats: Stats, console: Console, stream: IO[str], *, title: str = TITLE
+    ) -> None:
+        super().__init__(stats, console, title=title)
         self.stream = stream
 
     def record(self, record: Record) -> None:

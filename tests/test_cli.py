@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from eventctl.cli import app
 from eventctl.errors import ExitCode
 from tests.conftest import Server, cli_env, free_port, run_cli
 
@@ -257,3 +260,40 @@ def test_logs_are_quiet_by_default_and_json_lines_at_info(sqlite_url: str, tmp_p
     assert all({"ts", "level", "logger", "message"} <= set(entry) for entry in entries)
     access = [e for e in entries if e["logger"] == "uvicorn.access"]
     assert any((e["method"], e["path"], e["status"]) == ("POST", "/event", 200) for e in access)
+
+
+HELP_COMMANDS = [
+    [],
+    ["serve"],
+    ["list-events"],
+    ["tail"],
+    ["stats"],
+    ["propagate"],
+    ["send-once"],
+    ["up"],
+    ["verify"],
+    ["spool"],
+    ["spool", "list"],
+    ["spool", "retry"],
+]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "eventctl")
+def test_help_reads_well_at_80_columns(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert re.search(r"<(bool|str|int|float|file|path|list\[)", text) is None, text
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    # a wrapped description continues on a line of its own, indented to its column: that
+    # column must leave the description room (Rich's panels left it about 33 characters)
+    for line in lines:
+        body = line.strip("│ ")
+        if body and not body.startswith("-") and line.startswith(" " * 10):
+            assert 80 - (len(line) - len(line.lstrip("│ "))) >= 44, text
+    for flag in ("-h, --help", "--json", "--quiet", "--follow"):
+        for line in lines:
+            if re.match(rf"\s*{re.escape(flag)}(\s|$)", line):
+                assert re.match(rf"\s*{re.escape(flag)}\s{{2,}}\S", line), line
+    assert not any(line.rstrip().endswith("...") for line in lines if "Usage:" not in line)

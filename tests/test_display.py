@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import unicodedata
 from io import StringIO
+from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
-from eventctl.display import LogDisplay, log_line, render
+from eventctl.display import Display, LogDisplay, log_line, render, summary_lines
 from eventctl.propagator import Record, Stats
 from eventctl.textsafe import json_text, visible
 
+ROOT = Path(__file__).resolve().parent.parent
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 # ESC and CSI sequences (C0 and C1), a bidi override, a zero-width space, the Unicode line and
@@ -100,3 +103,119 @@ def test_log_lines_show_event_types_and_errors_escaped() -> None:
     console = Console(file=StringIO(), width=80, color_system=None)
     LogDisplay(stats, console).record(stats.recent[0])
     assert unsafe_characters(console.file.getvalue()) == []  # type: ignore[attr-defined]
+
+
+def summary_of(**fields: Any) -> dict[str, Any]:
+    """A summary as Stats.summary() makes it: a quiet run of one event, unless overridden."""
+    summary: dict[str, Any] = {
+        "endpoint": "http://127.0.0.1:8000/event",
+        "elapsed_seconds": 0.2,
+        "generated": 1,
+        "delivered": 1,
+        "failed": 0,
+        "pending": 0,
+        "attempts": 1,
+        "replayed": 0,
+        "skipped_ticks": 0,
+        "resent": 0,
+        "latency_p50_ms": 3.217,
+        "latency_p99_ms": 3.217,
+        "achieved_rate": 5.0,
+        "lateness_p50_ms": 0.1,
+        "lateness_p99_ms": 0.1,
+        "cpu_per_event_us": 137785.8,
+    }
+    return {**summary, **fields}
+
+
+def test_a_quiet_run_has_no_cpu_per_event_and_singular_words() -> None:
+    lines = summary_lines(summary_of())
+    assert lines == [
+        "eventctl propagate: 1 sent, 1 delivered, 0 failed, 0 pending in 0.2s "
+        "(1 attempt, 0 replayed, 0 ticks skipped)",
+        "latency p50 3.2 ms, p99 3.2 ms",
+    ]
+
+
+def test_a_fast_long_run_shows_rate_lateness_and_cpu_per_event() -> None:
+    summary = summary_of(
+        generated=2000, delivered=2000, attempts=2001, skipped_ticks=1, elapsed_seconds=10.0,
+        achieved_rate=200.0, lateness_p99_ms=1.5, cpu_per_event_us=151.26,
+    )  # fmt: skip
+    assert summary_lines(summary) == [
+        "eventctl propagate: 2000 sent, 2000 delivered, 0 failed, 0 pending in 10.0s "
+        "(2001 attempts, 0 replayed, 1 tick skipped)",
+        "latency p50 3.2 ms, p99 3.2 ms; achieved 200.0/s, lateness p99 1.5 ms; CPU 151.3 µs/event",
+    ]
+    slow = {**summary, "elapsed_seconds": 2000.0, "achieved_rate": 1.0}
+    assert "CPU" not in summary_lines(slow)[1]
+
+
+def test_no_latency_is_a_dash_without_a_unit() -> None:
+    summary = summary_of(
+        generated=0, delivered=0, attempts=0, latency_p50_ms=None, latency_p99_ms=None,
+        achieved_rate=0.0, lateness_p50_ms=None, lateness_p99_ms=None, cpu_per_event_us=None,
+    )  # fmt: skip
+    assert summary_lines(summary)[1] == "latency p50 -, p99 -"
+
+
+def test_a_spool_retry_summary_has_its_own_title_and_no_achieved_rate() -> None:
+    summary = summary_of(generated=0, resent=3, delivered=3, attempts=3, achieved_rate=0.0)
+    first, second = summary_lines(summary, title="eventctl spool retry")
+    assert first.startswith("eventctl spool retry: 0 sent, 3 resent from the spool, 3 delivered")
+    assert "achieved" not in second
+    console = Console(file=StringIO(), width=80, color_system=None)
+    Display(Stats("http://x/event", 1.0, 1), console, title="eventctl spool retry").summary(summary)
+    assert console.file.getvalue().startswith("eventctl spool retry: ")  # type: ignore[attr-defined]
+
+
+def rendered(stats: Stats, now: float) -> str:
+    console = Console(file=StringIO(), width=80, color_system=None)
+    console.print(render(stats, now))
+    return console.file.getvalue()  # type: ignore[attr-defined, no-any-return]
+
+
+def test_the_live_view_shows_no_rate_before_two_intervals() -> None:
+    stats = Stats("http://127.0.0.1:8000/event", 1.0, 100, started_at=10.0)
+    stats.generated = 1
+    assert "achieved" not in rendered(stats, 10.001)
+    assert "rate     -   lateness p99 -" in rendered(stats, 10.001)
+    stats.generated = 3
+    assert "1.5/s achieved" in rendered(stats, 12.0)
+
+
+README_TYPES = ["order.created", "invoice.paid", "heartbeat", "order.created", "user.signed_up"]
+
+
+def readme_stats() -> Stats:
+    """The run the README shows: `eventctl up --interval 1`, six events, 5.6 s in."""
+    stats = Stats("http://127.0.0.1:8000/event", 1.0, 100, started_at=100.0)
+    latencies = [0.0098, 0.0060, 0.0052, 0.0055, 0.0047, 0.0050]
+    types = [*README_TYPES, "payment.succeeded"]
+    for i, (event_type, latency) in enumerate(zip(types, latencies, strict=True)):
+        record = Record("delivered", f"id{i}", event_type, 1, 100.0 + i, 200, latency=latency)
+        stats.recent.append(record)
+        stats.latencies.append(latency)
+        stats.lateness.append(0.0004 + i * 0.0001)
+        stats.last = record
+    stats.generated = stats.delivered = stats.attempts = len(types)
+    stats.finished_at = 105.6
+    return stats
+
+
+def readme_block(text: str, first: str) -> list[str]:
+    """The lines of the first sample in `text` starting with `first`, up to its code fence."""
+    lines = text.split(first, 1)[1].split("\n```", 1)[0]
+    return (first + lines).splitlines()
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/cli.md"])
+def test_the_sample_panel_and_summary_are_what_the_tool_draws(doc: str) -> None:
+    stats = readme_stats()
+    panel = [line.rstrip() for line in rendered(stats, 105.0).splitlines()]
+    summary = summary_lines(stats.summary(105.6))
+    text = (ROOT / doc).read_text()
+    sample = readme_block(text, "╭─ eventctl propagate")
+    assert sample[: len(panel)] == panel
+    after = [line for line in sample[len(panel) :] if line != "^C"]
+    assert after[:2] == summary

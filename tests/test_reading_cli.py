@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def test_stats_counts_and_rates(filled: str) -> None:
     assert len(report["per_minute"]) == 60
     table = run_cli("stats", "--database-url", filled)
     assert "order" in table.stdout
-    assert "per minute, last 60 min:" in table.stdout
+    assert "per minute, last 60 min (peak" in table.stdout
     empty = run_cli("stats", "--database-url", filled, "--since", "2999-01-01T00:00:00Z")
     assert "No events since" in empty.stderr
 
@@ -151,8 +152,12 @@ def test_the_table_fits_an_80_column_terminal_without_losing_id_or_type(sqlite_u
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
     row = next(line for line in lines if "shipment.dispatched" in line)
-    assert row.split("│")[1].strip() == "1"
-    assert '{"order_id": "ord_' in row
+    assert row.split()[0] == "1"
+    # the payload gets the rest of the line: 80 less id, time, type and the gaps
+    payload = row.split("shipment.dispatched", 1)[1].strip()
+    assert payload.startswith('{"order_id": "ord_5531", "no')
+    assert payload.endswith("…")
+    assert len(row) >= 79
 
 
 @pytest.fixture
@@ -193,7 +198,7 @@ def test_the_table_shows_event_data_escaped(hostile: str) -> None:
     row = next(line for line in out.splitlines() if "evil" in line)
     assert "evil\\x1b[2J\\x9b31m\\u202e\\u2028" in row
     assert HOSTILE_SHOWN in row
-    assert len(out.splitlines()) == 6  # title, three border lines, header, one row
+    assert len(out.splitlines()) == 4  # title, header, the line under it, one row
 
 
 def test_json_and_ndjson_keep_the_values_with_c1_and_separators_escaped(hostile: str) -> None:
@@ -229,3 +234,83 @@ def test_stats_shows_event_types_escaped_and_json_keeps_them(hostile: str) -> No
     assert "\\u009b" in as_json
     assert "\\u2028" in as_json
     assert json.loads(as_json)["types"][0]["event_type"] == "evil\x1b[2J\x9b31m\u202e\u2028"
+
+
+def test_follow_prints_new_rows_under_the_one_header(filled: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eventctl", "list-events", "--database-url", filled,
+         "--limit", "2", "--follow"],
+        cwd=ROOT, env=cli_env(COLUMNS="80", TERM="dumb"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for name in ("late-1", "late-2"):
+        time.sleep(1.5)
+        store = Store.open(filled)
+        store.insert([Incoming(name, Event("late", name), datetime.now(UTC))])
+        store.close()
+    time.sleep(1.5)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["2", "id", "─" * 80, "29", "30", "31", "32"]
+    assert len({line.index("payload ") for line in lines[3:5]}) == 1
+    assert len({line.index("late") for line in lines[5:]}) == 1
+    assert max(len(line) for line in lines) <= 80
+
+
+def test_the_stats_sparkline_fits_80_columns(filled: str) -> None:
+    result = run_cli("stats", "--database-url", filled, env=cli_env(COLUMNS="80", TERM="dumb"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[-2] == "per minute, last 60 min (peak 1/min, total 30):"
+    assert len(lines[-1]) == 60
+    assert set(lines[-1]) <= set(sparkline([0, 1]))
+
+
+def many(sqlite_url: str) -> str:
+    store = Store.open(sqlite_url, create=True)
+    now = datetime.now(UTC)
+    store.insert([Incoming(f"e{i}", Event("bulk", "x" * 100), now) for i in range(2000)])
+    store.close()
+    return sqlite_url
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list-events", "--limit", "2000", "--output", "ndjson"],
+        ["list-events", "--limit", "2000", "--output", "csv"],
+        ["list-events", "--limit", "2000", "--json"],
+        ["list-events", "--limit", "2000"],
+        ["stats"],
+        ["stats", "--json"],
+    ],
+    ids=" ".join,
+)
+def test_a_closed_stdout_exits_0_quietly(sqlite_url: str, args: list[str]) -> None:
+    """`eventctl ... | head -1`: the reader goes away after one line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eventctl", *args, "--database-url", many(sqlite_url)],
+        cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.readline()
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=30) == 0, err
+    assert err == ""
+
+
+def test_a_stdout_closed_from_the_start_exits_0_quietly(sqlite_url: str) -> None:
+    read, write = os.pipe()
+    os.close(read)
+    result = subprocess.run(
+        [sys.executable, "-m", "eventctl", "stats", "--json", "--database-url", many(sqlite_url)],
+        cwd=ROOT, env=cli_env(), stdout=write, stderr=subprocess.PIPE, timeout=60, check=False,
+    )  # fmt: skip
+    os.close(write)
+    assert (result.returncode, result.stderr) == (0, b"")
