@@ -44,9 +44,11 @@ from eventctl.openapi import (
     LIST_PARAMETERS,
     MAX_PAGE,
     MAX_ROW_ID,
+    SUMMARY_PARAMETERS,
+    SummaryLimits,
     document,
 )
-from eventctl.store import Incoming, Store
+from eventctl.store import Incoming, Store, iso
 from eventctl.stream import event_stream
 from eventctl.timefmt import parse_since
 from eventctl.writer import Overloaded, Writer
@@ -528,6 +530,40 @@ def _read_routes(store: Store) -> list[Route]:
             start_after = await anyio.to_thread.run_sync(store.last_id)
         return await event_stream(request, store, start_after)
 
+    async def summary(request: Request) -> Response:
+        params = request.query_params
+        allowed = {parameter["name"] for parameter in SUMMARY_PARAMETERS}
+        if unknown := sorted(set(params) - allowed):
+            raise_bad_parameter(
+                unknown[0], f"is not a parameter (use {', '.join(sorted(allowed))})"
+            )
+        limits = SummaryLimits
+        window = params.get("window", str(limits.window))
+        window_seconds = _int_parameter(window, "window", 1, limits.max_window)
+        bucket = _int_parameter(
+            params.get("bucket", str(limits.bucket)), "bucket", 1, limits.max_bucket
+        )
+        top = _int_parameter(params.get("top", str(limits.top)), "top", 1, limits.max_top)
+        buckets = -(-window_seconds // bucket)
+        last_start = int(time.time()) // bucket * bucket
+        start = datetime.fromtimestamp(last_start - (buckets - 1) * bucket, UTC)
+        found = await anyio.to_thread.run_sync(
+            lambda: store.summary(start=start, bucket_seconds=bucket, buckets=buckets)
+        )
+        return JSONResponse(
+            {
+                "total": sum(n for _, n in found.types),
+                "last_id": found.last_id,
+                "type_count": len(found.types),
+                "types": [{"event_type": kind, "count": n} for kind, n in found.types[:top]],
+                "series": {
+                    "start": iso(start),
+                    "bucket_seconds": bucket,
+                    "counts": found.buckets,
+                },
+            }
+        )
+
     async def get_event(request: Request) -> Response:
         event_id = _text_parameter(request.path_params["event_id"], "event_id")
         event = await anyio.to_thread.run_sync(store.event, event_id)
@@ -541,10 +577,22 @@ def _read_routes(store: Store) -> list[Route]:
     async def index(request: Request) -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers=page_headers)
 
+    icon = (resources.files("eventctl") / "web" / "favicon.svg").read_bytes()
+    icon_headers = {
+        "Cache-Control": "public, max-age=86400",
+        "Content-Security-Policy": "default-src 'none'",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+    async def favicon(request: Request) -> Response:
+        return Response(icon, media_type="image/svg+xml", headers=icon_headers)
+
     return [
         Route("/", index, methods=["GET"]),
+        Route("/favicon.svg", favicon, methods=["GET"]),
         Route("/events", list_events, methods=["GET"]),
         Route("/events/stream", stream, methods=["GET"]),
+        Route("/events/summary", summary, methods=["GET"]),
         Route("/events/{event_id:path}", get_event, methods=["GET"]),
     ]
 
@@ -557,11 +605,13 @@ def _inline_hashes(page: bytes, tag: bytes) -> str:
 
 
 def page_security_headers(page: bytes) -> dict[str, str]:
-    """The web page may run its own inline script and style, and talk to this origin only."""
+    """The web page may run its own inline script and style, show this origin's images (its
+    favicon), and talk to this origin only."""
     policy = (
         "default-src 'none'",
         f"script-src {_inline_hashes(page, b'script')}",
         f"style-src {_inline_hashes(page, b'style')}",
+        "img-src 'self'",
         "connect-src 'self'",
         "base-uri 'none'",
         "form-action 'none'",

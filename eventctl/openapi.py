@@ -189,6 +189,88 @@ LIST_PARAMETERS: list[Schema] = [
 ]
 
 
+class SummaryLimits:
+    """Defaults and maxima of GET /events/summary: the window and bucket in seconds, and
+    how many event types are listed. The window is bounded, so the series reads at most a
+    day of the received_at index; at most 86400 buckets are answered."""
+
+    window = 300
+    max_window = 86_400
+    bucket = 1
+    max_bucket = 3_600
+    top = 100
+    max_top = 1_000
+
+
+SUMMARY_PARAMETERS: list[Schema] = [
+    _query(
+        "window",
+        f"seconds of the series, ending now (default {SummaryLimits.window}; rounded up to "
+        "whole buckets)",
+        {"type": "integer", "minimum": 1, "maximum": SummaryLimits.max_window},
+    ),
+    _query(
+        "bucket",
+        f"seconds per bucket of the series (default {SummaryLimits.bucket})",
+        {"type": "integer", "minimum": 1, "maximum": SummaryLimits.max_bucket},
+    ),
+    _query(
+        "top",
+        f"list at most this many event types, most frequent first (default {SummaryLimits.top})",
+        {"type": "integer", "minimum": 1, "maximum": SummaryLimits.max_top},
+    ),
+]
+
+SUMMARY: Schema = {
+    "type": "object",
+    "required": ["total", "last_id", "type_count", "types", "series"],
+    "properties": {
+        "total": {"type": "integer", "minimum": 0, "description": "every stored event"},
+        "last_id": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "the highest row id counted (0 when empty): stream with after=last_id",
+        },
+        "type_count": {"type": "integer", "minimum": 0, "description": "distinct event types"},
+        "types": {
+            "type": "array",
+            "maxItems": SummaryLimits.max_top,
+            "items": {
+                "type": "object",
+                "required": ["event_type", "count"],
+                "properties": {
+                    "event_type": {"type": "string"},
+                    "count": {"type": "integer", "minimum": 1},
+                },
+                "additionalProperties": False,
+            },
+        },
+        "series": {
+            "type": "object",
+            "required": ["start", "bucket_seconds", "counts"],
+            "properties": {
+                "start": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "the first bucket's start (a multiple of bucket_seconds)",
+                },
+                "bucket_seconds": {"type": "integer", "minimum": 1},
+                "counts": {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 0},
+                    "minItems": 1,
+                    "maxItems": SummaryLimits.max_window,
+                    "description": "events received in each bucket, oldest first; the last "
+                    "bucket holds now",
+                },
+            },
+            "additionalProperties": False,
+        },
+    },
+    "additionalProperties": False,
+}
+
+
 class Spec:
     """What the document says of one server: its config and credentials decide the details."""
 
@@ -329,6 +411,21 @@ class Spec:
             "responses": answers.render(),
         }
 
+    def summary(self) -> dict[str, Any]:
+        ok = _json_ok("totals, per-type counts and a time series, from one snapshot", SUMMARY)
+        answers = self._answers(ok)
+        answers.add(400, "invalid_parameter")
+        answers.add(503, "database_unavailable")
+        return {
+            "summary": "Counts over every stored event, and per bucket of a recent window",
+            "parameters": SUMMARY_PARAMETERS,
+            "responses": answers.render(),
+        }
+
+    def favicon(self) -> dict[str, Any]:
+        ok = _text_ok("the web page's icon", "image/svg+xml")
+        return {"summary": "The web page's icon", "responses": self._answers(ok).render()}
+
     def get_event(self) -> dict[str, Any]:
         answers = self._answers(_json_ok("the event", STORED_EVENT))
         answers.add(400, "invalid_parameter")
@@ -427,6 +524,8 @@ OPERATIONS: dict[tuple[str, str], Callable[[Spec], dict[str, Any]]] = {
     ("GET", "/events"): Spec.list_events,
     ("GET", "/events/{event_id:path}"): Spec.get_event,
     ("GET", "/events/stream"): Spec.stream,
+    ("GET", "/events/summary"): Spec.summary,
+    ("GET", "/favicon.svg"): Spec.favicon,
     ("GET", "/"): Spec.index,
     ("GET", "/healthz"): Spec.healthz,
     ("GET", "/readyz"): Spec.readyz,

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -99,6 +99,15 @@ class StoredEvent:
             "event_payload": self.event_payload,
             "received_at": iso(self.received_at),
         }
+
+
+class Summary(NamedTuple):
+    """What Store.summary counts: the highest row id, (event_type, count) most frequent
+    first, and events per bucket of the window, oldest bucket first."""
+
+    last_id: int
+    types: list[tuple[str, int]]
+    buckets: list[int]
 
 
 def iso(moment: datetime) -> str:
@@ -620,6 +629,67 @@ class Store:
             self._current(writer=False)
             rows: list[Any] = list(query)
             return [(kind, n, _as_utc(first), _as_utc(last)) for kind, n, first, last in rows]
+
+    def summary(self, *, start: datetime, bucket_seconds: int, buckets: int) -> Summary:
+        """Counts over the whole table and per time bucket, from one snapshot.
+
+        The per-type counts come from the event_type index (one group per type), the last
+        id from the primary key, and the series from the received_at index over the window
+        only: `buckets` buckets of `bucket_seconds` from `start` (a multiple of
+        `bucket_seconds` in Unix seconds). The three queries run in one read transaction
+        (SQLite: WAL snapshot; PostgreSQL: REPEATABLE READ), so they agree with each other
+        and with `last_id`: a stream from there on misses and repeats nothing."""
+        model = self.model
+        count = peewee.fn.COUNT(peewee.SQL("*"))  # index-only where the database can
+        per_type = (
+            model.select(model.event_type, count)
+            .group_by(model.event_type)
+            .order_by(count.desc(), model.event_type)
+            .tuples()
+        )
+        seconds: Any
+        if self.is_sqlite:
+            seconds = peewee.fn.CAST(
+                peewee.NodeList(
+                    (peewee.fn.strftime("%s", model.received_at), peewee.SQL("AS INTEGER"))
+                )
+            )
+        else:
+            seconds = peewee.fn.CAST(
+                peewee.NodeList(
+                    (
+                        peewee.fn.floor(peewee.fn.date_part("epoch", model.received_at)),
+                        peewee.SQL("AS BIGINT"),
+                    )
+                )
+            )
+        slot = (seconds - int(start.timestamp())) / bucket_seconds
+        end = start + timedelta(seconds=bucket_seconds * buckets)
+        series = (
+            model.select(slot, count)
+            .where((model.received_at >= _naive_utc(start)) & (model.received_at < _naive_utc(end)))
+            .group_by(slot)
+            .tuples()
+        )
+        with self._errors("cannot summarize events"):
+            self._current(writer=False)
+            self._begin()
+            try:
+                if not self.is_sqlite:
+                    self.database.execute_sql(  # type: ignore[no-untyped-call]
+                        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+                    )
+                last = model.select(peewee.fn.MAX(model.id)).scalar()
+                type_rows: list[Any] = list(per_type)
+                slot_rows: list[Any] = list(series)
+            finally:
+                self._rollback()
+        types = [(str(kind), int(n)) for kind, n in type_rows]
+        counts = [0] * buckets
+        for index, n in slot_rows:
+            if 0 <= int(index) < buckets:  # always, as the window is whole buckets
+                counts[int(index)] += int(n)
+        return Summary(int(last or 0), types, counts)
 
     def ids_since(self, since: datetime) -> list[tuple[str, datetime]]:
         """(event_id, received_at) of every row received at or after `since`."""

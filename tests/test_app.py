@@ -338,10 +338,23 @@ async def test_the_page_has_a_strict_content_security_policy(client: httpx.Async
     assert policy["default-src"] == "'none'"
     assert policy["connect-src"] == "'self'"
     assert policy["frame-ancestors"] == "'none'"
+    assert policy["img-src"] == "'self'"  # the favicon, nothing else
     assert "unsafe" not in response.headers["Content-Security-Policy"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+async def test_the_page_names_a_favicon_that_is_served(client: httpx.AsyncClient) -> None:
+    html = (await client.get("/")).text
+    [href] = re.findall(r'<link rel="icon" href="([^"]+)"', html)
+    assert href == "/favicon.svg"
+    icon = await client.get(href)
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/svg+xml"
+    assert icon.content.startswith(b"<svg ")
+    assert icon.headers["Content-Security-Policy"] == "default-src 'none'"
+    assert icon.headers["X-Content-Type-Options"] == "nosniff"
 
 
 async def test_a_trailing_slash_is_404_in_the_error_shape_not_a_redirect(store: Store) -> None:

@@ -1,9 +1,11 @@
-"""GET /events and GET /events/{event_id}: filters, paging, errors; both backends."""
+"""GET /events, GET /events/{event_id} and GET /events/summary: filters, paging, counts,
+errors; both backends."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -164,3 +166,100 @@ async def test_a_read_the_database_cannot_answer_is_503(store: Store) -> None:
         assert answer.status_code == 503, answer.text
         assert answer.json()["code"] == "database_unavailable"
         assert answer.headers["Retry-After"] == "1"
+
+
+def slot(summary: dict[str, Any], moment: datetime) -> int:
+    """The index of the series bucket that holds `moment`."""
+    series = summary["series"]
+    start = datetime.fromisoformat(series["start"])
+    return int((int(moment.timestamp()) - int(start.timestamp())) // series["bucket_seconds"])
+
+
+async def test_the_summary_counts_the_whole_table_and_a_recent_window(store: Store) -> None:
+    now = datetime.now(UTC)
+    recent = [now - timedelta(seconds=s) for s in (5, 5, 5, 100, 250)]
+    records = [
+        Incoming(f"old{i}", Event(f"t{i % 3}", "x"), now - timedelta(hours=2, seconds=i))
+        for i in range(1200)
+    ] + [Incoming(f"new{i}", Event("t9", "x"), at) for i, at in enumerate(recent)]
+    store.insert(records)
+    async with in_process(create_app(ConsumerConfig(), store)) as client:
+        response = await client.get("/events/summary")
+        minutes = await client.get("/events/summary", params={"window": 600, "bucket": 60})
+        top = await client.get("/events/summary", params={"top": 2})
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert summary["total"] == 1205 == store.count()
+    assert summary["last_id"] == store.last_id()
+    assert summary["type_count"] == 4
+    assert summary["types"] == [
+        {"event_type": "t0", "count": 400},
+        {"event_type": "t1", "count": 400},
+        {"event_type": "t2", "count": 400},
+        {"event_type": "t9", "count": 5},
+    ]
+    series = summary["series"]
+    assert series["bucket_seconds"] == 1
+    assert len(series["counts"]) == 300
+    assert sum(series["counts"]) == 5  # the two-hour-old events are outside the window
+    expected = [0] * 300
+    for at in recent:
+        expected[slot(summary, at)] += 1
+    assert series["counts"] == expected
+    start = datetime.fromisoformat(series["start"])
+    assert start.timestamp() % 1 == 0
+    assert timedelta(seconds=298) < now - start < timedelta(seconds=301)
+
+    by_minute = minutes.json()["series"]
+    assert (by_minute["bucket_seconds"], len(by_minute["counts"])) == (60, 10)
+    assert datetime.fromisoformat(by_minute["start"]).timestamp() % 60 == 0
+    assert sum(by_minute["counts"]) == 5
+    assert by_minute["counts"][slot(minutes.json(), recent[0])] >= 3
+
+    assert [t["event_type"] for t in top.json()["types"]] == ["t0", "t1"]
+    assert (top.json()["total"], top.json()["type_count"]) == (1205, 4)
+
+
+async def test_the_summary_of_an_empty_table(store: Store) -> None:
+    async with in_process(create_app(ConsumerConfig(), store)) as client:
+        response = await client.get("/events/summary", params={"window": "7", "bucket": "3"})
+    body = response.json()
+    assert (body["total"], body["last_id"], body["type_count"], body["types"]) == (0, 0, 0, [])
+    assert body["series"]["counts"] == [0, 0, 0]  # 7 s rounded up to whole 3 s buckets
+
+
+async def test_the_summary_is_not_an_event_id(client: httpx.AsyncClient) -> None:
+    response = await client.get("/events/summary")
+    assert response.status_code == 200
+    assert response.json()["total"] == 30
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"window": "0"}, "window"),
+        ({"window": "86401"}, "window"),
+        ({"window": "1.5"}, "window"),
+        ({"bucket": "0"}, "bucket"),
+        ({"bucket": "3601"}, "bucket"),
+        ({"top": "1001"}, "top"),
+        ({"top": "\u00b2"}, "top"),
+        ({"since": "5m"}, "since"),
+    ],
+)
+async def test_bad_summary_parameters_are_400(
+    client: httpx.AsyncClient, params: dict[str, str], name: str
+) -> None:
+    response = await client.get("/events/summary", params=params)
+    assert response.status_code == 400
+    body = response.json()
+    assert (body["code"], body["errors"][0]["field"]) == ("invalid_parameter", name)
+    assert body["message"].startswith(name)
+
+
+async def test_a_summary_the_database_cannot_answer_is_503(store: Store) -> None:
+    async with in_process(create_app(ConsumerConfig(), store)) as client:
+        store.database.drop_tables([store.model])
+        response = await client.get("/events/summary")
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "database_unavailable"
