@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
+import typer.core
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -42,11 +44,76 @@ from eventctl.timefmt import parse_duration, parse_since
 if TYPE_CHECKING:
     from eventctl.store import StoredEvent
 
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+OUTPUTS = ("table", "json", "ndjson", "csv")
+
+
+def _metavar(option: typer.core.TyperOption) -> str:
+    """A short capitalised name for an option's value, from its name and type."""
+    name = option.name or ""
+    kind = option.type_descriptor
+    if kind.is_path or kind.is_file or name in ("config", "spool", "file"):
+        return "PATH"
+    if name.endswith("_file"):
+        return "PATH"
+    if name in ("endpoint", "database_url"):
+        return "URL"
+    if name == "port":
+        return "PORT"
+    if name in ("interval", "keep_alive") or "seconds" in name or "timeout" in name:
+        return "SECONDS"
+    annotation = kind.annotation
+    return {int: "N", float: "NUMBER"}.get(annotation, "TEXT")
+
+
+def _plain_help(command: Any) -> None:
+    """Click's plain help for `command` and its sub-commands (Rich's panels squeeze the
+    descriptions into a narrow column at 80 columns), with a metavar on every option that
+    takes a value and none on flags (Typer would show `<bool>`, `<str>`, `<list[str]>`)."""
+    if isinstance(command, typer.core.TyperCommand | typer.core.TyperGroup):
+        command.rich_markup_mode = None
+    for param in command.params:
+        if isinstance(param, typer.core.TyperOption) and not param.is_flag:
+            param.metavar = param.metavar or _metavar(param)
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+
+
+class EventctlGroup(typer.core.TyperGroup):
+    """The root command: plain help that reads at 80 columns, and shell completion that
+    takes both orders of the instruction (Typer's `source_bash`, Click's `bash_source`)."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        _plain_help(self)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        # Click cuts each command's line at the terminal width with "..."; wrap it instead
+        rows = [
+            (name, command.get_short_help_str(limit=1000))
+            for name, command in self.commands.items()
+            if not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def _main_shell_completion(
+        self, ctx_args: Any, prog_name: str, complete_var: str | None = None
+    ) -> None:
+        var = complete_var or f"_{prog_name}_COMPLETE".replace("-", "_").upper()
+        shell, _, instruction = os.environ.get(var, "").partition("_")
+        if shell in SHELLS and instruction in ("source", "complete"):
+            os.environ[var] = f"{instruction}_{shell}"
+        super()._main_shell_completion(ctx_args, prog_name, complete_var)
+
+
 app = typer.Typer(
     name="eventctl",
+    cls=EventctlGroup,
     help="Fire events at an HTTP endpoint, and catch, validate and store them.",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -60,8 +127,26 @@ def _fail(message: str, code: ExitCode) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _stdout_is_devnull() -> bool:
+    try:
+        out, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError):
+        return False
+    return (out.st_dev, out.st_ino) == (null.st_dev, null.st_ino)
+
+
+def _reader_went_away() -> typer.Exit:
+    """Exit 0 quietly: whoever read stdout (`| head -1`) has all it wanted. What is still
+    buffered goes to /dev/null, so the flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return typer.Exit(ExitCode.OK)
+
+
 def guarded(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn domain errors into one line on stderr and the error's exit code."""
+    """Turn domain errors into one line on stderr and the error's exit code, and a closed
+    stdout into a quiet exit 0."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -69,6 +154,13 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except EventctlError as exc:
             raise _fail(str(exc), exc.exit_code) from None
+        except BrokenPipeError:
+            raise _reader_went_away() from None
+        except SystemExit as exc:
+            # Rich's Console answers a closed stdout by pointing it at /dev/null and exiting 1
+            if exc.code == 1 and _stdout_is_devnull():
+                raise _reader_went_away() from None
+            raise
 
     return wrapper
 
@@ -103,6 +195,30 @@ DatabaseUrlOption = Annotated[
 ]
 
 
+def _complete_log_levels(incomplete: str) -> list[str]:
+    return [level for level in LOG_LEVELS if level.startswith(incomplete)]
+
+
+def _complete_outputs(incomplete: str) -> list[str]:
+    return [output for output in OUTPUTS if output.startswith(incomplete)]
+
+
+def _complete_event_types(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The event types in the propagator's events file (send-once's --config and
+    --events-file, when given before); nothing when it cannot be read."""
+    own = ctx.command.name == "send-once"
+    try:
+        cfg = propagator_config(
+            ctx.params.get("config") if own else None,
+            events_file=ctx.params.get("events_file") if own else None,
+        )
+        events = load_events_file(Path(cfg.events_file)).as_written()
+    except (EventctlError, OSError):
+        return []
+    types = dict.fromkeys(e.event_type for e in events)
+    return [t for t in types if t.startswith(incomplete)]
+
+
 def consumer_config(config: Path | None, **overrides: Any) -> ConsumerConfig:
     return load_config(
         ConsumerConfig,
@@ -118,7 +234,7 @@ def consumer_config(config: Path | None, **overrides: Any) -> ConsumerConfig:
 def serve_command(
     config: ConfigOption = None,
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on (default: 127.0.0.1)")
+        str | None, typer.Option(help="Address to listen on (default: 127.0.0.1)", metavar="HOST")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default: 8000)")] = None,
     database_url: DatabaseUrlOption = None,
@@ -127,7 +243,11 @@ def serve_command(
     ] = None,
     log_level: Annotated[
         str | None,
-        typer.Option(help=f"Server log level: {', '.join(LOG_LEVELS)} (default: warning)"),
+        typer.Option(
+            help=f"Server log level: {', '.join(LOG_LEVELS)} (default: warning)",
+            metavar="LEVEL",
+            autocompletion=_complete_log_levels,
+        ),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Worker processes sharing the port (default: 1)")
@@ -147,7 +267,9 @@ def serve_command(
     ] = None,
     commit_max_wait_ms: Annotated[
         float | None,
-        typer.Option(help="Wait this long for more events before a commit (default: 0)"),
+        typer.Option(
+            help="Wait this long for more events before a commit (default: 0)", metavar="MS"
+        ),
     ] = None,
     max_queued_events: Annotated[
         int | None,
@@ -158,7 +280,8 @@ def serve_command(
         typer.Option(help="Fault drill: refuse this share (0-1) of ingest requests (default: 0)"),
     ] = None,
     fail_status: Annotated[
-        int | None, typer.Option(help="Fault drill: status of the refusals (default: 503)")
+        int | None,
+        typer.Option(help="Fault drill: status of the refusals (default: 503)", metavar="STATUS"),
     ] = None,
     latency: Annotated[
         str | None,
@@ -192,7 +315,8 @@ def serve_command(
         int | None, typer.Option(help="Open connections per worker before 503 (default: 1000)")
     ] = None,
     allowed_hosts: Annotated[
-        str | None, typer.Option(help="Comma-separated Host names accepted besides loopback")
+        str | None,
+        typer.Option(help="Comma-separated Host names accepted besides loopback", metavar="NAMES"),
     ] = None,
 ) -> None:
     """Run the Event Consumer: accept events on POST /event and store them."""
@@ -228,7 +352,6 @@ def serve_command(
     serve(cfg, listen(cfg.host, cfg.port), Console(stderr=True, highlight=False))
 
 
-OUTPUTS = ("table", "json", "ndjson", "csv")
 FOLLOW_POLL_SECONDS = 1.0
 
 
@@ -249,19 +372,35 @@ def list_events(
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many events.")] = 20,
     event_types: Annotated[
         list[str] | None,
-        typer.Option("--type", help="Only events of this event_type (repeatable)."),
+        typer.Option(
+            "--type",
+            help="Only events of this event_type (repeatable).",
+            metavar="TYPE",
+            autocompletion=_complete_event_types,
+        ),
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option(help="Only events received since an ISO time or an age (10m, 2h, 1d)."),
+        typer.Option(
+            help="Only events received since an ISO time or an age (10m, 2h, 1d).",
+            metavar="WHEN",
+        ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="Only events received before an ISO time or an age.")
+        str | None,
+        typer.Option(help="Only events received before an ISO time or an age.", metavar="WHEN"),
     ] = None,
     q: Annotated[
         str | None, typer.Option("--q", help="Only events whose payload contains this text.")
     ] = None,
-    output: Annotated[str, typer.Option(help=f"Output format: {', '.join(OUTPUTS)}.")] = "table",
+    output: Annotated[
+        str,
+        typer.Option(
+            help=f"Output format: {', '.join(OUTPUTS)}.",
+            metavar="FORMAT",
+            autocompletion=_complete_outputs,
+        ),
+    ] = "table",
     as_json: Annotated[bool, typer.Option("--json", help="Same as --output json.")] = False,
     follow: Annotated[
         bool,
@@ -291,8 +430,8 @@ def list_events(
         if not follow:
             _print_events(events, output, filtered=any(filters.values()))
             return
-        _print_events(events[::-1], output, filtered=True, quiet=True)
-        _follow(store, filters, events[0].id if events else 0, output)
+        layout = _print_events(events[::-1], output, filtered=True, quiet=True)
+        _follow(store, filters, events[0].id if events else 0, output, layout)
     finally:
         store.close()
 
@@ -304,8 +443,11 @@ def _print_events(
     filtered: bool,
     header: bool = True,
     quiet: bool = False,
-) -> None:
-    """Print events in the order given. `quiet`: no "No events" line for an empty list."""
+    layout: TableLayout | None = None,
+) -> TableLayout | None:
+    """Print events in the order given. `quiet`: no "No events" line for an empty list.
+    A table is laid out by `layout` if given (no title or header then), and the layout it
+    used is returned, so that rows printed later line up under the same header."""
     if output == "json":
         sys.stdout.write(json_text([e.to_json() for e in events], indent=2) + "\n")
     elif output == "ndjson":
@@ -319,15 +461,22 @@ def _print_events(
             writer.writeheader()
         writer.writerows(e.to_json() for e in events)
     elif events:
-        order = "newest first" if events[0].id >= events[-1].id else "oldest first"
         console = Console(highlight=False)
-        console.print(_events_table(events, order, console.width))
+        if layout is None:
+            layout = TableLayout.fit(events, console.width)
+            order = "newest first" if events[0].id >= events[-1].id else "oldest first"
+            console.print(_events_table(events, layout, f"{_count(len(events))}, {order}"))
+        else:
+            console.print(_events_table(events, layout, None))
     elif not quiet:
         typer.echo("No events match." if filtered else "No events yet.", err=True)
     sys.stdout.flush()
+    return layout
 
 
-def _follow(store: Any, filters: dict[str, Any], last_id: int, output: str) -> None:
+def _follow(
+    store: Any, filters: dict[str, Any], last_id: int, output: str, layout: TableLayout | None
+) -> None:
     """Poll the database for rows above `last_id` and print them, oldest first."""
     import time
 
@@ -338,7 +487,9 @@ def _follow(store: Any, filters: dict[str, Any], last_id: int, output: str) -> N
             new = store.events(limit=1000, after_id=last_id, oldest_first=True, **filters)
             if new:
                 last_id = new[-1].id
-                _print_events(new, output, filtered=True, header=False, quiet=True)
+                layout = _print_events(
+                    new, output, filtered=True, header=False, quiet=True, layout=layout
+                )
     except KeyboardInterrupt:
         return
 
@@ -352,7 +503,13 @@ def tail(
         typer.Option(help="The consumer's base URL (default: from the consumer config)"),
     ] = None,
     event_types: Annotated[
-        list[str] | None, typer.Option("--type", help="Only this event_type (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--type",
+            help="Only this event_type (repeatable).",
+            metavar="TYPE",
+            autocompletion=_complete_event_types,
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
 ) -> None:
@@ -455,7 +612,7 @@ def stats(
     config: ConfigOption = None,
     database_url: DatabaseUrlOption = None,
     since: Annotated[
-        str, typer.Option(help="The window: an ISO time or an age (10m, 2h, 1d).")
+        str, typer.Option(help="The window: an ISO time or an age (10m, 2h, 1d).", metavar="WHEN")
     ] = "1h",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -501,12 +658,14 @@ def stats(
         table.add_row(Text(visible(event_type)), str(n), iso(first)[:19], iso(last)[:19])
     console = Console(highlight=False)
     console.print(table)
-    shown = per_minute[-60:]
+    # the sparkline on a line of its own, one character a minute, as many as fit
+    shown = per_minute[-min(60, console.width) :]
     console.print(
-        f"per minute, last {len(shown)} min: {sparkline(shown)}  (peak {max(shown)}/min, "
-        f"total {sum(n for _, n, _, _ in types)})",
+        f"per minute, last {len(shown)} min (peak {max(shown)}/min, "
+        f"total {sum(n for _, n, _, _ in types)}):",
         markup=False,
     )
+    console.print(sparkline(shown), markup=False)
 
 
 StoredEventFields = ("id", "event_id", "event_type", "event_payload", "received_at")
@@ -518,28 +677,60 @@ def _shorten(text: str, width: int = 60) -> str:
     return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
-def _events_table(events: list[StoredEvent], order: str, width: int) -> Table:
+def _count(n: int) -> str:
+    return "1 event" if n == 1 else f"{n} events"
+
+
+RECEIVED_WIDTH = len("2026-11-27T09:20:23.432Z")
+# between two of the four columns: a space of padding and the (blank) divider
+TABLE_GAPS = 3 * 2
+
+
+class TableLayout:
+    """The widths of the list-events table's columns, fitted to the terminal once."""
+
+    def __init__(self, id_width: int, type_width: int, payload_width: int) -> None:
+        self.id_width = id_width
+        self.type_width = type_width
+        self.payload_width = payload_width
+
+    @classmethod
+    def fit(cls, events: list[StoredEvent], width: int) -> TableLayout:
+        # room for ids ten times larger, for the rows --follow prints later
+        id_width = max(len("id"), len(str(max(e.id for e in events))) + 1)
+        longest = max(len(visible(e.event_type)) for e in events)
+        type_width = min(32, max(len("event_type"), longest))
+        # the payload gets what the other columns leave, so a narrow terminal shortens
+        # the payload instead of squeezing the id and type away
+        payload_width = max(12, width - id_width - RECEIVED_WIDTH - type_width - TABLE_GAPS)
+        return cls(id_width, type_width, payload_width)
+
+
+def _events_table(events: list[StoredEvent], layout: TableLayout, title: str | None) -> Table:
+    """The events as a table under a header line, or only the rows when `title` is None."""
     from eventctl.store import iso
 
-    types = [visible(e.event_type) for e in events]
-    id_width = max(len(str(e.id)) for e in events)
-    type_width = min(32, max(len("event_type"), *(len(t) for t in types)))
-    # the payload gets what the other columns and the borders (13 characters) leave, so a
-    # narrow terminal shortens the payload instead of squeezing the id and type away
-    payload_width = max(12, width - id_width - 24 - type_width - 13)
-    table = Table(title=f"{len(events)} events, {order}", title_justify="left")
-    table.add_column("id", justify="right", style="cyan", no_wrap=True, min_width=id_width)
-    table.add_column("received_at (UTC)", no_wrap=True, min_width=24)
-    table.add_column(
-        "event_type", style="bold", no_wrap=True, width=type_width, overflow="ellipsis"
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        show_header=title is not None,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
     )
-    table.add_column("event_payload", no_wrap=True, max_width=payload_width)
-    for event, shown_type in zip(events, types, strict=True):
+    table.add_column("id", justify="right", style="cyan", no_wrap=True, width=layout.id_width)
+    table.add_column("received_at (UTC)", no_wrap=True, width=RECEIVED_WIDTH)
+    table.add_column(
+        "event_type", style="bold", no_wrap=True, width=layout.type_width, overflow="ellipsis"
+    )
+    table.add_column("event_payload", no_wrap=True, width=layout.payload_width)
+    for event in events:
         table.add_row(
             str(event.id),
             iso(event.received_at)[:23] + "Z",
-            Text(shown_type),
-            Text(_shorten(event.event_payload, payload_width)),
+            Text(visible(event.event_type)),
+            Text(_shorten(event.event_payload, layout.payload_width)),
         )
     return table
 
@@ -626,13 +817,17 @@ def propagate(
         int | None, typer.Option(help="Most events unsettled at once (default: 100).")
     ] = None,
     retry_attempts: Annotated[
-        int | None, typer.Option(help="Attempts per event before it fails (default: 8).")
+        int | None, typer.Option(help="Attempts per event before it fails (default: 100).")
     ] = None,
     retry_base_seconds: Annotated[
         float | None, typer.Option(help="First retry delay, doubled each time (default: 0.2).")
     ] = None,
     retry_max_seconds: Annotated[
         float | None, typer.Option(help="Longest retry delay (default: 10).")
+    ] = None,
+    retry_max_elapsed_seconds: Annotated[
+        float | None,
+        typer.Option(help="Seconds an event is retried for, from its first try (default: 120)."),
     ] = None,
     timeout: Annotated[
         float | None, typer.Option(help="Seconds to wait for one answer (default: 5).")
@@ -649,6 +844,12 @@ def propagate(
     ] = None,
     drain: Annotated[
         bool, typer.Option("--drain", help="Only resend what the spool holds as pending; exit.")
+    ] = False,
+    new_run: Annotated[
+        bool,
+        typer.Option(
+            "--new-run", help="Start a new run even if an unfinished one with this --count exists."
+        ),
     ] = False,
     spool: SpoolOption = None,
     spool_max_pending: Annotated[
@@ -682,13 +883,20 @@ def propagate(
         retry_attempts=retry_attempts,
         retry_base_seconds=retry_base_seconds,
         retry_max_seconds=retry_max_seconds,
+        retry_max_elapsed_seconds=retry_max_elapsed_seconds,
         request_timeout_seconds=timeout,
     )
     seconds = _duration(duration)
     events = EventSource([]) if drain else load_events_file(Path(cfg.events_file))
     mode = DisplayMode.choose(quiet=quiet, json_log=json_log, tty=sys.stderr.isatty())
     stats = propagate_events(
-        cfg, events, count=0 if drain else count, duration=seconds, seed=seed, mode=mode
+        cfg,
+        events,
+        count=0 if drain else count,
+        duration=seconds,
+        seed=seed,
+        mode=mode,
+        new_run=new_run,
     )
     if not stats.all_delivered:
         raise typer.Exit(ExitCode.UNDELIVERED)
@@ -739,7 +947,13 @@ def send_once(
     endpoint: EndpointOption = None,
     events_file: EventsFileOption = None,
     event_type: Annotated[
-        str | None, typer.Option("--type", help="event_type of the event to send.")
+        str | None,
+        typer.Option(
+            "--type",
+            help="event_type of the event to send.",
+            metavar="TYPE",
+            autocompletion=_complete_event_types,
+        ),
     ] = None,
     payload: Annotated[
         str | None, typer.Option("--payload", help="event_payload of the event to send.")
@@ -750,7 +964,7 @@ def send_once(
     ] = None,
     idempotency_key: Annotated[
         str | None,
-        typer.Option(help="Send this Idempotency-Key (default: a new UUIDv7)."),
+        typer.Option(help="Send this Idempotency-Key (default: a new UUIDv7).", metavar="KEY"),
     ] = None,
     timeout: Annotated[
         float | None, typer.Option(help="Seconds to wait for the answer (default: 5).")
@@ -965,45 +1179,93 @@ def verify(
         ),
     ] = None,
     database_url: DatabaseUrlOption = None,
+    run_id: Annotated[
+        int | None, typer.Option("--run", help="Check this run (default: the latest).", min=1)
+    ] = None,
+    all_runs: Annotated[
+        bool, typer.Option("--all", help="Check every event in the spool, of every run.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Prove delivery: compare the spool's record with what the database holds."""
+    """Prove delivery: compare the spool's record of a run with what the database holds."""
     from eventctl.spool import Spool, SpoolError
     from eventctl.store import Store
     from eventctl.verify import verify as compare
 
+    if run_id is not None and all_runs:
+        raise typer.BadParameter("give either --run or --all", param_hint="--all")
     pcfg = propagator_config(config, spool_path=spool)
     ccfg = consumer_config(consumer_config_path, database_url=database_url)
     spool_path = Path(pcfg.spool_path)
     if not spool_path.exists():
         raise SpoolError(f"{spool_path}: no spool here; run `eventctl propagate` first")
     opened = Spool.open(spool_path)
-    store = Store.open(ccfg.database_url)
     try:
-        report = compare(opened, store)
+        run = None if run_id is None else opened.run(run_id)
+        if run_id is not None and run is None:
+            known = [r.run_id for r in opened.runs()]
+            shown = f"runs {known[0]} to {known[-1]}" if known else "no runs"
+            raise typer.BadParameter(
+                f"no run {run_id} in {spool_path} ({shown})", param_hint="--run"
+            )
+        store = Store.open(ccfg.database_url)
+        try:
+            report = compare(opened, store, run, all_runs=all_runs)
+        finally:
+            store.close()
     finally:
         opened.close()
-        store.close()
     result = report.to_json()
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        verdict = "OK" if report.ok else "FAILED"
-        typer.echo(
-            f"{verdict}: {result['generated']} generated, {result['acknowledged']} acknowledged, "
-            f"{result['stored']} stored; lost {result['lost']}, duplicated "
-            f"{result['duplicated']}, unexpected {result['unexpected']}, pending "
-            f"{result['pending']}, failed {result['failed']}; latency p50 "
-            f"{result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms"
-        )
-        for kind in ("lost", "duplicated"):
-            for event_id in result[f"{kind}_ids"]:
-                typer.echo(f"  {kind}: {visible(event_id)}")
-    if not report.ok:
+        for line in _verify_lines(report, result, spool_path):
+            typer.echo(line)
+    if report.verdict == "FAILED":
         raise typer.Exit(ExitCode.MISMATCH)
+    if report.verdict == "INCOMPLETE":
+        raise typer.Exit(ExitCode.UNDELIVERED)
+
+
+def _verify_lines(report: Any, result: dict[str, Any], spool_path: Path) -> list[str]:
+    """verify's report: the verdict line, then what is wrong and how to mend it."""
+    if report.run_id is not None:
+        scope = f"run {report.run_id}"
+    else:
+        scope = f"all {report.runs} runs" if report.runs != 1 else "all of the spool"
+    lines = [
+        f"{report.verdict}: {result['generated']} generated, {result['acknowledged']} "
+        f"acknowledged, {result['stored']} stored; lost {result['lost']}, duplicated "
+        f"{result['duplicated']}, pending {result['pending']}, failed {result['failed']}; "
+        f"latency p50 {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms ({scope})"
+    ]
+    for kind in ("lost", "duplicated"):
+        lines += [f"  {kind}: {visible(event_id)}" for event_id in result[f"{kind}_ids"]]
+    if report.failed:
+        lines.append(
+            f"  {report.failed} failed: they are in {spool_path}; "
+            "`eventctl spool retry` resends them"
+        )
+    if report.pending:
+        lines.append(
+            f"  {report.pending} pending: `eventctl propagate --drain` (or the next "
+            "`eventctl propagate`) sends them"
+        )
+    if report.unfinished:
+        lines.append(
+            f"  unfinished: {report.generated} of {report.target} generated; "
+            f"`eventctl propagate --count {report.target}` resumes the run"
+        )
+    if report.other:
+        lines.append(
+            f"  other: {len(report.other)} stored since, not from this spool "
+            "(send-once, curl, other senders); not checked"
+        )
+    return lines
 
 
 def main() -> None:
     """Entry point of the `eventctl` console script and `python -m eventctl`."""
-    app()
+    # one program name however it was started, so completion reads _EVENTCTL_COMPLETE
+    app(prog_name="eventctl")

@@ -131,9 +131,12 @@ class PropagatorConfig:
     )
     events_file: str = _option("events/events.json", None, "JSON list of events to choose from")
     max_in_flight: int = _option(100, _positive, "most events unsettled at once")
-    retry_attempts: int = _option(8, _positive, "attempts per event before it fails")
+    retry_attempts: int = _option(100, _positive, "attempts per event before it fails")
     retry_base_seconds: float = _option(0.2, _positive, "first retry delay, doubled each time")
     retry_max_seconds: float = _option(10.0, _positive, "longest retry delay")
+    retry_max_elapsed_seconds: float = _option(
+        120.0, _positive, "time an event is retried for, from its first attempt"
+    )
     request_timeout_seconds: float = _option(5.0, _positive, "timeout of one request", "--timeout")
     spool_path: str = _option(
         ".eventctl/spool.db", None, "the record of generated events", "--spool"

@@ -39,11 +39,17 @@ RECENT = 8
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter: attempt n waits about base * 2**(n-1), capped."""
+    """Exponential backoff with jitter: attempt n waits about base * 2**(n-1), capped.
 
-    attempts: int = 8
+    An event is retried until `max_elapsed_seconds` have passed since its first attempt
+    (the last attempt falls at that moment) or it has had `attempts` attempts, whichever
+    comes first; with the defaults the time is the limit (about 17 to 30 attempts).
+    """
+
+    attempts: int = 100
     base_seconds: float = 0.2
     max_seconds: float = 10.0
+    max_elapsed_seconds: float = 120.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt `attempt` (from 1): half fixed, half random."""
@@ -223,6 +229,7 @@ class Propagator:
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
         self.stats = Stats(endpoint, interval, max_in_flight)
         self._stop = asyncio.Event()
+        self._abort = asyncio.Event()
         self._sleeper: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -231,6 +238,11 @@ class Propagator:
         self._stop.set()
         if self._sleeper is not None:
             self._sleeper.cancel()
+
+    def abort(self) -> None:
+        """Stop at once: no grace period; what is in flight stays pending in the spool."""
+        self._abort.set()
+        self.stop()
 
     @property
     def stopping(self) -> bool:
@@ -338,7 +350,7 @@ class Propagator:
             await asyncio.wait({everything, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             everything.cancel()
-        if self._tasks:
+        if self._tasks and not self._abort.is_set():
             await self._sleep_until_settled(grace)
         leftover = set(self._tasks)
         for task in leftover:
@@ -350,9 +362,10 @@ class Propagator:
     async def _sleep_until_settled(self, grace: float) -> None:
         everything = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
         timer = asyncio.ensure_future(self.sleep(grace))
-        await asyncio.wait({everything, timer}, return_when=asyncio.FIRST_COMPLETED)
-        timer.cancel()
-        everything.cancel()
+        aborter = asyncio.ensure_future(self._abort.wait())
+        await asyncio.wait({everything, timer, aborter}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (timer, everything, aborter):
+            waiter.cancel()
 
     def _report(self, record: Record) -> None:
         self.stats.last = record
@@ -404,6 +417,7 @@ class Propagator:
 
     async def _deliver(self, event_id: str, event: Event) -> None:
         stats = self.stats
+        deadline = self.clock() + self.policy.max_elapsed_seconds
         try:
             for attempt in range(1, self.policy.attempts + 1):
                 stats.attempts += 1
@@ -418,11 +432,13 @@ class Propagator:
                     return
                 status = record.status
                 retryable = status is None or status >= 500 or status in RETRYABLE_4XX
-                if not retryable or attempt == self.policy.attempts:
+                left = deadline - self.clock()
+                if not retryable or attempt == self.policy.attempts or left <= 0:
                     break
                 delay = retry_after
                 if delay is None:
                     delay = self.policy.delay(attempt, self.jitter_rng)
+                delay = min(delay, left)
                 self._report(record._replace(outcome="retrying", retry_in=delay))
                 stats.retrying += 1
                 try:

@@ -42,7 +42,7 @@ from eventctl.errors import EventctlError, Unavailable
 from eventctl.httpserver import Limits, ServerConfig, fit_connections
 from eventctl.logs import log_config
 from eventctl.propagator import Propagator, RetryPolicy, Stats
-from eventctl.spool import Spool
+from eventctl.spool import Run, Spool
 from eventctl.store import Store, describe_url
 from eventctl.templates import EventSource
 from eventctl.transport import LeanTransport
@@ -220,9 +220,16 @@ async def _propagate(
     seed: int | None,
     mode: DisplayMode,
     spool: Spool,
+    run: Run | None,
 ) -> Stats:
     clock = time.monotonic
     replay = [(entry.event_id, entry.event) for entry in spool.entries("pending")]
+    policy = RetryPolicy(
+        cfg.retry_attempts,
+        cfg.retry_base_seconds,
+        cfg.retry_max_seconds,
+        cfg.retry_max_elapsed_seconds,
+    )
     async with propagator_transport(cfg) as transport:
         propagator = Propagator(
             events,
@@ -230,7 +237,7 @@ async def _propagate(
             transport,
             interval=cfg.interval_seconds,
             timeout=cfg.request_timeout_seconds,
-            policy=RetryPolicy(cfg.retry_attempts, cfg.retry_base_seconds, cfg.retry_max_seconds),
+            policy=policy,
             max_in_flight=cfg.max_in_flight,
             count=count,
             duration=duration,
@@ -243,7 +250,24 @@ async def _propagate(
         )
         display = make_display(mode, propagator.stats, clock())
         propagator.on_record = display.record
-        with _stop_on_signals(propagator.stop), display:
+        if run is not None and run.generated:
+            display.print(
+                f"resuming run {run.run_id} ({run.generated} of "
+                f"{run.target} generated, {len(replay)} pending); --new-run starts afresh"
+            )
+
+        def interrupted() -> None:
+            if propagator.stopping:
+                propagator.abort()
+                return
+            propagator.stop()
+            if propagator.stats.in_flight:
+                display.print(
+                    f"stopping: {propagator.stats.in_flight} in flight get "
+                    f"{GRACE_SECONDS:g}s to settle (Ctrl-C again stops now; they stay pending)"
+                )
+
+        with _on_signals(interrupted), display:
             refresher = asyncio.ensure_future(_refresh(display, clock))
             try:
                 # start-up's objects live for the whole run: keep the collector off them
@@ -252,8 +276,38 @@ async def _propagate(
             finally:
                 refresher.cancel()
             display.refresh(clock())
-        display.summary(stats.summary(clock()))
+        summary = stats.summary(clock())
+        after = None if run is None else spool.run(run.run_id)
+        if after is not None:
+            summary.update(run=after.run_id, run_target=after.target, run_generated=after.generated)
+        display.summary(summary)
+        for line in spool_hints(stats, cfg, after):
+            display.print(line)
     return stats
+
+
+def spool_hints(stats: Stats, cfg: PropagatorConfig, run: Run | None) -> list[str]:
+    """After the summary: where undelivered events are and the command that sends them."""
+    hints = []
+    where = f"the spool ({cfg.spool_path})"
+    if stats.pending_at_exit:
+        hints.append(
+            f"{stats.pending_at_exit} pending events stay in {where} and are sent first by the "
+            "next `eventctl propagate` (or now, alone: `eventctl propagate --drain`)"
+        )
+    if stats.failed:
+        hints.append(
+            f"{stats.failed} failed events stay in {where}: `eventctl spool list` shows them, "
+            "`eventctl spool retry` resends them (each was retried for up to "
+            f"{cfg.retry_max_elapsed_seconds:g}s or {cfg.retry_attempts} attempts; "
+            "--retry-max-elapsed-seconds waits longer)"
+        )
+    if run is not None and run.target is not None and run.generated < run.target:
+        hints.append(
+            f"run {run.run_id}: {run.generated} of {run.target} events generated; "
+            f"`eventctl propagate --count {run.target}` resumes it"
+        )
+    return hints
 
 
 def propagator_transport(cfg: PropagatorConfig) -> httpx.AsyncBaseTransport:
@@ -272,11 +326,11 @@ async def _refresh(display: Display, clock: Callable[[], float]) -> None:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+def _on_signals(handler: Callable[[], None]) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
-        loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(sig, handler)
     try:
         yield
     finally:
@@ -300,14 +354,32 @@ def propagate_events(
     duration: float | None,
     seed: int | None,
     mode: DisplayMode,
+    new_run: bool = False,
 ) -> Stats:
     """Resend what the spool holds as pending, then run the propagator until Ctrl-C/SIGTERM,
-    `count` or `duration` (count=0: only resend); show it on `mode`."""
+    `count` or `duration` (count=0: only resend); show it on `mode`.
+
+    Events are generated in a run (see spool.py): with `count`, the latest run when it is
+    unfinished with the same count, endpoint and events file (unless `new_run`), which then
+    generates only what it is missing."""
     spool = Spool.open(Path(cfg.spool_path))
     try:
+        run = None
+        if count != 0:
+            events_file = str(Path(cfg.events_file).resolve())
+            run, resumed = spool.begin_run(count, cfg.api_endpoint, events_file, new=new_run)
+            if resumed and count is not None:
+                count = max(count - run.generated, 0)
         return _run_async(
             _propagate(
-                cfg, events, count=count, duration=duration, seed=seed, mode=mode, spool=spool
+                cfg,
+                events,
+                count=count,
+                duration=duration,
+                seed=seed,
+                mode=mode,
+                spool=spool,
+                run=run,
             )
         )
     finally:
@@ -324,6 +396,7 @@ def run_up(
     duration: float | None,
     seed: int | None,
     mode: DisplayMode,
+    new_run: bool = False,
 ) -> Stats:
     """The consumer on `sock` in a background thread, the propagator in front, both stopped
     together; the port is free again when this returns."""
@@ -355,6 +428,7 @@ def run_up(
             duration=duration,
             seed=seed,
             mode=mode,
+            new_run=new_run,
         )
     finally:
         server.should_exit = True

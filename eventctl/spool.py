@@ -4,6 +4,10 @@ Every event is written here (pending) before its first send, and marked delivere
 when it settles, so a propagator that stops or is killed resends what is still pending, with
 the same ids, on its next run; `eventctl verify` compares this record with the database.
 It uses the standard library's sqlite3: it is a private queue, not the events store.
+
+Each `propagate` that generates events does so in a *run* (an id, its `--count` target,
+endpoint and events file, a start time); every event remembers its run, so `verify` can
+check one run, and a run killed before its target is resumed rather than begun again.
 """
 
 from __future__ import annotations
@@ -29,7 +33,23 @@ CREATE TABLE IF NOT EXISTS spool (
     last_result TEXT
 );
 CREATE INDEX IF NOT EXISTS spool_state ON spool (state, created_at);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target INTEGER,
+    endpoint TEXT NOT NULL,
+    events_file TEXT NOT NULL,
+    started_at REAL NOT NULL
+);
 """
+# spools written before runs existed lack the column; their events belong to no run
+RUN_COLUMN = "ALTER TABLE spool ADD COLUMN run_id INTEGER REFERENCES runs (run_id)"
+RUN_INDEX = "CREATE INDEX IF NOT EXISTS spool_run ON spool (run_id, state)"
+RUN_SELECT = (
+    "SELECT r.run_id, r.target, r.endpoint, r.events_file, r.started_at, "
+    "(SELECT count(*) FROM spool s WHERE s.run_id = r.run_id), "
+    "(SELECT count(*) FROM spool s WHERE s.run_id = r.run_id AND s.state = 'pending') "
+    "FROM runs r"
+)
 
 
 class SpoolError(EventctlError):
@@ -48,6 +68,24 @@ class Entry(NamedTuple):
     settled_at: float | None
     attempts: int
     last_result: str | None
+    run_id: int | None
+
+
+class Run(NamedTuple):
+    """One `propagate` run: what it was asked for, and how far it got."""
+
+    run_id: int
+    target: int | None
+    endpoint: str
+    events_file: str
+    started_at: float
+    generated: int
+    pending: int
+
+    @property
+    def unfinished(self) -> bool:
+        """Short of its target, or with events still pending (None: no target, never)."""
+        return self.target is not None and (self.generated < self.target or self.pending > 0)
 
 
 class Spool:
@@ -61,6 +99,7 @@ class Spool:
         self.connection = connection
         self.path = path
         self.pending_count = self._count("pending")
+        self.run_id: int | None = None
         self._settled: list[tuple[str, float, int, str, str]] = []
 
     @classmethod
@@ -72,6 +111,10 @@ class Spool:
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=5000")
             connection.executescript(SCHEMA)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(spool)")}
+            if "run_id" not in columns:
+                connection.execute(RUN_COLUMN)
+            connection.execute(RUN_INDEX)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
         return cls(connection, path)
@@ -82,7 +125,7 @@ class Spool:
         ).fetchone()
         return int(n)
 
-    def _commit(self, inserts: list[tuple[str, str, str, float]]) -> None:
+    def _commit(self, inserts: list[tuple[str, str, str, float, int | None]]) -> None:
         """One transaction: the new events and every settlement noted since."""
         settled, self._settled = self._settled, []
         try:
@@ -90,7 +133,7 @@ class Spool:
                 self.connection.execute("BEGIN")
                 self.connection.executemany(
                     "INSERT INTO spool (event_id, event_type, event_payload, state, "
-                    "created_at) VALUES (?, ?, ?, 'pending', ?)",
+                    "created_at, run_id) VALUES (?, ?, ?, 'pending', ?, ?)",
                     inserts,
                 )
                 self.connection.executemany(
@@ -106,9 +149,11 @@ class Spool:
         self.add_many([(event_id, event)], created_at)
 
     def add_many(self, events: list[tuple[str, Event]], created_at: float | None = None) -> None:
-        """Record new events as pending, in one transaction committed before this returns."""
+        """Record new events as pending, in `run_id`'s run, in one transaction committed
+        before this returns."""
         at = created_at or time.time()
-        self._commit([(i, e.event_type, e.event_payload, at) for i, e in events])
+        run = self.run_id
+        self._commit([(i, e.event_type, e.event_payload, at, run) for i, e in events])
         self.pending_count += len(events)
 
     def settle(self, event_id: str, state: str, attempts: int, result: str) -> None:
@@ -125,17 +170,68 @@ class Spool:
         if self._settled:
             self._commit([])
 
-    def entries(self, *states: str) -> list[Entry]:
-        """Entries in the given states (all when none), oldest first."""
+    def entries(self, *states: str, run_id: int | None = None) -> list[Entry]:
+        """Entries in the given states (all when none), of one run or all, oldest first."""
         self.flush()
-        sql = "SELECT * FROM spool"
+        sql = (
+            "SELECT event_id, event_type, event_payload, state, created_at, settled_at, "
+            "attempts, last_result, run_id FROM spool WHERE 1"
+        )
+        params: list[object] = list(states)
         if states:
-            sql += f" WHERE state IN ({', '.join('?' * len(states))})"
-        rows = self.connection.execute(sql + " ORDER BY created_at, rowid", states).fetchall()
+            sql += f" AND state IN ({', '.join('?' * len(states))})"
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            params.append(run_id)
+        rows = self.connection.execute(sql + " ORDER BY created_at, rowid", params).fetchall()
         return [
-            Entry(row[0], Event(row[1], row[2]), row[3], row[4], row[5], row[6], row[7])
+            Entry(row[0], Event(row[1], row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
             for row in rows
         ]
+
+    def runs(self) -> list[Run]:
+        """Every run, oldest first."""
+        self.flush()
+        rows = self.connection.execute(RUN_SELECT + " ORDER BY r.run_id").fetchall()
+        return [Run(*row) for row in rows]
+
+    def run(self, run_id: int) -> Run | None:
+        self.flush()
+        row = self.connection.execute(RUN_SELECT + " WHERE r.run_id = ?", (run_id,)).fetchone()
+        return None if row is None else Run(*row)
+
+    def latest_run(self) -> Run | None:
+        self.flush()
+        row = self.connection.execute(RUN_SELECT + " ORDER BY r.run_id DESC LIMIT 1").fetchone()
+        return None if row is None else Run(*row)
+
+    def begin_run(
+        self, target: int | None, endpoint: str, events_file: str, *, new: bool = False
+    ) -> tuple[Run, bool]:
+        """The run new events go to, and whether it is resumed: the latest run when it is
+        unfinished with this same target, endpoint and events file (unless `new`), else a
+        new one. A run without a target (until Ctrl-C or --duration) is never resumed."""
+        latest = None if new else self.latest_run()
+        if (
+            latest is not None
+            and latest.unfinished
+            and (latest.target, latest.endpoint, latest.events_file)
+            == (target, endpoint, events_file)
+        ):
+            self.run_id = latest.run_id
+            return latest, True
+        try:
+            cursor = self.connection.execute(
+                "INSERT INTO runs (target, endpoint, events_file, started_at) VALUES (?, ?, ?, ?)",
+                (target, endpoint, events_file, time.time()),
+            )
+        except sqlite3.Error as exc:
+            raise SpoolError(f"{self.path}: cannot write the spool: {exc}") from None
+        assert cursor.lastrowid is not None
+        self.run_id = cursor.lastrowid
+        started = self.run(self.run_id)
+        assert started is not None
+        return started, False
 
     def requeue_failed(self) -> int:
         """Make failed events pending again; returns how many."""
@@ -146,9 +242,12 @@ class Spool:
         self.pending_count += cursor.rowcount
         return cursor.rowcount
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, run_id: int | None = None) -> dict[str, int]:
         self.flush()
-        rows = self.connection.execute("SELECT state, count(*) FROM spool GROUP BY state")
+        where, params = ("WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
+        rows = self.connection.execute(
+            f"SELECT state, count(*) FROM spool {where} GROUP BY state", params
+        )
         found = dict.fromkeys(("pending", "delivered", "failed"), 0)
         found.update({state: int(n) for state, n in rows})
         return found

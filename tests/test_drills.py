@@ -85,8 +85,6 @@ def propagate(tmp_path: Path, port: int, name: str, *extra: str) -> Proc:
         "0.05",
         "--retry-max-seconds",
         "0.5",
-        "--retry-attempts",
-        "100",
         "--json-log",
         *extra,
     )
@@ -101,10 +99,11 @@ def summary(proc: Proc) -> dict[str, Any]:
     return result
 
 
-def verified(db: str) -> dict[str, Any]:
-    result = run_cli("verify", "--json", "--database-url", db)
+def verified(db: str, *extra: str) -> dict[str, Any]:
+    result = run_cli("verify", "--json", "--database-url", db, *extra)
     report: dict[str, Any] = json.loads(result.stdout)
-    assert result.returncode == (0 if report["ok"] else 10), result.stderr
+    expected = {"OK": 0, "INCOMPLETE": 9, "FAILED": 10}[report["verdict"]]
+    assert result.returncode == expected, result.stderr
     return report
 
 
@@ -149,15 +148,26 @@ def test_kill_9_the_propagator_mid_run_and_restart_it(tmp_path: Path, sqlite_url
     first = propagate(tmp_path, port, "propagate-1", "--count", str(COUNT))
     wait_for_acks(first, 800)
     first.kill9()
-    second = propagate(tmp_path, port, "propagate-2", "--count", str(COUNT // 2))
+    second = propagate(tmp_path, port, "propagate-2", "--count", str(COUNT))
     assert second.wait(120) == 0, second.stderr
-    consumer.process.terminate()
-    consumer.wait(20)
     result = summary(second)
     assert result["resent"] > 0  # the events the killed run left pending
-    report = verified(sqlite_url)
+    assert result["run"] == 1  # resumed: it generated only what the first left missing
+    assert result["run_generated"] == COUNT
+    assert 0 < result["generated"] <= COUNT - 800
+    # a fresh run of the same count is a second run, and verify checks it alone
+    third = propagate(tmp_path, port, "propagate-3", "--count", "20", "--new-run")
+    assert third.wait(60) == 0, third.stderr
+    consumer.process.terminate()
+    consumer.wait(20)
+    assert summary(third)["run"] == 2
+    latest = verified(sqlite_url)
+    assert (latest["run"], latest["generated"], latest["other"]) == (2, 20, 0)
+    report = verified(sqlite_url, "--run", "1")
     assert (report["lost"], report["duplicated"], report["pending"]) == (0, 0, 0)
-    assert report["acknowledged"] == report["generated"] >= COUNT // 2 + 800
+    assert report["acknowledged"] == report["generated"] == COUNT
+    everything = verified(sqlite_url, "--all")
+    assert (everything["ok"], everything["generated"], everything["runs"]) == (True, COUNT + 20, 2)
 
 
 @pytest.mark.drill

@@ -433,3 +433,188 @@ def test_propagate_log_lines_show_event_types_escaped(server: Server, tmp_path: 
     assert result.returncode == 0, result.stderr
     assert unsafe_characters(result.stderr) == []
     assert "delivered  evil\\u202e\\u200bexe  200" in result.stderr
+
+
+def test_retry_max_elapsed_seconds_follows_the_precedence(tmp_path: Path) -> None:
+    from eventctl.config import PropagatorConfig, load_config
+
+    yaml_file = tmp_path / "propagator.yaml"
+    yaml_file.write_text("retry_max_elapsed_seconds: 30\n")
+
+    def loaded(environ: dict[str, str], flag: float | None) -> float:
+        cfg = load_config(
+            PropagatorConfig,
+            yaml_file,
+            required=True,
+            environ=environ,
+            overrides={"retry_max_elapsed_seconds": flag},
+        )
+        return cfg.retry_max_elapsed_seconds
+
+    assert PropagatorConfig().retry_max_elapsed_seconds == 120
+    assert PropagatorConfig().retry_attempts == 100
+    assert loaded({}, None) == 30
+    assert loaded({"EVENTCTL_RETRY_MAX_ELAPSED_SECONDS": "45"}, None) == 45
+    assert loaded({"EVENTCTL_RETRY_MAX_ELAPSED_SECONDS": "45"}, 5) == 5
+    bad = run_cli("propagate", "--retry-max-elapsed-seconds", "0", "--count", "1")
+    assert bad.returncode == ExitCode.CONFIG
+    assert "--retry-max-elapsed-seconds: must be a number greater than 0" in bad.stderr
+
+
+class Logged:
+    """A propagate subprocess with stderr in a file, so it can be read while it runs."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.err_path = tmp_path / "propagate.err"
+        self._err = self.err_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "eventctl", "propagate", "--events-file", EVENTS_FILE, *args],
+            cwd=ROOT,
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+            text=True,
+        )
+
+    def wait_for(self, text: str, times: int = 1, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while self.err_path.read_text().count(text) < times:
+            assert self.process.poll() is None, self.err_path.read_text()
+            assert time.monotonic() < deadline, self.err_path.read_text()
+            time.sleep(0.02)
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            self._err.close()
+        return code, self.err_path.read_text()
+
+
+def test_a_consumer_down_for_a_few_seconds_is_ridden_out(tmp_path: Path, sqlite_url: str) -> None:
+    port = free_port()
+    sender = Logged(
+        tmp_path,
+        "--endpoint",
+        f"http://127.0.0.1:{port}/event",
+        "--interval",
+        "0.1",
+        "--count",
+        "10",
+        "--retry-max-seconds",
+        "0.5",
+        "--retry-max-elapsed-seconds",
+        "20",
+    )
+    sender.wait_for("connection refused", times=20)  # 20 tries and counting
+    time.sleep(2.0)
+    consumer = Server(sqlite_url, tmp_path, port=port)
+    try:
+        code, err = sender.wait(30)
+    finally:
+        consumer.stop()
+    assert code == 0, err
+    assert "10 sent, 10 delivered, 0 failed, 0 pending" in err
+    assert len(stored_rows(sqlite_url)) == 10
+
+
+def test_a_short_budget_fails_events_says_where_they_are_and_verify_is_not_ok(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}/event"
+    failed = propagate(
+        "--endpoint",
+        endpoint,
+        "--interval",
+        "0.01",
+        "--count",
+        "3",
+        "--retry-base-seconds",
+        "0.05",
+        "--retry-max-elapsed-seconds",
+        "0.5",
+    )
+    assert failed.returncode == ExitCode.UNDELIVERED
+    spool = cli_env()["EVENTCTL_SPOOL_PATH"]
+    assert (
+        f"3 failed events stay in the spool ({spool}): `eventctl spool list` shows them, "
+        "`eventctl spool retry` resends them (each was retried for up to 0.5s"
+    ) in failed.stderr
+    attempts = [line for line in failed.stderr.splitlines() if "connection refused" in line]
+    assert len(attempts) > 3 * 3  # the time ran out, not the attempts
+
+    consumer = Server(sqlite_url, tmp_path, port=port)
+    try:
+        incomplete = run_cli("verify", "--database-url", sqlite_url)
+        assert incomplete.returncode == ExitCode.UNDELIVERED
+        assert incomplete.stdout.startswith("INCOMPLETE: 3 generated, 0 acknowledged, 0 stored")
+        assert "failed 3" in incomplete.stdout
+        assert f"3 failed: they are in {spool}; `eventctl spool retry` resends them" in (
+            incomplete.stdout
+        )
+        retried = run_cli("spool", "retry", "--endpoint", endpoint)
+        assert retried.returncode == 0, retried.stderr
+    finally:
+        consumer.stop()
+    ok = run_cli("verify", "--database-url", sqlite_url)
+    assert ok.returncode == 0, ok.stdout
+    assert ok.stdout.startswith("OK: 3 generated, 3 acknowledged, 3 stored")
+
+
+def sending_to_nobody(tmp_path: Path) -> Logged:
+    sender = Logged(
+        tmp_path,
+        "--endpoint",
+        f"http://127.0.0.1:{free_port()}/event",
+        "--interval",
+        "0.05",
+        "--retry-base-seconds",
+        "0.05",
+    )
+    sender.wait_for("retrying", times=6)
+    return sender
+
+
+def test_ctrl_c_says_pending_events_stay_in_the_spool_and_go_first_next_time(
+    tmp_path: Path,
+) -> None:
+    sender = sending_to_nobody(tmp_path)
+    sender.process.send_signal(signal.SIGINT)
+    code, err = sender.wait(20)
+    assert code == ExitCode.UNDELIVERED
+    assert "Traceback" not in err
+    assert "Ctrl-C again stops now" in err
+    summary = next(line for line in err.splitlines() if line.startswith("eventctl propagate:"))
+    pending = int(summary.split(" pending in ")[0].rsplit(" ", 1)[1])
+    assert pending > 0
+    assert spool_pending() == pending
+    spool = cli_env()["EVENTCTL_SPOOL_PATH"]
+    assert (
+        f"{pending} pending events stay in the spool ({spool}) and are sent first by the next "
+        "`eventctl propagate`"
+    ) in err
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
+    sender = sending_to_nobody(tmp_path)
+    sender.process.send_signal(signal.SIGINT)
+    sender.wait_for("Ctrl-C again stops now")
+    sender.process.send_signal(signal.SIGINT)
+    second = time.monotonic()
+    code, err = sender.wait(20)
+    assert time.monotonic() - second < 1.5  # the grace period is 3 s
+    assert code == ExitCode.UNDELIVERED
+    assert "Traceback" not in err
+    assert f"{spool_pending()} pending events stay in the spool" in err
+    assert spool_pending() > 0
+
+
+def spool_pending() -> int:
+    from eventctl.spool import Spool
+
+    spool = Spool.open(Path(cli_env()["EVENTCTL_SPOOL_PATH"]))
+    try:
+        return spool.counts()["pending"]
+    finally:
+        spool.close()

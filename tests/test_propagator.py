@@ -319,3 +319,65 @@ def test_the_display_renders_the_state_to_text() -> None:
     assert "cap hit" not in text
     stats.capped = True
     assert "cap hit" in render_text(stats, 75.0)
+
+
+def down_until(clock: VirtualClock, back_at: float) -> Handler:
+    """A consumer that refuses connections until `back_at` on the virtual clock."""
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if clock.now < back_at:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200)
+
+    return answer
+
+
+async def test_the_default_policy_rides_out_a_consumer_down_for_a_minute() -> None:
+    clock = VirtualClock()
+    peer = Peer(clock, down_until(clock, 60.0))
+    stats = await clock.run(make(clock, peer, count=20, interval=0.1).run())
+    assert (stats.delivered, stats.failed) == (20, 0)
+    # the capped backoff (10 s) brings every event back within 10 s of the consumer
+    assert max(peer.times()) <= 70.0
+    assert max(Counter(i for _, i, _ in peer.requests).values()) < 30
+
+
+async def test_retries_stop_when_the_time_budget_is_spent_not_the_attempts() -> None:
+    clock = VirtualClock()
+    peer = Peer(clock, down_until(clock, 1e9))
+    records: list[Record] = []
+    policy = RetryPolicy(attempts=1000, base_seconds=1.0, max_seconds=8.0, max_elapsed_seconds=30)
+    stats = await clock.run(make(clock, peer, records=records, count=1, policy=policy).run())
+    times = peer.times()
+    assert stats.failed == 1
+    # the last attempt is made when the budget ends, not later and not much earlier
+    assert times[-1] == pytest.approx(30.0)
+    assert 5 < len(times) < 20
+    assert records[-1].outcome == "failed"
+
+
+async def test_attempts_still_bound_the_retries_when_set_lower() -> None:
+    clock = VirtualClock()
+    peer = Peer(clock, down_until(clock, 1e9))
+    policy = RetryPolicy(attempts=3, base_seconds=1.0, max_seconds=8.0, max_elapsed_seconds=600)
+    stats = await clock.run(make(clock, peer, count=1, policy=policy).run())
+    assert (stats.failed, len(peer.times())) == (1, 3)
+    assert peer.times()[-1] < 7
+
+
+async def test_abort_cuts_the_grace_period_short() -> None:
+    clock = VirtualClock()
+    peer = Peer(clock, down_until(clock, 1e9))
+    run = make(clock, peer, count=3, interval=0.1)
+
+    async def interrupt_twice() -> None:
+        await clock.sleep(1.0)
+        run.stop()
+        await clock.sleep(0.5)
+        run.abort()
+
+    interrupter = asyncio.ensure_future(interrupt_twice())
+    stats = await clock.run(run.run(grace=30.0))
+    await interrupter
+    assert stats.pending_at_exit == 3
+    assert stats.finished_at == pytest.approx(1.5)

@@ -133,9 +133,7 @@ async def test_retrying_events_keep_one_spool_row(tmp_path: Path) -> None:
     assert (entry.state, entry.attempts) == ("delivered", 2)
 
 
-def test_verify_reports_lost_unexpected_pending_and_latency(
-    tmp_path: Path, sqlite_url: str
-) -> None:
+def test_verify_reports_lost_other_pending_and_latency(tmp_path: Path, sqlite_url: str) -> None:
     spool = Spool.open(tmp_path / "spool.db")
     store = Store.open(sqlite_url, create=True)
     now = datetime.now(UTC)
@@ -149,7 +147,7 @@ def test_verify_reports_lost_unexpected_pending_and_latency(
     assert report["ok"] is False
     assert (report["generated"], report["acknowledged"], report["stored"]) == (5, 3, 3)
     assert report["lost_ids"] == ["lost-1"]
-    assert report["unexpected_ids"] == ["stray"]
+    assert report["other_ids"] == ["stray"]
     assert (report["pending"], report["failed"], report["duplicated"]) == (1, 1, 0)
     assert report["stored_unacknowledged"] == 1
     assert 900 < report["latency_p50_ms"] < 1500
@@ -198,3 +196,105 @@ async def test_ticks_found_due_together_are_spooled_in_one_transaction(tmp_path:
     batches = {e.created_at for e in entries}  # one created_at per transaction
     assert len(batches) <= 6
     assert max(stats.lateness) >= 0.009
+
+
+def test_a_run_is_resumed_only_when_unfinished_with_the_same_target_endpoint_and_file(
+    tmp_path: Path,
+) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    first, resumed = spool.begin_run(3, "http://a/event", "/events.json")
+    assert (first.run_id, first.generated, resumed) == (1, 0, False)
+    spool.add_many([("e1", Event("t", "1")), ("e2", Event("t", "2"))])
+    again, resumed = spool.begin_run(3, "http://a/event", "/events.json")
+    assert (again.run_id, again.generated, again.target, resumed) == (1, 2, 3, True)
+    assert [e.run_id for e in spool.entries()] == [1, 1]
+    assert spool.begin_run(4, "http://a/event", "/events.json") == (spool.run(2), False)
+    assert spool.begin_run(3, "http://b/event", "/events.json")[0].run_id == 3
+    assert spool.begin_run(3, "http://a/event", "/other.json")[0].run_id == 4
+    assert spool.begin_run(None, "http://a/event", "/events.json")[0].run_id == 5
+    spool.begin_run(3, "http://b/event", "/events.json")
+    fresh, resumed = spool.begin_run(3, "http://b/event", "/events.json", new=True)
+    assert (fresh.run_id, resumed) == (7, False)
+    assert [r.run_id for r in spool.runs()] == [1, 2, 3, 4, 5, 6, 7]
+    spool.close()
+
+
+def test_a_run_that_generated_everything_but_left_events_pending_is_resumed(
+    tmp_path: Path,
+) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    run, _ = spool.begin_run(2, "http://a/event", "/f")
+    spool.add_many([("e1", Event("t", "1")), ("e2", Event("t", "2"))])
+    spool.settle("e1", "delivered", 1, "200")
+    assert spool.begin_run(2, "http://a/event", "/f") == (spool.run(run.run_id), True)
+    spool.settle("e2", "delivered", 1, "200")
+    assert spool.begin_run(2, "http://a/event", "/f")[0].run_id == 2
+    spool.close()
+
+
+def test_a_spool_from_before_runs_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """CREATE TABLE spool (event_id TEXT PRIMARY KEY, event_type TEXT NOT NULL,
+            event_payload TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
+            settled_at REAL, attempts INTEGER NOT NULL DEFAULT 0, last_result TEXT);
+            INSERT INTO spool VALUES ('old', 't', 'p', 'pending', 1.0, NULL, 0, NULL);"""
+        )
+    db.close()
+    spool = Spool.open(path)
+    [entry] = spool.entries()
+    assert (entry.event_id, entry.run_id, spool.latest_run()) == ("old", None, None)
+    spool.close()
+
+
+def test_verify_checks_the_latest_run_and_other_senders_are_not_unexpected(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    store = Store.open(sqlite_url, create=True)
+    now = datetime.now(UTC)
+    for run_number, ids in enumerate((["a1", "a2"], ["b1", "b2", "b3"]), start=1):
+        spool.begin_run(len(ids), "http://a/event", "/f", new=True)
+        spool.add_many([(i, Event("t", i)) for i in ids], now.timestamp() - 2 + run_number)
+        for i in ids:
+            spool.settle(i, "delivered", 1, "200")
+    sent_by_hand = ["curl-1", "send-once-1"]
+    store.insert([Incoming(i, Event("t", i), now) for i in ["a1", "a2", "b1", "b2", "b3"]])
+    store.insert([Incoming(i, Event("t", i), now) for i in sent_by_hand])
+    latest = verify(spool, store)
+    assert latest.ok
+    assert (latest.run_id, latest.generated, latest.stored) == (2, 3, 3)
+    assert sorted(latest.other) == sent_by_hand  # a1 and a2 are of run 1, not others
+    first = verify(spool, store, spool.run(1))
+    assert (first.run_id, first.generated, first.ok) == (1, 2, True)
+    everything = verify(spool, store, all_runs=True)
+    assert (everything.run_id, everything.generated, everything.runs) == (None, 5, 2)
+    assert sorted(everything.other) == sent_by_hand
+    spool.close()
+    store.close()
+
+
+def test_verify_is_not_ok_when_events_of_the_run_failed_or_are_pending(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    store = Store.open(sqlite_url, create=True)
+    spool.begin_run(4, "http://a/event", "/f")
+    spool.add_many([(i, Event("t", i)) for i in ("d", "f", "p")])
+    spool.settle("d", "delivered", 1, "200")
+    spool.settle("f", "failed", 30, "connection refused")
+    store.insert([Incoming("d", Event("t", "d"), datetime.now(UTC))])
+    report = verify(spool, store)
+    assert (report.ok, report.verdict, report.failed, report.pending) == (
+        False,
+        "INCOMPLETE",
+        1,
+        1,
+    )
+    assert report.unfinished  # 3 of 4 generated
+    assert report.to_json()["verdict"] == "INCOMPLETE"
+    spool.close()
+    store.close()
