@@ -1160,7 +1160,15 @@ def spool_retry(
         opened.close()
     typer.echo(f"eventctl spool retry: {requeued} failed events are pending again", err=True)
     mode = DisplayMode.choose(quiet=quiet, json_log=False, tty=sys.stderr.isatty())
-    stats = propagate_events(cfg, EventSource([]), count=0, duration=None, seed=None, mode=mode)
+    stats = propagate_events(
+        cfg,
+        EventSource([]),
+        count=0,
+        duration=None,
+        seed=None,
+        mode=mode,
+        title="eventctl spool retry",
+    )
     if not stats.all_delivered:
         raise typer.Exit(ExitCode.UNDELIVERED)
 

@@ -200,15 +200,17 @@ class DisplayMode(enum.Enum):
         return cls.LIVE if tty else cls.LOG
 
 
-def make_display(mode: DisplayMode, stats: Stats, now: float) -> Display:
+def make_display(
+    mode: DisplayMode, stats: Stats, now: float, title: str = "eventctl propagate"
+) -> Display:
     console = Console(stderr=True, highlight=False)
     if mode is DisplayMode.LIVE:
-        return LiveDisplay(stats, console, now)
+        return LiveDisplay(stats, console, now, title=title)
     if mode is DisplayMode.LOG:
-        return LogDisplay(stats, console)
+        return LogDisplay(stats, console, title=title)
     if mode is DisplayMode.JSON:
-        return JsonDisplay(stats, console, sys.stdout)
-    return Display(stats, console)
+        return JsonDisplay(stats, console, sys.stdout, title=title)
+    return Display(stats, console, title=title)
 
 
 async def _propagate(
@@ -219,6 +221,7 @@ async def _propagate(
     duration: float | None,
     seed: int | None,
     mode: DisplayMode,
+    title: str = "eventctl propagate",
     spool: Spool,
     run: Run | None,
 ) -> Stats:
@@ -248,7 +251,7 @@ async def _propagate(
             replay=replay,
             credentials=propagator_credentials(cfg),
         )
-        display = make_display(mode, propagator.stats, clock())
+        display = make_display(mode, propagator.stats, clock(), title)
         propagator.on_record = display.record
         if run is not None and run.generated:
             display.print(
@@ -355,6 +358,7 @@ def propagate_events(
     seed: int | None,
     mode: DisplayMode,
     new_run: bool = False,
+    title: str = "eventctl propagate",
 ) -> Stats:
     """Resend what the spool holds as pending, then run the propagator until Ctrl-C/SIGTERM,
     `count` or `duration` (count=0: only resend); show it on `mode`.
@@ -378,6 +382,7 @@ def propagate_events(
                 duration=duration,
                 seed=seed,
                 mode=mode,
+                title=title,
                 spool=spool,
                 run=run,
             )

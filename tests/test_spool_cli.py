@@ -47,6 +47,7 @@ def test_failed_events_are_listed_and_retried(server: Server) -> None:
     retried = run_cli("spool", "retry", "--endpoint", server.url + "/event")
     assert retried.returncode == 0, retried.stderr
     assert "3 failed events are pending again" in retried.stderr
+    assert "eventctl spool retry: 0 sent, 3 resent from the spool" in retried.stderr
     assert json.loads(run_cli("spool", "list", "--json").stdout) == []
     report = json.loads(run_cli("verify", "--json", "--database-url", server.database_url).stdout)
     assert (report["ok"], report["acknowledged"], report["stored"]) == (True, 3, 3)
