@@ -1105,12 +1105,19 @@ def spool_list(
         err=True,
     )
     if entries:
+        console = Console(highlight=False)
+        # event_id, state and tries are shown whole; the two free texts share what is left
+        fixed = 36 + len("delivered") + len("tries") + 2 * 5
+        free = max(console.width - fixed, 16)
+        result_width = min(20, free // 2)
         table = Table(box=None, header_style="dim")
-        table.add_column("event_id", no_wrap=True, min_width=36)
-        table.add_column("state", no_wrap=True)
-        table.add_column("tries", justify="right")
-        table.add_column("last result", no_wrap=True, max_width=20, overflow="ellipsis")
-        table.add_column("event_type", no_wrap=True, overflow="ellipsis")
+        table.add_column("event_id", no_wrap=True, width=36)
+        table.add_column("state", no_wrap=True, width=len("delivered"))
+        table.add_column("tries", justify="right", no_wrap=True, width=len("tries"))
+        table.add_column("last result", no_wrap=True, width=result_width, overflow="ellipsis")
+        table.add_column(
+            "event_type", no_wrap=True, max_width=free - result_width, overflow="ellipsis"
+        )
         for e in entries:
             table.add_row(
                 Text(visible(e.event_id)),
@@ -1119,7 +1126,7 @@ def spool_list(
                 Text(visible(e.last_result or "-")),
                 Text(visible(e.event.event_type)),
             )
-        Console(highlight=False).print(table)
+        console.print(table)
 
 
 def _entry_json(entry: Any) -> dict[str, Any]:

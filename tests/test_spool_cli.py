@@ -141,3 +141,19 @@ def test_verify_shows_lost_ids_escaped(sqlite_url: str) -> None:
     assert "  lost: lost\\x1b[2J\\x9b\\u2028" in human.stdout
     as_json = run_cli("verify", "--database-url", sqlite_url, "--json")
     assert json.loads(as_json.stdout)["lost_ids"] == ["lost\x1b[2J\x9b\u2028"]
+
+
+def test_spool_list_fits_80_columns_without_cutting_words() -> None:
+    spool = Spool.open(spool_path())
+    spool.add("01900000-0000-7000-8000-000000000001", Event("payment.succeeded.eu-west", "p"))
+    spool.add("01900000-0000-7000-8000-000000000002", Event("order.created", "p"))
+    spool.settle("01900000-0000-7000-8000-000000000002", "delivered", 3, "200 after 3 tries")
+    spool.close()
+    table = run_cli("spool", "list", "--state", "all", env=cli_env(COLUMNS="80"))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert any("pending" in line and "…" not in line.split()[1] for line in lines)
+    assert any(" delivered " in line for line in lines)
+    assert "payment.s…" in table.stdout
+    assert "01900000-0000-7000-8000-000000000001" in table.stdout
