@@ -28,15 +28,22 @@ COUNT = 2000
 class Proc:
     """A real eventctl subprocess whose output goes to files (so pipes never fill up)."""
 
-    def __init__(self, tmp_path: Path, name: str, *args: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        name: str,
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.out_path = tmp_path / f"{name}.out"
         self.err_path = tmp_path / f"{name}.err"
         self._out: IO[str] = self.out_path.open("w")
         self._err: IO[str] = self.err_path.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "eventctl", *args],
-            cwd=tmp_path,
-            env=cli_env(),
+            cwd=cwd or tmp_path,
+            env=env or cli_env(),
             stdout=self._out,
             stderr=self._err,
             text=True,

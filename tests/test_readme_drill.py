@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port
+from tests.test_drills import Proc
 
 README_COMMAND = "eventctl propagate --rate 200 --count 2000"
 NUMBER = re.compile(r"\d+(\.\d+)?")
@@ -34,38 +33,13 @@ def readme_ok_line() -> str:
     return next(line for line in section.splitlines() if line.startswith("OK: "))
 
 
-class Typed:
-    """One command typed in `cwd`: `python -m eventctl ARGS`, its output in files."""
-
-    def __init__(self, cwd: Path, env: dict[str, str], name: str, *args: str) -> None:
-        self.err_path = cwd.parent / f"{name}.err"
-        self._err: IO[str] = self.err_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "eventctl", *args],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._err,
-            text=True,
-        )
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._err.close()
-
-    def kill9(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.wait(10)
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text()
+def type_in(cwd: Path, env: dict[str, str], name: str, *args: str) -> Proc:
+    """One command typed in `cwd`: `python -m eventctl ARGS`, its output in files beside it."""
+    return Proc(cwd.parent, name, *args, cwd=cwd, env=env)
 
 
-def serve(cwd: Path, env: dict[str, str], name: str) -> Typed:
-    typed = Typed(cwd, env, name, "serve")
+def serve(cwd: Path, env: dict[str, str], name: str) -> Proc:
+    typed = type_in(cwd, env, name, "serve")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -89,7 +63,7 @@ def stored(cwd: Path) -> int:
     return int(n)
 
 
-def wait_until_stored(cwd: Path, n: int, sender: Typed, timeout: float = 20) -> None:
+def wait_until_stored(cwd: Path, n: int, sender: Proc, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while stored(cwd) < n:
         assert time.monotonic() < deadline, "no progress"
@@ -111,11 +85,11 @@ def test_the_readme_drill_prints_what_the_readme_shows(tmp_path: Path, victim: s
     )
     propagate = README_COMMAND.split()[1:]
     consumer = serve(cwd, env, "serve-1")
-    sender = Typed(cwd, env, "propagate-1", *propagate)
+    sender = type_in(cwd, env, "propagate-1", *propagate)
     wait_until_stored(cwd, 800, sender)
     if victim == "propagate":
         sender.kill9()
-        sender = Typed(cwd, env, "propagate-2", *propagate)
+        sender = type_in(cwd, env, "propagate-2", *propagate)
     else:
         consumer.kill9()
         time.sleep(1.0)
