@@ -491,11 +491,7 @@ def _read_routes(store: Store) -> list[Route]:
 
     async def list_events(request: Request) -> Response:
         params = request.query_params
-        allowed = {parameter["name"] for parameter in LIST_PARAMETERS}
-        if unknown := sorted(set(params) - allowed):
-            raise_bad_parameter(
-                unknown[0], f"is not a parameter (use {', '.join(sorted(allowed))})"
-            )
+        _only_declared(params, LIST_PARAMETERS)
         for name in ("type", "q"):
             for value in params.getlist(name):
                 _text_parameter(value, name)
@@ -532,11 +528,7 @@ def _read_routes(store: Store) -> list[Route]:
 
     async def summary(request: Request) -> Response:
         params = request.query_params
-        allowed = {parameter["name"] for parameter in SUMMARY_PARAMETERS}
-        if unknown := sorted(set(params) - allowed):
-            raise_bad_parameter(
-                unknown[0], f"is not a parameter (use {', '.join(sorted(allowed))})"
-            )
+        _only_declared(params, SUMMARY_PARAMETERS)
         limits = SummaryLimits
         window = params.get("window", str(limits.window))
         window_seconds = _int_parameter(window, "window", 1, limits.max_window)
@@ -623,6 +615,13 @@ def page_security_headers(page: bytes) -> dict[str, str]:
         "X-Frame-Options": "DENY",
         "Referrer-Policy": "no-referrer",
     }
+
+
+def _only_declared(params: Mapping[str, str], declared: Sequence[Mapping[str, Any]]) -> None:
+    """400 for the first query parameter that the endpoint's OpenAPI parameters lack."""
+    allowed = {parameter["name"] for parameter in declared}
+    if unknown := sorted(set(params) - allowed):
+        raise_bad_parameter(unknown[0], f"is not a parameter (use {', '.join(sorted(allowed))})")
 
 
 def raise_bad_parameter(name: str, problem: str) -> NoReturn:
