@@ -49,7 +49,7 @@ class _Files(NamedTuple):
     wal: FileId | None
 
 
-def _file_id(path: Path) -> FileId | None:
+def _file_id(path: str) -> FileId | None:
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -181,6 +181,7 @@ class Store:
         self.model = _bind(database)
         self.is_sqlite = isinstance(database, peewee.SqliteDatabase)
         self.path = sqlite_path(url) if self.is_sqlite else None
+        self._file_names = (str(self.path), f"{self.path}-wal")
         self._insert_sql_cache: dict[int, str] = {}
         # The files the write path (or `open`) last opened on purpose; None after letting go
         # of replaced files, until the write path reopens the path.
@@ -248,7 +249,8 @@ class Store:
 
     def _paths(self) -> _Files:
         assert self.path is not None
-        return _Files(_file_id(self.path), _file_id(Path(f"{self.path}-wal")))
+        db, wal = self._file_names
+        return _Files(_file_id(db), _file_id(wal))
 
     def _remember(self, *, owner: bool) -> None:
         """Record the files this thread's new connection has open (after a first read, so
@@ -431,10 +433,22 @@ class Store:
             self._insert_sql_cache[rows] = sql
         return sql
 
+    def _insert_rows(self, rows: list[tuple[str, str, str, object]]) -> set[str]:
+        """Insert `rows` (at most INSERT_CHUNK) unless their id is taken; the new ids."""
+        params = [value for row in rows for value in row]
+        cursor = self.database.execute_sql(self._insert_sql(len(rows)), params)  # type: ignore[no-untyped-call]
+        # Outside a transaction the statement commits as its last row is read, so a full
+        # disk raises here, as the driver's own error unless Peewee maps it.
+        with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+            return {event_id for (event_id,) in cursor.fetchall()}
+
     def _db_time(self, moment: datetime) -> object:
         """Naive UTC; as text for SQLite (whose default datetime adapter is deprecated)."""
-        naive = moment.astimezone(UTC).replace(tzinfo=None)
-        return naive.isoformat(" ", "microseconds") if self.is_sqlite else naive
+        if moment.tzinfo is not UTC:
+            moment = moment.astimezone(UTC)
+        if self.is_sqlite:
+            return moment.isoformat(" ", "microseconds")[:26]  # without its "+00:00"
+        return moment.replace(tzinfo=None)
 
     def insert(self, records: Sequence[Incoming]) -> set[str]:
         """Store all records in one transaction; return the event ids that were new.
@@ -452,38 +466,78 @@ class Store:
     def insert_requests(
         self, requests: Sequence[Sequence[Incoming]]
     ) -> list[set[str] | IdempotencyConflict]:
-        """Store several requests in one transaction: for each, the event ids that were new,
-        or the IdempotencyConflict that refused it (and nothing of it is stored).
+        """Store several requests, each whole or not at all, committed before this returns:
+        for each, the event ids that were new, or the IdempotencyConflict that refused it
+        (and nothing of it is stored).
 
-        A request conflicts when one of its event ids is stored, or taken earlier in this
-        transaction, with a different event_type or event_payload. Found inside the
-        transaction, so exact under concurrency; the transaction is then rolled back and
-        redone without the refused requests.
+        A request conflicts when one of its event ids is stored, or taken by an earlier
+        request, with a different event_type or event_payload. Found inside a transaction,
+        so exact under concurrency; the transaction is then rolled back and redone without
+        the refused requests.
         """
-        results: dict[int, set[str] | IdempotencyConflict] = {}
-        pending = list(range(len(requests)))
         with self._errors("cannot store events"):
             self._current(writer=True)
-            while pending:
-                self._begin()
-                try:
-                    new, refused = self._insert_checked([requests[i] for i in pending])
-                except BaseException:
-                    self._rollback()
-                    raise
-                if refused:
-                    self._rollback()
-                    for position, conflict in refused.items():
-                        results[pending[position]] = conflict
-                    pending = [i for n, i in enumerate(pending) if n not in refused]
-                    continue
-                self._commit()
-                self._check_unchanged()
-                for i in pending:
-                    mine = {r.event_id for r in requests[i]} & new
-                    new -= mine  # an id repeated in a later request is a replay there
-                    results[i] = mine
-                pending = []
+            if 0 < len(requests) <= INSERT_CHUNK and all(len(records) == 1 for records in requests):
+                return self._insert_singles(requests)
+            return self._insert_transaction(requests)
+
+    def _insert_singles(
+        self, requests: Sequence[Sequence[Incoming]]
+    ) -> list[set[str] | IdempotencyConflict]:
+        """Requests of one event each (the usual POST /event traffic), as one INSERT that
+        commits by itself: no BEGIN, no COMMIT. A request whose event id was not new stored
+        nothing, so nothing needs rolling back; those few are then settled exactly by
+        `_insert_transaction` (a replay, or a conflict)."""
+        rows: dict[str, tuple[str, str, str, object]] = {}
+        for ((event_id, event, received_at),) in requests:
+            if event_id not in rows:
+                value = self._db_time(received_at)
+                rows[event_id] = (event_id, event.event_type, event.event_payload, value)
+        new = self._insert_rows(list(rows.values()))
+        self._check_unchanged()
+        if len(new) == len(requests):
+            return [{records[0].event_id} for records in requests]
+        results: list[set[str] | IdempotencyConflict] = []
+        again: list[int] = []
+        for position, ((event_id, _, _),) in enumerate(requests):
+            if event_id in new:
+                new.discard(event_id)  # a later request with this id is a replay or conflict
+                results.append({event_id})
+            else:
+                results.append(set())
+                again.append(position)
+        settled = self._insert_transaction([requests[i] for i in again])
+        for position, result in zip(again, settled, strict=True):
+            results[position] = result
+        return results
+
+    def _insert_transaction(
+        self, requests: Sequence[Sequence[Incoming]]
+    ) -> list[set[str] | IdempotencyConflict]:
+        """`insert_requests` in an explicit transaction, rolled back and redone without the
+        requests found to conflict."""
+        results: dict[int, set[str] | IdempotencyConflict] = {}
+        pending = list(range(len(requests)))
+        while pending:
+            self._begin()
+            try:
+                new, refused = self._insert_checked([requests[i] for i in pending])
+            except BaseException:
+                self._rollback()
+                raise
+            if refused:
+                self._rollback()
+                for position, conflict in refused.items():
+                    results[pending[position]] = conflict
+                pending = [i for n, i in enumerate(pending) if n not in refused]
+                continue
+            self._commit()
+            self._check_unchanged()
+            for i in pending:
+                mine = {r.event_id for r in requests[i]} & new
+                new -= mine  # an id repeated in a later request is a replay there
+                results[i] = mine
+            pending = []
         return [results[i] for i in range(len(requests))]
 
     def _insert_checked(
@@ -507,9 +561,7 @@ class Store:
         new: set[str] = set()
         for start in range(0, len(values), INSERT_CHUNK):
             chunk = values[start : start + INSERT_CHUNK]
-            params = [value for row in chunk for value in row]
-            cursor = self.database.execute_sql(self._insert_sql(len(chunk)), params)  # type: ignore[no-untyped-call]
-            new.update(event_id for (event_id,) in cursor.fetchall())
+            new.update(self._insert_rows(chunk))
         if len(new) == total:  # every id new and none repeated: nothing to compare
             return new, {}
         content = {event_id: (row[1], row[2]) for event_id, row in rows.items()}

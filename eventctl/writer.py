@@ -152,7 +152,15 @@ class Writer:
                     break
                 assert isinstance(item, _Submission)
                 batch, stopping = self._take(item)
-                self._commit(batch)
+                try:
+                    self._commit(batch)
+                except Exception:
+                    # A bug must not leave handlers waiting forever: refuse, and go on.
+                    log.exception("the writer failed on a batch of %d requests", len(batch))
+                    failure = DatabaseError("events not stored: internal error in the writer")
+                    for sub in batch:
+                        sub.error = failure
+                    self._wake(batch)
         finally:
             self.store.close()
 
@@ -201,9 +209,12 @@ class Writer:
         self._wake(batch)
 
     def _wake(self, batch: list[_Submission]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Submission]] = {}
-        for sub in batch:
-            by_loop.setdefault(sub.loop, []).append(sub)
+        loop = batch[0].loop
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Submission]] = {loop: batch}
+        if any(sub.loop is not loop for sub in batch):  # a writer used from several event loops
+            by_loop = {}
+            for sub in batch:
+                by_loop.setdefault(sub.loop, []).append(sub)
         for loop, subs in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_settle, subs)

@@ -184,6 +184,42 @@ async def test_in_one_group_only_the_conflicting_request_is_refused(
     }
 
 
+async def test_a_group_of_single_events_settles_new_replayed_and_conflicting_ids(
+    store: Store, writer: Writer
+) -> None:
+    """One-event requests take the single-INSERT path; ids that are not new are settled
+    after it, exactly as in a transaction."""
+    await writer.write([rec("old", "A")])
+    results = await asyncio.gather(
+        writer.write([rec("n1")]),
+        writer.write([rec("old", "A")]),
+        writer.write([rec("old", "B")]),
+        writer.write([rec("n2", "first")]),
+        writer.write([rec("n2", "first")]),
+        writer.write([rec("n2", "second")]),
+        return_exceptions=True,
+    )
+    assert results[0] == {"n1"}
+    assert results[1] == set()
+    assert isinstance(results[2], IdempotencyConflict)
+    assert results[2].event_id == "old"
+    assert results[3] == {"n2"}
+    assert results[4] == set()
+    assert isinstance(results[5], IdempotencyConflict)
+    rows = {e.event_id: e.event_payload for e in store.events(limit=50)}
+    assert rows == {"old": "A", "n1": "p", "n2": "first"}
+
+
+async def test_an_unexpected_error_in_the_writer_refuses_the_batch_and_the_writer_goes_on(
+    store: Store, writer: Writer
+) -> None:
+    broken = Incoming("broken", Event("t", "p"), None)  # type: ignore[arg-type]
+    with pytest.raises(DatabaseError, match="internal error in the writer"):
+        await asyncio.wait_for(writer.write([broken]), timeout=10)
+    assert await writer.write([rec("after")]) == {"after"}
+    assert {e.event_id for e in store.events(limit=10)} == {"after"}
+
+
 async def test_two_writers_racing_on_each_key_never_both_succeed(
     database_url: str, store: Store
 ) -> None:
