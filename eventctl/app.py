@@ -18,7 +18,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, NoReturn
@@ -219,15 +219,18 @@ def _require_json(content_type: bytes) -> None:
         )
 
 
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+
+
 async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
-    too_large = ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
         return body
     chunks = [body]
     size = len(body)
@@ -238,7 +241,7 @@ async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> by
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -715,6 +718,20 @@ class ConsumerApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+def serving(writer: Writer) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the writer runs while the app serves."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        writer.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(writer.stop)
+
+    return lifespan
+
+
 def create_app(
     config: ConsumerConfig,
     store: Store,
@@ -739,14 +756,6 @@ def create_app(
     hosts = HostGuard(config)
     one = Ingest(config, writer, metrics, credentials, hosts, batch=False)
     many = Ingest(config, writer, metrics, credentials, hosts, batch=True)
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        writer.start()
-        try:
-            yield
-        finally:
-            await anyio.to_thread.run_sync(writer.stop)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -825,5 +834,5 @@ def create_app(
             HTTPException: http_error,
             Exception: server_error,
         },
-        lifespan=lifespan,
+        lifespan=serving(writer),
     )

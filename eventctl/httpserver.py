@@ -124,7 +124,6 @@ class LimitedProtocol(HttpToolsProtocol):
         self._timer: TimerHandle | None = None
         self._head_open = True
         self._head_bytes = 0
-        self._in_message = False
         self._closing = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -154,12 +153,33 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._closing or self.parser is None:
             return
         self._unset_keepalive_if_required()
+        if self._head_open:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._head_bytes -= len(data)
+                if not self._feed_bounded(data):
+                    return
+            elif not self._feed(data):
+                return
+        elif not self._feed(data):
+            return
+        # Timers only for a request still incomplete after this read (most arrive whole):
+        # part of a head, or a head without all of its body.
+        if self._timer is None:
+            if self._head_open:
+                if self._head_bytes:
+                    self._arm(self.limits.header_timeout, self._head_timed_out)
+            elif not self.pipeline:
+                self._arm(self.limits.body_timeout, self._body_timed_out)
+
+    def _feed_bounded(self, data: bytes) -> bool:
+        """Feed `data`, of which the open head may take only what is left of its bound."""
         while data:
             if self._head_open:
                 room = self.limits.max_header_bytes - self._head_bytes
                 if room <= 0:
                     self._refuse_head("request line and headers")
-                    return
+                    return False
                 if len(data) > room:
                     piece, data = data[:room], data[room:]
                 else:
@@ -168,13 +188,8 @@ class LimitedProtocol(HttpToolsProtocol):
             else:
                 piece, data = data, b""
             if not self._feed(piece):
-                return
-        # Timers only for a request still incomplete after this read: most arrive whole.
-        if self._timer is None and self._in_message:
-            if self._head_open:
-                self._arm(self.limits.header_timeout, self._head_timed_out)
-            elif not self.pipeline:
-                self._arm(self.limits.body_timeout, self._body_timed_out)
+                return False
+        return True
 
     def _feed(self, data: bytes) -> bool:
         try:
@@ -229,11 +244,7 @@ class LimitedProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
-    # Parser callbacks
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_message = True
+    # Parser callbacks. The base class's are called directly: super() costs time per request.
 
     def on_headers_complete(self) -> None:
         # max_header_bytes already bounds what the parser held; the count is checked here,
@@ -242,21 +253,22 @@ class LimitedProtocol(HttpToolsProtocol):
             raise _TooManyHeaders
         self._head_open = False
         self._head_bytes = 0
-        self._cancel()
-        super().on_headers_complete()
+        if self._timer is not None:
+            self._cancel()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._cancel()
-        self._in_message = False
+        HttpToolsProtocol.on_message_complete(self)
+        if self._timer is not None:
+            self._cancel()
         self._head_open = True
         self._head_bytes = 0
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        HttpToolsProtocol.on_response_complete(self)
         cycle = self.cycle
         # a pipelined request that has just started may still be sending its body
-        if cycle is not None and not cycle.response_complete and cycle.more_body:
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
             self._arm(self.limits.body_timeout, self._body_timed_out)
 
     # Timers
@@ -274,7 +286,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing() or self._busy():
             return
-        if self._in_message or self._head_bytes:
+        if self._head_bytes:
             seconds = self.limits.header_timeout
             self._refuse(408, "request_timeout", f"the request head took over {seconds:g} s")
         else:

@@ -101,6 +101,7 @@ def _uvicorn_config(cfg: ConsumerConfig, app: Any, **kwargs: Any) -> uvicorn.Con
         access_log=cfg.log_level in ("info", "debug"),
         lifespan="on",
         timeout_graceful_shutdown=10,
+        server_header=False,  # no "server: uvicorn": what runs here is nobody else's business
         **kwargs,
     )
 

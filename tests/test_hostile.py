@@ -369,6 +369,16 @@ def test_the_page_sends_security_headers(hostile: Server) -> None:
     assert headers["referrer-policy"] == "no-referrer"
 
 
+def test_no_answer_names_the_server_software(hostile: Server) -> None:
+    with connect(hostile) as sock:
+        sock.sendall(post_event() + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answers = [read_response(sock), read_response(sock)]
+    assert [status for status, _, _ in answers] == [200, 200]
+    for _, headers, _ in answers:
+        assert "server" not in headers
+        assert "date" in headers
+
+
 @pytest.mark.parametrize("path", [b"/events", b"/", b"/healthz", b"/event"])
 def test_a_foreign_host_gets_421_on_loopback(hostile: Server, path: bytes) -> None:
     method = b"POST" if path == b"/event" else b"GET"
