@@ -1,11 +1,14 @@
-"""Ingest benchmark: committed events/s and latency of `eventctl serve`, against baselines.
+"""Ingest benchmark: committed events/s, latency and server CPU of `eventctl serve`.
 
     python bench/ingest.py          # defaults: 10 s per point, 32 and 128 connections
     python bench/ingest.py --duration 5 --connections 32 --targets eventctl,bare
+    python bench/ingest.py --targets eventctl --before REV --together   # a change, A/B
 
-Each target runs as its own server process on 127.0.0.1, pinned to one core (taskset), and
-is driven from another process pinned to the other core: wrk with a Lua POST script when it
-is installed, else the bundled asyncio HTTP/1.1 driver in this file. Targets:
+Each target runs as its own server process on 127.0.0.1, started once and pinned to one
+core (taskset), and is driven from another process pinned to the other core: wrk with a Lua
+POST script when it is installed, else the bundled asyncio HTTP/1.1 driver in this file.
+Rounds visit every point, in ABBA order (so drift of the machine falls on both sides), each
+after a 1 s warm-up. Targets:
 
   bare      an ASGI app on the same uvicorn that answers 200 without storing (the ceiling)
   naive     a Starlette + Peewee handler that commits each request on its own
@@ -15,7 +18,12 @@ is installed, else the bundled asyncio HTTP/1.1 driver in this file. Targets:
             worktree), POST /event: the same run measures a change against its parent
 
 Committed events/s is counted from the database (rows after - rows before) / duration, so
-only what was really stored counts. Everything stays on loopback and stops by itself.
+only what was really stored counts; server CPU per event is the server process's user plus
+system time over the same window (Linux /proc). `vs before` is the median over rounds of
+eventctl/before within one round. With --together, eventctl and before are driven at the
+same moment and share the server core, so both see the same machine: on a shared VM, whose
+speed changes from one second to the next, that measures a change to within a few percent
+where back-to-back runs cannot. Everything stays on loopback and stops by itself.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +82,7 @@ def wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: f
 
 
 @contextmanager
-def server(target: str, cpu: int | None, workdir: Path) -> Iterator[tuple[int, Path | None]]:
+def server(target: str, cpu: int | None, workdir: Path) -> Iterator[tuple[int, int, Path | None]]:
     port = free_port()
     db = workdir / f"{target}.db"
     for suffix in ("", "-wal", "-shm"):
@@ -111,7 +120,7 @@ def server(target: str, cpu: int | None, workdir: Path) -> Iterator[tuple[int, P
     )
     try:
         wait_until_listening(port, process)
-        yield port, (None if target == "bare" else db)
+        yield process.pid, port, (None if target == "bare" else db)
     finally:
         process.terminate()
         try:
@@ -132,6 +141,15 @@ def worktree(revision: str | None, path: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid`, all its threads (Linux; else 0)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def count_rows(db: Path | None) -> int:
@@ -176,7 +194,7 @@ def run_wrk(
     cpu: int | None,
     workdir: Path,
 ) -> dict[str, float]:
-    script = workdir / "post.lua"
+    script = workdir / f"post-{port}.lua"
     script.write_text(LUA.format(body=json.dumps(body.decode())))
     argv = [
         "wrk",
@@ -321,6 +339,12 @@ def main() -> None:
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
+        "--together",
+        action="store_true",
+        help="with --before: drive `eventctl` and `before` at the same time, sharing the "
+        "server core, so that both see the same machine at every moment",
+    )
+    parser.add_argument(
         "--before",
         metavar="REV",
         help="also measure `eventctl serve` at this git revision (target `before`)",
@@ -344,17 +368,29 @@ def main() -> None:
         worktree(args.before, Path(tmp) / "before"),
     ):
         workdir = Path(tmp)
-        for round_number in range(args.repeat):
-            for target, conns in points:
-                point = measure(target, conns, driver, args, workdir)
-                rounds[(target, conns)].append(point)
-                print(
-                    f"round {round_number + 1}: {target:9} c={conns:<4} "
-                    f"{point['requests_per_s']:9.0f} req/s {point['events_per_s']:9.0f} events/s"
-                    f"  p50 {point['p50_ms']:6.2f} ms  p99 {point['p99_ms']:6.2f} ms"
-                    f"  errors {point['errors']:.0f}",
-                    file=sys.stderr,
-                )
+        servers: dict[str, tuple[int, int, Path | None]] = {}
+        with ExitStack() as stack:
+            for target in dict.fromkeys(target for target, _ in points):
+                servers[target] = stack.enter_context(server(target, args.server_cpu, workdir))
+            for round_number in range(args.repeat):
+                # ABBA order: drift of the machine within a round falls on both sides alike
+                for target, conns, point in run_round(
+                    points if round_number % 2 == 0 else points[::-1],
+                    servers,
+                    driver,
+                    args,
+                    workdir,
+                ):
+                    rounds[(target, conns)].append(point)
+                    print(
+                        f"round {round_number + 1}: {target:9} c={conns:<4} "
+                        f"{point['requests_per_s']:9.0f} req/s "
+                        f"{point['events_per_s']:9.0f} events/s"
+                        f"  p50 {point['p50_ms']:6.2f} ms  p99 {point['p99_ms']:6.2f} ms"
+                        f"  CPU {point['cpu_us_per_event']:6.1f} µs/event"
+                        f"  errors {point['errors']:.0f}",
+                        file=sys.stderr,
+                    )
     results = []
     for (target, conns), runs in rounds.items():
         middle = sorted(runs, key=lambda r: r["events_per_s"])[len(runs) // 2]
@@ -364,33 +400,85 @@ def main() -> None:
                 "target": target,
                 "connections": conns,
                 "events_per_s_all": [round(r["events_per_s"]) for r in runs],
+                "cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in runs),
+                "cpu_us_per_event_all": [round(r["cpu_us_per_event"], 1) for r in runs],
             }
         )
+    for result in results:
+        before = rounds.get(("before", result["connections"]))
+        if before and result["target"] in ("eventctl",):
+            mine = rounds[(result["target"], result["connections"])]
+            # rounds are paired: both targets ran back to back on the same machine state
+            result["vs_before_rounds"] = [
+                round(a["events_per_s"] / b["events_per_s"], 3)
+                for a, b in zip(mine, before, strict=True)
+                if b["events_per_s"]
+            ]
+            result["cpu_vs_before_rounds"] = [
+                round(a["cpu_us_per_event"] / b["cpu_us_per_event"], 3)
+                for a, b in zip(mine, before, strict=True)
+                if b["cpu_us_per_event"]
+            ]
     report(results, driver, args)
 
 
+def run_round(
+    points: list[tuple[str, int]],
+    servers: dict[str, tuple[int, int, Path | None]],
+    driver: str,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """Each point in turn; with --together, `eventctl` and `before` at the same time."""
+    done: set[tuple[str, int]] = set()
+    for target, conns in points:
+        if (target, conns) in done:
+            continue
+        pair = [(target, conns)]
+        if args.together and target in ("eventctl", "before"):
+            pair = [("eventctl", conns), ("before", conns)]
+        with ThreadPoolExecutor(len(pair)) as pool:
+            futures = [
+                pool.submit(measure, name, c, servers[name], driver, args, workdir)
+                for name, c in pair
+            ]
+            results = [future.result() for future in futures]
+        for (name, c), point in zip(pair, results, strict=True):
+            done.add((name, c))
+            yield name, c, point
+
+
 def measure(
-    target: str, conns: int, driver: str, args: argparse.Namespace, workdir: Path
+    target: str,
+    conns: int,
+    running: tuple[int, int, Path | None],
+    driver: str,
+    args: argparse.Namespace,
+    workdir: Path,
 ) -> dict[str, Any]:
     path, body = body_for(target)
-    with server(target, args.server_cpu, workdir) as (port, db):
-        # warm up, then count the rows committed during the measured run
-        if driver == "wrk":
-            run_wrk(port, path, body, conns, 1, args.client_cpu, workdir)
-        else:
-            run_driver(port, path, body, conns, 1, args.client_cpu)
-        before = count_rows(db)
-        if driver == "wrk":
-            point: dict[str, Any] = run_wrk(
-                port, path, body, conns, args.duration, args.client_cpu, workdir
-            )
-        else:
-            point = run_driver(port, path, body, conns, args.duration, args.client_cpu)
-        committed = count_rows(db) - before
+    pid, port, db = running
+    # warm up, then count the rows committed during the measured run
+    if driver == "wrk":
+        run_wrk(port, path, body, conns, 1, args.client_cpu, workdir)
+    else:
+        run_driver(port, path, body, conns, 1, args.client_cpu)
+    before = count_rows(db)
+    cpu_before = cpu_seconds(pid)
+    if driver == "wrk":
+        point: dict[str, Any] = run_wrk(
+            port, path, body, conns, args.duration, args.client_cpu, workdir
+        )
+    else:
+        point = run_driver(port, path, body, conns, args.duration, args.client_cpu)
+    cpu_used = cpu_seconds(pid) - cpu_before
+    committed = count_rows(db) - before
     per_request = BATCH_SIZE if target == "batch" else 1
     point["events_per_s"] = (
         committed / args.duration if db is not None else point["requests_per_s"] * per_request
     )
+    done = committed if db is not None else point["requests_per_s"] * args.duration
+    point["cpu_us_per_event"] = cpu_used / done * 1e6 if done else 0.0
     return point
 
 
@@ -402,8 +490,8 @@ def report(results: list[dict[str, Any]], driver: str, args: argparse.Namespace)
         f"server on CPU {args.server_cpu}, client on CPU {args.client_cpu}",
         "",
         "| target | connections | requests/s | committed events/s (rounds) | p50 ms | p99 ms "
-        "| errors | vs bare | vs naive | vs before |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU µs/event | errors | vs bare | vs naive | vs before |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         single = r["target"] != "batch"
@@ -415,16 +503,18 @@ def report(results: list[dict[str, Any]], driver: str, args: argparse.Namespace)
             if naive and naive["events_per_s"]
             else "-"
         )
-        before = by.get(("before", r["connections"])) if single else None
-        vs_before = (
-            f"{r['events_per_s'] / before['events_per_s']:.2f}"
-            if before and before["events_per_s"] and r["target"] not in ("before", "bare")
-            else "-"
-        )
+        vs_before = "-"
+        if r.get("vs_before_rounds"):
+            paired = r["vs_before_rounds"]
+            cpu = r["cpu_vs_before_rounds"]
+            vs_before = (
+                f"{statistics.median(paired):.2f} (rounds {', '.join(f'{x:.2f}' for x in paired)}; "
+                f"CPU/event {statistics.median(cpu):.2f})"
+            )
         lines.append(
             f"| {r['target']} | {r['connections']} | {r['requests_per_s']:.0f} | "
             f"{r['events_per_s']:.0f} ({', '.join(map(str, r['events_per_s_all']))}) | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_us_per_event']:.1f} | "
             f"{r['errors']:.0f} | {vs_bare} | {vs_naive} | {vs_before} |"
         )
     print("\n".join(lines))
