@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -22,6 +23,7 @@ from rich.text import Text
 from eventctl import __version__
 from eventctl.config import (
     DEFAULT_CONSUMER_CONFIG,
+    DEFAULT_EVENTS_FILE,
     DEFAULT_PROPAGATOR_CONFIG,
     LOG_LEVELS,
     ConsumerConfig,
@@ -212,7 +214,10 @@ def _complete_event_types(ctx: typer.Context, incomplete: str) -> list[str]:
             ctx.params.get("config") if own else None,
             events_file=ctx.params.get("events_file") if own else None,
         )
-        events = load_events_file(Path(cfg.events_file)).as_written()
+        path = Path(cfg.events_file)
+        if cfg.events_file == DEFAULT_EVENTS_FILE and not path.exists():
+            path = SAMPLE_EVENTS
+        events = load_events_file(path).as_written()
     except (EventctlError, OSError):
         return []
     types = dict.fromkeys(e.event_type for e in events)
@@ -803,6 +808,23 @@ def propagator_config(config: Path | None, **overrides: Any) -> PropagatorConfig
     )
 
 
+SAMPLE_EVENTS = Path(__file__).with_name("sample_events.json")
+
+
+def with_events(cfg: PropagatorConfig) -> PropagatorConfig:
+    """`cfg`; or, where the events file is the default one and this directory has none,
+    `cfg` with eventctl's sample events (a copy of the repository's events/events.json),
+    said on stderr, so that `propagate` and `up` work in any directory."""
+    if cfg.events_file != DEFAULT_EVENTS_FILE or Path(cfg.events_file).exists():
+        return cfg
+    print(
+        f"eventctl: no {DEFAULT_EVENTS_FILE} here, so sending eventctl's sample events "
+        f"({SAMPLE_EVENTS}); --events-file or EVENTCTL_EVENTS_FILE names your own",
+        file=sys.stderr,
+    )
+    return dataclasses.replace(cfg, events_file=str(SAMPLE_EVENTS))
+
+
 @app.command()
 @guarded
 def propagate(
@@ -887,6 +909,8 @@ def propagate(
         request_timeout_seconds=timeout,
     )
     seconds = _duration(duration)
+    if not drain:
+        cfg = with_events(cfg)
     events = EventSource([]) if drain else load_events_file(Path(cfg.events_file))
     mode = DisplayMode.choose(quiet=quiet, json_log=json_log, tty=sys.stderr.isatty())
     stats = propagate_events(
@@ -994,7 +1018,7 @@ def send_once(
     )
     event = _event_from_flags(event_type, payload, file)
     if event is None:
-        source = load_events_file(Path(cfg.events_file))
+        source = load_events_file(Path(with_events(cfg).events_file))
         event = source.pick(random.Random(), 1, lambda: datetime.now(UTC))
     if overrides:
         event = validate_event({**event._asdict(), **_parse_sets(overrides)})
@@ -1049,7 +1073,7 @@ def up(
     from eventctl.runner import DisplayMode, listen, run_up
 
     ccfg = consumer_config(None, port=port, database_url=database_url)
-    pcfg = propagator_config(None, interval_seconds=interval)
+    pcfg = with_events(propagator_config(None, interval_seconds=interval))
     seconds = _duration(duration)
     events = load_events_file(Path(pcfg.events_file))
     mode = DisplayMode.choose(quiet=quiet, json_log=False, tty=sys.stderr.isatty())

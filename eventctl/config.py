@@ -22,6 +22,7 @@ from eventctl.errors import ConfigError
 DEFAULT_CONSUMER_CONFIG = Path("config/consumer_config.yaml")
 DEFAULT_PROPAGATOR_CONFIG = Path("config/propagator_config.yaml")
 ENV_PREFIX = "EVENTCTL_"
+DEFAULT_EVENTS_FILE = "events/events.json"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 Check = Callable[[Any], str | None]
@@ -129,7 +130,7 @@ class PropagatorConfig:
     api_endpoint: str = _option(
         "http://localhost:8000/event", _http_url, "where events are sent", "--endpoint"
     )
-    events_file: str = _option("events/events.json", None, "JSON list of events to choose from")
+    events_file: str = _option(DEFAULT_EVENTS_FILE, None, "JSON list of events to choose from")
     max_in_flight: int = _option(100, _positive, "most events unsettled at once")
     retry_attempts: int = _option(100, _positive, "attempts per event before it fails")
     retry_base_seconds: float = _option(0.2, _positive, "first retry delay, doubled each time")

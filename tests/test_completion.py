@@ -100,8 +100,16 @@ def test_known_values_complete(shell: str, project: Path) -> None:
     ]
 
 
-def test_no_events_file_completes_no_types(tmp_path: Path) -> None:
-    assert complete("bash", "eventctl list-events --type ", tmp_path) == []
+def test_without_an_events_file_the_sample_types_complete(tmp_path: Path) -> None:
+    """What `propagate` would send there: eventctl's sample events."""
+    sample = json.loads((ROOT / "eventctl" / "sample_events.json").read_text())
+    types = list(dict.fromkeys(event["event_type"] for event in sample))
+    assert complete("bash", "eventctl send-once --type ", tmp_path) == types
+
+
+def test_a_named_events_file_that_is_missing_completes_no_types(tmp_path: Path) -> None:
+    line = "eventctl send-once --events-file missing.json --type "
+    assert complete("bash", line, tmp_path) == []
 
 
 @pytest.mark.parametrize("shell", SHELLS)

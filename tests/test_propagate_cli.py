@@ -271,6 +271,32 @@ def test_send_once_random_event_from_file_and_from_stdin(server: Server, tmp_pat
     assert types[1:] == ["from.stdin", "from.file"]
 
 
+def test_in_a_directory_without_events_the_sample_events_are_sent(
+    server: Server, tmp_path: Path
+) -> None:
+    sent = run_cli("send-once", "--endpoint", server.url + "/event", cwd=tmp_path)
+    assert sent.returncode == ExitCode.OK, sent.stderr
+    assert "no events/events.json here" in sent.stderr
+    assert "sample events" in sent.stderr
+    sample = json.loads((ROOT / "eventctl" / "sample_events.json").read_text())
+    assert stored_rows(server.database_url)[0][1] in {e["event_type"] for e in sample}
+    assert not (tmp_path / "events").exists()
+
+
+def test_an_events_file_the_user_names_must_exist(server: Server, tmp_path: Path) -> None:
+    named = run_cli(
+        "send-once", "--endpoint", server.url + "/event", "--events-file", "mine.json", cwd=tmp_path
+    )
+    assert named.returncode == ExitCode.INPUT, named.stderr
+    assert_one_line_error(named.stderr, "mine.json", "no such file")
+    assert stored_rows(server.database_url) == []
+
+
+def test_the_sample_events_are_the_repositorys_events_file() -> None:
+    sample = ROOT / "eventctl" / "sample_events.json"
+    assert sample.read_bytes() == (ROOT / "events" / "events.json").read_bytes()
+
+
 def test_send_once_exit_2_on_usage_errors() -> None:
     assert run_cli("send-once", "--type", "only").returncode == ExitCode.USAGE
     assert run_cli("send-once", "--file", "x.json", "--type", "t").returncode == ExitCode.USAGE

@@ -2,10 +2,10 @@
 
 Real processes: `eventctl serve`, `eventctl propagate --rate 200 --count 2000`, `kill -9` of
 one of them, the same command again, then `eventctl verify`, which must print what the
-README shows. The only differences from typing it: a free port instead of 8000 (through
-EVENTCTL_PORT and EVENTCTL_API_ENDPOINT) and the checkout's events file (EVENTCTL_EVENTS_FILE),
-since a fresh directory has none. The spool and the database are the defaults, in the
-fresh directory. About 12 s per drill.
+README shows. The only difference from typing it: a free port instead of 8000 (through
+EVENTCTL_PORT and EVENTCTL_API_ENDPOINT). The fresh directory has no events file, so the
+propagator sends eventctl's sample events; the spool and the database are the defaults, in
+the fresh directory. About 12 s per drill.
 """
 
 from __future__ import annotations
@@ -81,7 +81,6 @@ def test_the_readme_drill_prints_what_the_readme_shows(tmp_path: Path, victim: s
     env.update(
         EVENTCTL_PORT=str(port),
         EVENTCTL_API_ENDPOINT=f"http://localhost:{port}/event",
-        EVENTCTL_EVENTS_FILE=str(ROOT / "events" / "events.json"),
     )
     propagate = README_COMMAND.split()[1:]
     consumer = serve(cwd, env, "serve-1")
@@ -95,6 +94,7 @@ def test_the_readme_drill_prints_what_the_readme_shows(tmp_path: Path, victim: s
         time.sleep(1.0)
         consumer = serve(cwd, env, "serve-2")
     assert sender.wait(60) == 0, sender.stderr
+    assert "sample events" in sender.stderr
     if victim == "propagate":
         assert "resuming run 1 (" in sender.stderr
     # an event sent by hand is in the database too, and is no problem for the run
