@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest import free_port, pinned, wait_until_listening  # noqa: E402
 
-from eventctl.transport import LeanTransport  # noqa: E402
+from eventctl.propagator.transport import LeanTransport  # noqa: E402
 
 BODY = b'{"event_type":"order.created","event_payload":"{\\"order_id\\": 5531}"}'
 REQUESTS = 4000

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from eventctl.spool import Run, Spool
+from eventctl.propagator.spool import Run, Spool
 from eventctl.store import Store
 
 OTHER_MARGIN = timedelta(seconds=1)

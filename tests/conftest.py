@@ -1,30 +1,25 @@
+"""Fixtures: a clean environment, databases on each backend, a running consumer."""
+
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from starlette.applications import Starlette
 
 from eventctl.store import Store
-
-POSTGRES_ENV = "EVENTCTL_TEST_POSTGRES_URL"
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import (
+    SPOOL_ENV,
+    Server,
+    drop_events_table,
+    postgres_url,
+)
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-SPOOL_ENV = "EVENTCTL_TEST_SPOOL"
 
 
 @pytest.fixture(autouse=True)
@@ -36,24 +31,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(SPOOL_ENV, str(tmp_path / "spool.db"))
 
 
-def postgres_url() -> str:
-    """The test PostgreSQL URL; skip without one, except under CI where it must be there."""
-    url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {POSTGRES_ENV} is not set")
-        pytest.skip(f"set {POSTGRES_ENV}=postgresql://... to run PostgreSQL tests")
-    return url
-
-
-def _drop_events_table(url: str) -> None:
-    store = Store.open(url, create=True)
-    try:
-        store.database.drop_tables([store.model])
-    finally:
-        store.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database on each backend."""
@@ -61,9 +38,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'events.db'}"
         return
     url = postgres_url()
-    _drop_events_table(url)
+    drop_events_table(url)
     yield url
-    _drop_events_table(url)
+    drop_events_table(url)
 
 
 @pytest.fixture
@@ -76,125 +53,6 @@ def store(database_url: str) -> Iterator[Store]:
     opened = Store.open(database_url, create=True)
     yield opened
     opened.close()
-
-
-@asynccontextmanager
-async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the app's lifespan and talk to it through httpx's ASGI transport."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
-            yield c
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCTL_")}
-    env["EVENTCTL_SPOOL_PATH"] = os.environ[SPOOL_ENV]
-    env.update(extra)
-    return env
-
-
-def run_cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m eventctl ARGS` as a real subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "eventctl", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or ROOT,
-        env=env or cli_env(),
-        timeout=timeout,
-        check=False,
-    )
-
-
-def send_once(
-    url: str,
-    *extra: str,
-    event_type: str = "t",
-    payload: str = "p",
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """`eventctl send-once` of one given event to the consumer at `url`."""
-    return run_cli(
-        "send-once",
-        "--endpoint",
-        url + "/event",
-        "--type",
-        event_type,
-        "--payload",
-        payload,
-        *extra,
-        env=env,
-    )
-
-
-def propagate_quickly(
-    url: str, count: int, *extra: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`eventctl propagate` of `count` events, 10 ms apart, to the consumer at `url`."""
-    return run_cli(
-        "propagate",
-        "--endpoint",
-        url + "/event",
-        "--interval",
-        "0.01",
-        "--count",
-        str(count),
-        *extra,
-        env=env,
-    )
-
-
-def spawn(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
-    """Start `python -m eventctl ARGS` as a real subprocess with piped output."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "eventctl", *args],
-        cwd=cwd or ROOT,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-class Server:
-    """A real `eventctl serve` subprocess on a free loopback port."""
-
-    def __init__(self, database_url: str, cwd: Path, *extra: str, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.database_url = database_url
-        self.process = spawn(
-            "serve", "--port", str(self.port), "--database-url", database_url, *extra, cwd=cwd
-        )
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"serve exited early: {self.process.communicate()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError("serve did not become healthy in time")
-
-    def stop(self, timeout: float = 20) -> tuple[int, str]:
-        if self.process.poll() is None:
-            self.process.terminate()
-        _, err = self.process.communicate(timeout=timeout)
-        return self.process.returncode, err
 
 
 @pytest.fixture

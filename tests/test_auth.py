@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eventctl.app import create_app
 from eventctl.auth import (
     Credentials,
     SignatureError,
@@ -24,9 +23,10 @@ from eventctl.auth import (
     verify,
 )
 from eventctl.config import ConsumerConfig
+from eventctl.consumer.app import create_app
 from eventctl.errors import ConfigError, ExitCode
 from eventctl.store import Store
-from tests.conftest import Server, cli_env, in_process, propagate_quickly, send_once
+from tests.helpers import Server, cli_env, in_process, propagate_quickly, send_once
 
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 EVENT = {"event_type": "order.created", "event_payload": "{}"}

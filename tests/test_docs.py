@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import typer.main
 
-from eventctl.app import create_app
 from eventctl.auth import Credentials
 from eventctl.cli import app
 from eventctl.config import ConsumerConfig, PropagatorConfig, describe
+from eventctl.consumer.app import create_app
 from eventctl.errors import ExitCode
 from eventctl.store import Store
-from tests.conftest import in_process
+from tests.helpers import in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -67,7 +67,7 @@ def test_every_exit_code_is_in_cli_md() -> None:
 
 
 def test_every_error_code_and_status_is_in_http_api_md() -> None:
-    source = (ROOT / "eventctl" / "app.py").read_text()
+    source = (ROOT / "eventctl" / "consumer" / "app.py").read_text()
     found = set(re.findall(r"(\d{3}),\s*\"([a-z_]+)\"", source))
     found |= {(str(s), c) for s, c in [(404, "not_found"), (405, "method_not_allowed")]}
     assert len(found) >= 9

@@ -10,7 +10,7 @@ import pytest
 
 from eventctl.errors import InvalidEvent
 from eventctl.events import Event, unique_keys, validate_event
-from eventctl.templates import load_events_file
+from eventctl.propagator.templates import load_events_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

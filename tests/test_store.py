@@ -8,7 +8,7 @@ import pytest
 from eventctl.errors import DatabaseError, IdempotencyConflict
 from eventctl.events import Event
 from eventctl.store import Incoming, Store, describe_url
-from tests.conftest import postgres_url
+from tests.helpers import postgres_url
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 

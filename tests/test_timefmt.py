@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from eventctl.openapi import DURATION_PATTERN
+from eventctl.consumer.openapi import DURATION_PATTERN
 from eventctl.timefmt import parse_duration, parse_since
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)

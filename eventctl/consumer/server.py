@@ -1,0 +1,151 @@
+"""Serving the consumer: the listening socket, uvicorn with eventctl's limits, workers.
+
+The CLI calls these; they raise domain errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import tempfile
+from dataclasses import asdict
+from typing import Any
+
+import uvicorn
+from rich.console import Console
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+from eventctl.auth import WEBHOOK_SECRETS_ENV, Credentials
+from eventctl.config import ConsumerConfig
+from eventctl.consumer.app import ConsumerApp, create_app
+from eventctl.consumer.httpserver import Limits, ServerConfig, fit_connections
+from eventctl.consumer.logs import log_config
+from eventctl.errors import EventctlError, Unavailable
+from eventctl.store import Store, describe_url
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, or Unavailable with the reason (e.g. address already in use)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and without
+    # it every keep-alive response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise Unavailable(f"cannot listen on {host}:{port}: {reason.lower()}") from None
+    return sock
+
+
+def local_url(sock: socket.socket, path: str = "") -> str:
+    """http://host:port of a listening socket, with a wildcard host replaced by loopback."""
+    host, port = sock.getsockname()[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{path}"
+
+
+WORKER_CONFIG_ENV = "EVENTCTL_WORKER_CONFIG"
+
+
+def limits(cfg: ConsumerConfig) -> Limits:
+    """The connection limits of `cfg`, with max_connections fitted to the open-file limit."""
+    return Limits(
+        max_header_bytes=cfg.max_header_bytes,
+        max_headers=cfg.max_headers,
+        header_timeout=cfg.header_timeout_seconds,
+        body_timeout=cfg.body_timeout_seconds,
+        max_connections=fit_connections(cfg.max_connections),
+    )
+
+
+def _uvicorn_config(cfg: ConsumerConfig, app: Any, **kwargs: Any) -> uvicorn.Config:
+    return ServerConfig(
+        app,
+        limits=limits(cfg),
+        timeout_keep_alive=cfg.keep_alive_seconds,
+        log_config=log_config(cfg.log_level),
+        log_level=cfg.log_level,
+        access_log=cfg.log_level in ("info", "debug"),
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        server_header=False,  # no "server: uvicorn": what runs here is nobody else's business
+        **kwargs,
+    )
+
+
+def consumer_credentials(cfg: ConsumerConfig) -> Credentials:
+    return Credentials.load(
+        token_file=cfg.auth_token_file,
+        secrets_variable=WEBHOOK_SECRETS_ENV,
+        secrets_file=cfg.webhook_secrets_file,
+        environ=os.environ,
+    )
+
+
+def consumer_server(cfg: ConsumerConfig, store: Store) -> uvicorn.Server:
+    app = create_app(cfg, store, credentials=consumer_credentials(cfg))
+    return uvicorn.Server(_uvicorn_config(cfg, app))
+
+
+def worker_app() -> ConsumerApp:
+    """The app of one `serve --workers N` process, built from the parent's config."""
+    cfg = ConsumerConfig(**json.loads(os.environ[WORKER_CONFIG_ENV]))
+    multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+    return create_app(
+        cfg,
+        Store.open(cfg.database_url),
+        credentials=consumer_credentials(cfg),
+        multiprocess_metrics=multiprocess,
+    )
+
+
+def _serve_workers(cfg: ConsumerConfig, sock: socket.socket) -> None:
+    """N uvicorn worker processes sharing `sock`, supervised by uvicorn until a signal."""
+    with tempfile.TemporaryDirectory(prefix="eventctl-metrics-") as metrics_dir:
+        os.environ[WORKER_CONFIG_ENV] = json.dumps(asdict(cfg))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        config = _uvicorn_config(
+            cfg, "eventctl.consumer.server:worker_app", factory=True, workers=cfg.workers
+        )
+        Multiprocess(config, sockets=[sock]).run()
+
+
+def serve(cfg: ConsumerConfig, sock: socket.socket, console: Console) -> None:
+    """Run the consumer on `sock` until SIGINT/SIGTERM; return after a graceful shutdown."""
+    try:
+        store = Store.open(cfg.database_url, create=True)
+    except EventctlError:
+        sock.close()
+        raise
+    workers = f", {cfg.workers} workers" if cfg.workers > 1 else ""
+    console.print(
+        f"eventctl serve: listening on {local_url(sock)} "
+        f"(database {describe_url(cfg.database_url)}{workers}); Ctrl-C stops",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        if cfg.workers > 1:
+            store.close()
+            _serve_workers(cfg, sock)
+        else:
+            server = consumer_server(cfg, store)
+            # uvicorn restores the handlers it found and then re-raises the signal it
+            # caught; with these no-op handlers in place, that re-raise ends in a return.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, frame: None)
+            server.run(sockets=[sock])
+            if not server.started:
+                raise EventctlError("the server did not start (see the log above)")
+    finally:
+        store.close()
+        sock.close()
+    console.print("eventctl serve: stopped", highlight=False)

@@ -1,0 +1,263 @@
+"""How a propagator run looks: a pure `render(stats, now)`, and the sinks that show records.
+
+The live view draws on stderr; log lines go to stderr; NDJSON goes to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from eventctl.propagator.propagator import Record, Stats
+from eventctl.textsafe import visible
+
+OUTCOME_STYLE = {"delivered": "green", "retrying": "yellow", "failed": "bold red"}
+TITLE = "eventctl propagate"
+RATE_MIN_SECONDS = 1.0
+# below this many events, or this rate, CPU per event is mostly start-up and idle time
+CPU_MIN_EVENTS = 100
+CPU_MIN_RATE = 50.0
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}"
+
+
+def render(stats: Stats, now: float, *, title: str = TITLE) -> RenderableType:
+    """The live status of a run as a Rich renderable. Pure: same input, same output."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="dim")
+    head.add_column()
+    head.add_column(style="dim")
+    head.add_column()
+    in_flight = Text(f"{stats.in_flight} / {stats.max_in_flight}")
+    if stats.capped:
+        in_flight.append("  cap hit: ticks skipped", style="bold yellow")
+    if stats.spool_full:
+        in_flight.append("  spool full: generation paused", style="bold yellow")
+    head.add_row(
+        "endpoint", Text(visible(stats.endpoint)), "elapsed", _elapsed(now - stats.started_at)
+    )
+    head.add_row(
+        "interval",
+        f"{stats.interval:g} s ({1 / stats.interval:g}/s)",
+        "in flight",
+        in_flight,
+    )
+
+    counts = Table.grid(padding=(0, 3))
+    names = ("sent", "resent", "delivered", "retrying", "failed", "replayed", "skipped")
+    values = (
+        stats.generated,
+        stats.resent,
+        stats.delivered,
+        stats.retrying,
+        stats.failed,
+        stats.replayed,
+        stats.skipped_ticks,
+    )
+    styles = ("", "", "green", "yellow", "red", "", "yellow")
+    for _ in names:
+        counts.add_column(justify="right")
+    counts.add_row(*(Text(n, style="dim") for n in names))
+    counts.add_row(
+        *(Text(str(v), style=s if v else "") for v, s in zip(values, styles, strict=True))
+    )
+
+    last = stats.last
+    latency = Table.grid(padding=(0, 2))
+    latency.add_column(style="dim")
+    latency.add_column()
+    latency.add_row(
+        "last",
+        Text("-" if last is None else visible(f"{last.event_type}  {last.result}")),
+    )
+    latency.add_row(
+        "latency", f"p50 {_ms(stats.percentile(0.5))}   p99 {_ms(stats.percentile(0.99))}"
+    )
+    elapsed = now - stats.started_at
+    # a rate over less than two intervals is one or two events over a sliver of time
+    rate = (
+        f"{stats.achieved_rate(now):.1f}/s achieved"
+        if stats.generated and elapsed >= max(RATE_MIN_SECONDS, 2 * stats.interval)
+        else "-"
+    )
+    latency.add_row("rate", f"{rate}   lateness p99 {_ms(stats.percentile(0.99, stats.lateness))}")
+
+    recent = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
+    recent.add_column("at", justify="right")
+    recent.add_column("event_type", max_width=28, no_wrap=True, overflow="ellipsis")
+    recent.add_column("outcome")
+    recent.add_column("status", justify="right")
+    recent.add_column("latency", justify="right")
+    recent.add_column("try", justify="right")
+    for record in reversed(stats.recent):
+        recent.add_row(
+            f"{record.at - stats.started_at:.1f}s",
+            Text(visible(record.event_type)),
+            Text(record.outcome, style=OUTCOME_STYLE[record.outcome]),
+            Text(visible(record.result)),
+            _ms(record.latency),
+            str(record.attempt),
+        )
+    parts: list[RenderableType] = [head, Text(), counts, Text(), latency]
+    if stats.recent:
+        parts += [Text(), recent]
+    return Panel(Group(*parts), title=title, title_align="left", expand=False)
+
+
+def log_line(record: Record, started_at: float) -> str:
+    """One human line per record, for when there is no live view."""
+    parts = [
+        f"{record.at - started_at:8.3f}s",
+        f"{record.outcome:<9}",
+        visible(record.event_type),
+        visible(record.result),
+    ]
+    if record.latency is not None:
+        parts.append(_ms(record.latency))
+    if record.attempt > 1 or record.outcome != "delivered":
+        parts.append(f"attempt {record.attempt}")
+    if record.retry_in is not None:
+        parts.append(f"retry in {record.retry_in:.2f}s")
+    if record.replayed:
+        parts.append("replayed")
+    parts.append(f"id={record.event_id}")
+    return "  ".join(parts)
+
+
+def record_json(record: Record, started_at: float) -> dict[str, Any]:
+    return {
+        "kind": record.outcome,
+        "t": round(record.at - started_at, 6),
+        "event_id": record.event_id,
+        "event_type": record.event_type,
+        "attempt": record.attempt,
+        "status": record.status,
+        "error": record.error,
+        "latency_ms": None if record.latency is None else round(record.latency * 1000, 3),
+        "retry_in": record.retry_in,
+        "replayed": record.replayed,
+    }
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _summary_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def summary_lines(summary: dict[str, Any], *, title: str = TITLE) -> list[str]:
+    """The end-of-run summary as a few plain lines, the first one starting with `title`.
+
+    The achieved rate and lateness are shown only when at least two events were generated,
+    CPU per event only for at least CPU_MIN_EVENTS events sent at CPU_MIN_RATE or faster.
+    """
+    resent = f"{summary['resent']} resent from the spool, " if summary["resent"] else ""
+    elapsed = summary["elapsed_seconds"]
+    first = (
+        f"{title}: {summary['generated']} sent, {resent}{summary['delivered']} "
+        f"delivered, {summary['failed']} failed, {summary['pending']} pending "
+        f"in {elapsed:.1f}s ({_plural(summary['attempts'], 'attempt')}, "
+        f"{summary['replayed']} replayed, {_plural(summary['skipped_ticks'], 'tick')} skipped)"
+    )
+    second = [
+        f"latency p50 {_summary_ms(summary['latency_p50_ms'])}, "
+        f"p99 {_summary_ms(summary['latency_p99_ms'])}"
+    ]
+    if summary["generated"] >= 2:
+        second.append(
+            f"achieved {summary['achieved_rate']:.1f}/s, "
+            f"lateness p99 {_summary_ms(summary['lateness_p99_ms'])}"
+        )
+    sent = summary["generated"] + summary["resent"]
+    cpu = summary["cpu_per_event_us"]
+    if cpu is not None and sent >= CPU_MIN_EVENTS and sent >= CPU_MIN_RATE * elapsed:
+        second.append(f"CPU {cpu:.1f} µs/event")
+    return [first, "; ".join(second)]
+
+
+class Display:
+    """Where a run's progress goes: the base shows only the summary, on `console` (stderr)."""
+
+    def __init__(self, stats: Stats, console: Console, *, title: str = TITLE) -> None:
+        self.stats = stats
+        self.console = console
+        self.title = title
+
+    def __enter__(self) -> Display:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def record(self, record: Record) -> None:
+        """Called for every attempt's outcome."""
+
+    def refresh(self, now: float) -> None:
+        """Called a few times a second."""
+
+    def print(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        for line in summary_lines(summary, title=self.title):
+            self.print(line)
+
+
+class LiveDisplay(Display):
+    """A Rich live panel on the console, redrawn by refresh()."""
+
+    def __init__(self, stats: Stats, console: Console, now: float, *, title: str = TITLE) -> None:
+        super().__init__(stats, console, title=title)
+        self._live = Live(render(stats, now, title=title), console=console, auto_refresh=False)
+
+    def __enter__(self) -> Display:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def refresh(self, now: float) -> None:
+        self._live.update(render(self.stats, now, title=self.title), refresh=True)
+
+
+class LogDisplay(Display):
+    """One line per record."""
+
+    def record(self, record: Record) -> None:
+        self.print(log_line(record, self.stats.started_at))
+
+
+class JsonDisplay(Display):
+    """NDJSON on `stream` (stdout): one object per record, then one `summary` object."""
+
+    def __init__(
+        self, stats: Stats, console: Console, stream: IO[str], *, title: str = TITLE
+    ) -> None:
+        super().__init__(stats, console, title=title)
+        self.stream = stream
+
+    def record(self, record: Record) -> None:
+        self.stream.write(json.dumps(record_json(record, self.stats.started_at)) + "\n")
+        self.stream.flush()
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self.stream.write(json.dumps({"kind": "summary", **summary}) + "\n")
+        self.stream.flush()
+        super().summary(summary)

@@ -1,0 +1,545 @@
+"""The Event Propagator: picks an event at random on a drift-free schedule and delivers it.
+
+Library code with every outside effect injected (clock, sleep, random source, HTTP client,
+id maker); it reports through callbacks and never prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import statistics
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Literal, NamedTuple
+
+import httpx
+import orjson
+
+from eventctl.auth import Credentials, signature_headers
+from eventctl.errors import InvalidEvent, Unavailable
+from eventctl.events import Event, new_event_id
+from eventctl.propagator.spool import Spool
+from eventctl.propagator.templates import EventSource
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+RETRYABLE_4XX = frozenset({408, 429})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+MAX_RETRY_AFTER_SECONDS = 3600.0
+LATENCY_WINDOW = 10_000
+RECENT = 8
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits about base * 2**(n-1), capped.
+
+    An event is retried until `max_elapsed_seconds` have passed since its first attempt
+    (the last attempt falls at that moment) or it has had `attempts` attempts, whichever
+    comes first; with the defaults the time is the limit (about 17 to 30 attempts).
+    """
+
+    attempts: int = 100
+    base_seconds: float = 0.2
+    max_seconds: float = 10.0
+    max_elapsed_seconds: float = 120.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt `attempt` (from 1): half fixed, half random."""
+        ceiling = min(self.max_seconds, self.base_seconds * 2.0 ** (attempt - 1))
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """The delay a Retry-After header asks for (seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+Outcome = Literal["delivered", "retrying", "failed"]
+
+
+class Record(NamedTuple):
+    """What happened to one attempt to deliver one event."""
+
+    outcome: Outcome
+    event_id: str
+    event_type: str
+    attempt: int
+    at: float
+    status: int | None = None
+    error: str | None = None
+    latency: float | None = None
+    retry_in: float | None = None
+    replayed: bool = False
+
+    @property
+    def result(self) -> str:
+        """The status code, or the transport error, as one short word or phrase."""
+        return str(self.status) if self.status is not None else (self.error or "?")
+
+
+@dataclass
+class Stats:
+    """Counts and recent history of a run; what the display renders and the summary reports."""
+
+    endpoint: str
+    interval: float
+    max_in_flight: int
+    started_at: float = 0.0
+    finished_at: float | None = None
+    cpu_seconds: float = 0.0
+    generated: int = 0
+    attempts: int = 0
+    delivered: int = 0
+    failed: int = 0
+    retrying: int = 0
+    in_flight: int = 0
+    pending_at_exit: int = 0
+    replayed: int = 0
+    skipped_ticks: int = 0
+    resent: int = 0
+    capped: bool = False
+    spool_full: bool = False
+    last: Record | None = None
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    recent: deque[Record] = field(default_factory=lambda: deque(maxlen=RECENT))
+
+    def percentile(self, q: float, values: deque[float] | None = None) -> float | None:
+        """Quantile (0-1) of the last LATENCY_WINDOW latencies (or `values`), in seconds."""
+        data = self.latencies if values is None else values
+        if not data:
+            return None
+        if len(data) == 1:
+            return data[0]
+        return statistics.quantiles(data, n=100, method="inclusive")[round(q * 100) - 1]
+
+    def achieved_rate(self, now: float) -> float:
+        elapsed = (self.finished_at or now) - self.started_at
+        return self.generated / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def all_delivered(self) -> bool:
+        return self.failed == 0 and self.pending_at_exit == 0
+
+    def summary(self, now: float) -> dict[str, object]:
+        p50, p99 = self.percentile(0.5), self.percentile(0.99)
+        sent = self.generated + self.resent
+        return {
+            "endpoint": self.endpoint,
+            "elapsed_seconds": round((self.finished_at or now) - self.started_at, 3),
+            "generated": self.generated,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "pending": self.pending_at_exit,
+            "attempts": self.attempts,
+            "replayed": self.replayed,
+            "skipped_ticks": self.skipped_ticks,
+            "resent": self.resent,
+            "latency_p50_ms": _ms(p50),
+            "latency_p99_ms": _ms(p99),
+            "achieved_rate": round(self.achieved_rate(now), 2),
+            "lateness_p50_ms": _ms(self.percentile(0.5, self.lateness)),
+            "lateness_p99_ms": _ms(self.percentile(0.99, self.lateness)),
+            "cpu_per_event_us": round(self.cpu_seconds / sent * 1e6, 1) if sent else None,
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+class Propagator:
+    """Sends one random event per tick to `endpoint` until stopped, `count` or `duration`.
+
+    Tick k is due at start + k * interval on `clock`, whatever the responses do. At most
+    `max_in_flight` events are unsettled at once; a tick that finds the cap full is skipped
+    (no event is generated for it) and counted. Each event keeps its id, sent as
+    `Idempotency-Key`, across retries, and ends delivered, failed, or pending at exit.
+    """
+
+    def __init__(
+        self,
+        events: Sequence[Event] | EventSource,
+        endpoint: str,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        interval: float,
+        timeout: float = 10.0,
+        policy: RetryPolicy | None = None,
+        max_in_flight: int = 100,
+        count: int | None = None,
+        duration: float | None = None,
+        rng: random.Random | None = None,
+        jitter_rng: random.Random | None = None,
+        clock: Clock,
+        sleep: Sleep = asyncio.sleep,
+        cpu_clock: Clock = time.process_time,
+        new_id: Callable[[], str] = new_event_id,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_record: Callable[[Record], None] | None = None,
+        spool: Spool | None = None,
+        spool_max_pending: int = 10_000,
+        replay: Sequence[tuple[str, Event]] = (),
+        credentials: Credentials | None = None,
+    ) -> None:
+        if not events and count != 0:
+            raise ValueError("no events to send")
+        self.source = events if isinstance(events, EventSource) else EventSource.plain(events)
+        self.endpoint = endpoint
+        self.transport = transport
+        self.interval = interval
+        self.policy = policy or RetryPolicy()
+        self.max_in_flight = max_in_flight
+        self.count = count
+        self.duration = duration
+        self.rng = rng or random.Random()
+        self.jitter_rng = jitter_rng or random.Random()
+        self.clock = clock
+        self.sleep = sleep
+        self.cpu_clock = cpu_clock
+        self.new_id = new_id
+        self.wall_clock = wall_clock
+        self.on_record = on_record
+        self.spool = spool
+        self.spool_max_pending = spool_max_pending
+        self.replay = list(replay)
+        self.credentials = credentials or Credentials()
+        self._url = httpx.URL(endpoint)  # parsed once, not per request
+        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        self.stats = Stats(endpoint, interval, max_in_flight)
+        self._stop = asyncio.Event()
+        self._abort = asyncio.Event()
+        self._sleeper: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        """Stop generating; run() then gives in-flight events the grace period and returns."""
+        self._stop.set()
+        if self._sleeper is not None:
+            self._sleeper.cancel()
+
+    def abort(self) -> None:
+        """Stop at once: no grace period; what is in flight stays pending in the spool."""
+        self._abort.set()
+        self.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def _sleep_or_stop(self, seconds: float) -> bool:
+        """Sleep; return True early if stop() was called."""
+        if self._stop.is_set():
+            return True
+        if seconds <= 0:
+            return False
+        # one task per tick, which stop() cancels; cheaper than racing two tasks
+        self._sleeper = asyncio.ensure_future(self.sleep(seconds))
+        try:
+            await self._sleeper
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                raise
+        finally:
+            self._sleeper = None
+        return self._stop.is_set()
+
+    async def run(self, grace: float = 3.0) -> Stats:
+        """Resend `replay` first, then generate and deliver until done; return the stats."""
+        stats = self.stats
+        start = stats.started_at = self.clock()
+        cpu_start = self.cpu_clock()
+        for event_id, event in self.replay:
+            if len(self._tasks) >= self.max_in_flight and await self._wait_for_slot():
+                break
+            stats.resent += 1
+            self._launch(event_id, event)
+        start = self.clock()
+        tick = 0
+        while not self._done(tick):
+            due = start + tick * self.interval
+            if await self._sleep_or_stop(due - self.clock()):
+                break
+            # every tick already due goes out together: one spool commit, one wake-up
+            now = self.clock()
+            fresh: list[tuple[str, Event]] = []
+            while True:
+                self._tick(due, fresh)
+                tick += 1
+                due = start + tick * self.interval
+                if due > now or self._done(tick):
+                    break
+            if fresh and self.spool is not None:
+                self.spool.add_many(fresh)
+            for event_id, event in fresh:
+                self._launch(event_id, event)
+        await self._settle(grace)
+        stats.finished_at = self.clock()
+        stats.cpu_seconds = self.cpu_clock() - cpu_start
+        return stats
+
+    def _done(self, tick: int) -> bool:
+        if self.count is not None and self.stats.generated >= self.count:
+            return True
+        return self.duration is not None and tick * self.interval >= self.duration
+
+    def _tick(self, due: float, fresh: list[tuple[str, Event]]) -> None:
+        """Generate the event of the tick due at `due` into `fresh`, unless a cap is full."""
+        stats = self.stats
+        stats.capped = len(self._tasks) + len(fresh) >= self.max_in_flight
+        stats.spool_full = (
+            self.spool is not None
+            and self.spool.pending_count + len(fresh) >= self.spool_max_pending
+        )
+        if stats.capped or stats.spool_full:
+            stats.skipped_ticks += 1
+            return
+        stats.lateness.append(self.clock() - due)
+        event_id = self.new_id()
+        stats.generated += 1
+        try:
+            event = self.source.pick(self.rng, stats.generated, self.wall_clock)
+        except InvalidEvent as exc:
+            stats.failed += 1
+            self._report(Record("failed", event_id, "?", 0, self.clock(), error=str(exc)))
+            return
+        fresh.append((event_id, event))
+
+    async def _wait_for_slot(self) -> bool:
+        """Wait until fewer than max_in_flight are unsettled; True if stopped meanwhile."""
+        while len(self._tasks) >= self.max_in_flight:
+            if self._stop.is_set():
+                return True
+            stopper = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({*self._tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+        return self._stop.is_set()
+
+    def _launch(self, event_id: str, event: Event) -> None:
+        self.stats.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._deliver(event_id, event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, grace: float) -> None:
+        """Wait for in-flight events: all of them, or (once stopped) for `grace` seconds."""
+        if self._tasks and not self._stop.is_set():
+            everything = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
+            stopper = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({everything, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            everything.cancel()
+        if self._tasks and not self._abort.is_set():
+            await self._sleep_until_settled(grace)
+        leftover = set(self._tasks)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.wait(leftover)
+        self.stats.pending_at_exit = len(leftover)
+
+    async def _sleep_until_settled(self, grace: float) -> None:
+        everything = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
+        timer = asyncio.ensure_future(self.sleep(grace))
+        aborter = asyncio.ensure_future(self._abort.wait())
+        await asyncio.wait({everything, timer, aborter}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (timer, everything, aborter):
+            waiter.cancel()
+
+    def _report(self, record: Record) -> None:
+        self.stats.last = record
+        self.stats.recent.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    async def _post(self, event_id: str, event: Event, attempt: int) -> tuple[Record, float | None]:
+        """One attempt: the record of what happened, and the Retry-After delay if any."""
+        sent_at = self.clock()
+        body = event_body(event)
+        # straight to the transport: the client's cookie, auth and redirect layers would cost
+        # more CPU than the request itself, and none of them applies to these POSTs
+        request = httpx.Request(
+            "POST",
+            self._url,
+            headers=request_headers(self.credentials, event_id, body, self.wall_clock),
+            stream=httpx.ByteStream(body),
+            extensions=self._extensions,
+        )
+        try:
+            response = await self.transport.handle_async_request(request)
+            await response.aclose()
+        except httpx.TransportError as exc:
+            error = transport_error_text(exc)
+            return Record(
+                "failed", event_id, event.event_type, attempt, self.clock(), None, error
+            ), None
+        now = self.clock()
+        status = response.status_code
+        if 200 <= status < 300:
+            replayed = response.headers.get("Idempotent-Replayed") == "true"
+            record = Record(
+                "delivered",
+                event_id,
+                event.event_type,
+                attempt,
+                now,
+                status,
+                latency=now - sent_at,
+                replayed=replayed,
+            )
+            return record, None
+        record = Record("failed", event_id, event.event_type, attempt, now, status)
+        if status in RETRY_AFTER_STATUSES:
+            header = response.headers.get("Retry-After")
+            return record, retry_after_seconds(header, self.wall_clock())
+        return record, None
+
+    async def _deliver(self, event_id: str, event: Event) -> None:
+        stats = self.stats
+        deadline = self.clock() + self.policy.max_elapsed_seconds
+        try:
+            for attempt in range(1, self.policy.attempts + 1):
+                stats.attempts += 1
+                record, retry_after = await self._post(event_id, event, attempt)
+                if record.outcome == "delivered":
+                    stats.delivered += 1
+                    stats.replayed += record.replayed
+                    stats.latencies.append(record.latency or 0.0)
+                    if self.spool is not None:
+                        self.spool.settle(event_id, "delivered", attempt, record.result)
+                    self._report(record)
+                    return
+                status = record.status
+                retryable = status is None or status >= 500 or status in RETRYABLE_4XX
+                left = deadline - self.clock()
+                if not retryable or attempt == self.policy.attempts or left <= 0:
+                    break
+                delay = retry_after
+                if delay is None:
+                    delay = self.policy.delay(attempt, self.jitter_rng)
+                delay = min(delay, left)
+                self._report(record._replace(outcome="retrying", retry_in=delay))
+                stats.retrying += 1
+                try:
+                    await self.sleep(delay)
+                finally:
+                    stats.retrying -= 1
+            stats.failed += 1
+            if self.spool is not None:
+                self.spool.settle(event_id, "failed", attempt, record.result)
+            self._report(record)
+        finally:
+            stats.in_flight -= 1
+
+
+def event_body(event: Event) -> bytes:
+    return orjson.dumps(event.to_json())
+
+
+def request_headers(
+    credentials: Credentials, event_id: str, body: bytes, now: Callable[[], datetime]
+) -> list[tuple[bytes, bytes]]:
+    """Headers of one attempt: the id as Idempotency-Key; when configured, a bearer token
+    and a fresh Standard Webhooks signature (same webhook-id on every attempt)."""
+    headers = [(b"Content-Type", b"application/json"), (b"Idempotency-Key", event_id.encode())]
+    if credentials.token:
+        headers.append((b"Authorization", f"Bearer {credentials.token}".encode()))
+    if credentials.keys:
+        timestamp = int(now().timestamp())
+        signed = signature_headers(credentials.keys[0], event_id, timestamp, body)
+        headers.extend((name.encode(), value.encode()) for name, value in signed.items())
+    return headers
+
+
+def transport_error_text(exc: httpx.TransportError) -> str:
+    """A short reason for a failed connection, e.g. 'connection refused'."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "unknown host"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "connection dropped"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:80]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The answer to one event sent by `send_event`."""
+
+    event_id: str
+    status: int
+    body: object
+    replayed: bool
+    latency: float
+
+    def error_text(self) -> str:
+        """The server's error, from the consumer's error shape when it is one."""
+        if isinstance(self.body, dict) and "message" in self.body:
+            code = self.body.get("code")
+            return f"{code}: {self.body['message']}" if code else str(self.body["message"])
+        return str(self.body)[:200] or "(empty body)"
+
+
+def send_event(
+    endpoint: str,
+    event: Event,
+    *,
+    event_id: str,
+    timeout: float,
+    transport: httpx.BaseTransport | None = None,
+    clock: Clock,
+    credentials: Credentials | None = None,
+) -> Sent:
+    """POST one event and return the answer; raise Unavailable when there is none."""
+    started = clock()
+    body = event_body(event)
+    headers = request_headers(
+        credentials or Credentials(), event_id, body, lambda: datetime.now(UTC)
+    )
+    try:
+        with httpx.Client(timeout=timeout, transport=transport) as client:
+            response = client.post(endpoint, content=body, headers=headers)
+    except httpx.TimeoutException:
+        raise Unavailable(f"cannot reach {endpoint}: no answer within {timeout:g}s") from None
+    except httpx.TransportError as exc:
+        raise Unavailable(f"cannot connect to {endpoint}: {transport_error_text(exc)}") from None
+    try:
+        answer: object = response.json()
+    except ValueError:
+        answer = response.text
+    return Sent(
+        event_id=response.headers.get("Event-Id", event_id),
+        status=response.status_code,
+        body=answer,
+        replayed=response.headers.get("Idempotent-Replayed") == "true",
+        latency=clock() - started,
+    )

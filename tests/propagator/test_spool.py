@@ -1,0 +1,300 @@
+"""The spool: durable record, replay with original ids, bounds, verify; no real waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from eventctl.events import Event
+from eventctl.propagator.propagator import Propagator, RetryPolicy
+from eventctl.propagator.spool import Spool
+from eventctl.store import Incoming, Store
+from eventctl.verify import verify
+from tests.vclock import VirtualClock
+
+pytestmark = pytest.mark.anyio
+
+EVENTS = [Event("a", "1"), Event("b", "2")]
+
+
+def propagator(
+    clock: VirtualClock, handler: httpx.MockTransport, spool: Spool, **kw: object
+) -> Propagator:
+    options: dict[str, object] = {"interval": 1.0, "count": 5}
+    options.update(kw)
+    return Propagator(
+        EVENTS,
+        "http://consumer.test/event",
+        handler,
+        clock=clock,
+        sleep=clock.sleep,
+        rng=random.Random(1),
+        spool=spool,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200)
+
+
+async def test_every_generated_event_is_recorded_and_settled(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    clock = VirtualClock()
+    await clock.run(propagator(clock, httpx.MockTransport(ok), spool).run())
+    counts = spool.counts()
+    assert counts == {"pending": 0, "delivered": 5, "failed": 0}
+    assert all(e.attempts == 1 and e.last_result == "200" for e in spool.entries())
+
+
+async def test_failures_stay_in_the_spool_as_failed(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    clock = VirtualClock()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422)
+
+    await clock.run(propagator(clock, httpx.MockTransport(refuse), spool, count=2).run())
+    failed = spool.entries("failed")
+    assert len(failed) == 2
+    assert failed[0].last_result == "422"
+    assert spool.requeue_failed() == 2
+    assert spool.counts()["pending"] == 2
+
+
+async def test_pending_events_are_resent_first_with_their_ids(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool.open(path)
+    spool.add("old-1", Event("a", "x"))
+    spool.add("old-2", Event("b", "y"))
+    spool.close()
+
+    seen: list[str] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200)
+
+    spool = Spool.open(path)
+    clock = VirtualClock()
+    replay = [(e.event_id, e.event) for e in spool.entries("pending")]
+    stats = await clock.run(
+        propagator(clock, httpx.MockTransport(record), spool, count=3, replay=replay).run()
+    )
+    assert seen[:2] == ["old-1", "old-2"]
+    assert len(seen) == 5
+    assert (stats.resent, stats.generated, stats.delivered) == (2, 3, 5)
+    assert spool.counts() == {"pending": 0, "delivered": 5, "failed": 0}
+
+
+async def test_a_full_spool_pauses_generation_and_says_so(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    clock = VirtualClock()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await clock.sleep(5)
+        return httpx.Response(200)
+
+    run = propagator(clock, httpx.MockTransport(slow), spool, count=6, spool_max_pending=2)
+    flags: list[bool] = []
+
+    async def watch() -> None:
+        for _ in range(6):
+            await clock.sleep(1)
+            flags.append(run.stats.spool_full)
+
+    watcher = asyncio.ensure_future(watch())
+    stats = await clock.run(run.run())
+    await watcher
+    assert stats.generated == 6
+    assert stats.skipped_ticks > 0
+    assert any(flags)
+    assert spool.counts()["delivered"] == 6
+
+
+async def test_retrying_events_keep_one_spool_row(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    clock = VirtualClock()
+    answers = [httpx.Response(503), httpx.Response(200)]
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0) if answers else httpx.Response(200)
+
+    policy = RetryPolicy(3, 0.1, 1)
+    await clock.run(
+        propagator(clock, httpx.MockTransport(flaky), spool, count=1, policy=policy).run()
+    )
+    [entry] = spool.entries()
+    assert (entry.state, entry.attempts) == ("delivered", 2)
+
+
+def test_verify_reports_lost_other_pending_and_latency(tmp_path: Path, sqlite_url: str) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    store = Store.open(sqlite_url, create=True)
+    now = datetime.now(UTC)
+    for event_id in ("ok-1", "ok-2", "lost-1", "pending-1", "failed-1"):
+        spool.add(event_id, Event("t", event_id), now.timestamp() - 1)
+    for event_id in ("ok-1", "ok-2", "lost-1"):
+        spool.settle(event_id, "delivered", 1, "200")
+    spool.settle("failed-1", "failed", 8, "503")
+    store.insert([Incoming(i, Event("t", i), now) for i in ("ok-1", "ok-2", "pending-1", "stray")])
+    report = verify(spool, store).to_json()
+    assert report["ok"] is False
+    assert (report["generated"], report["acknowledged"], report["stored"]) == (5, 3, 3)
+    assert report["lost_ids"] == ["lost-1"]
+    assert report["other_ids"] == ["stray"]
+    assert (report["pending"], report["failed"], report["duplicated"]) == (1, 1, 0)
+    assert report["stored_unacknowledged"] == 1
+    assert 900 < report["latency_p50_ms"] < 1500
+    spool.close()
+    store.close()
+
+
+def test_verify_is_ok_when_everything_arrived(tmp_path: Path, sqlite_url: str) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    store = Store.open(sqlite_url, create=True)
+    spool.add("e1", Event("t", "p"))
+    spool.settle("e1", "delivered", 1, "200")
+    store.insert([Incoming("e1", Event("t", "p"), datetime.now(UTC))])
+    assert verify(spool, store).ok
+    spool.close()
+    store.close()
+
+
+def test_an_unwritable_spool_is_a_clean_error(tmp_path: Path) -> None:
+    from eventctl.propagator.spool import SpoolError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SpoolError, match="cannot open the spool"):
+        Spool.open(blocker / "spool.db")
+
+
+async def test_ticks_found_due_together_are_spooled_in_one_transaction(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    clock = VirtualClock()
+    sent: list[str] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200)
+
+    async def oversleep(seconds: float) -> None:
+        await clock.sleep(seconds + 0.0095)  # every wake-up finds about ten ticks due
+
+    run = propagator(clock, httpx.MockTransport(record), spool, interval=0.001, count=40)
+    run.sleep = oversleep
+    stats = await clock.run(run.run())
+    entries = spool.entries()
+    assert stats.generated == stats.delivered == 40
+    assert sorted(sent) == sorted(e.event_id for e in entries)
+    batches = {e.created_at for e in entries}  # one created_at per transaction
+    assert len(batches) <= 6
+    assert max(stats.lateness) >= 0.009
+
+
+def test_a_run_is_resumed_only_when_unfinished_with_the_same_target_endpoint_and_file(
+    tmp_path: Path,
+) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    first, resumed = spool.begin_run(3, "http://a/event", "/events.json")
+    assert (first.run_id, first.generated, resumed) == (1, 0, False)
+    spool.add_many([("e1", Event("t", "1")), ("e2", Event("t", "2"))])
+    again, resumed = spool.begin_run(3, "http://a/event", "/events.json")
+    assert (again.run_id, again.generated, again.target, resumed) == (1, 2, 3, True)
+    assert [e.run_id for e in spool.entries()] == [1, 1]
+    assert spool.begin_run(4, "http://a/event", "/events.json") == (spool.run(2), False)
+    assert spool.begin_run(3, "http://b/event", "/events.json")[0].run_id == 3
+    assert spool.begin_run(3, "http://a/event", "/other.json")[0].run_id == 4
+    assert spool.begin_run(None, "http://a/event", "/events.json")[0].run_id == 5
+    spool.begin_run(3, "http://b/event", "/events.json")
+    fresh, resumed = spool.begin_run(3, "http://b/event", "/events.json", new=True)
+    assert (fresh.run_id, resumed) == (7, False)
+    assert [r.run_id for r in spool.runs()] == [1, 2, 3, 4, 5, 6, 7]
+    spool.close()
+
+
+def test_a_run_that_generated_everything_but_left_events_pending_is_resumed(
+    tmp_path: Path,
+) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    run, _ = spool.begin_run(2, "http://a/event", "/f")
+    spool.add_many([("e1", Event("t", "1")), ("e2", Event("t", "2"))])
+    spool.settle("e1", "delivered", 1, "200")
+    assert spool.begin_run(2, "http://a/event", "/f") == (spool.run(run.run_id), True)
+    spool.settle("e2", "delivered", 1, "200")
+    assert spool.begin_run(2, "http://a/event", "/f")[0].run_id == 2
+    spool.close()
+
+
+def test_a_spool_from_before_runs_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """CREATE TABLE spool (event_id TEXT PRIMARY KEY, event_type TEXT NOT NULL,
+            event_payload TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
+            settled_at REAL, attempts INTEGER NOT NULL DEFAULT 0, last_result TEXT);
+            INSERT INTO spool VALUES ('old', 't', 'p', 'pending', 1.0, NULL, 0, NULL);"""
+        )
+    db.close()
+    spool = Spool.open(path)
+    [entry] = spool.entries()
+    assert (entry.event_id, entry.run_id, spool.latest_run()) == ("old", None, None)
+    spool.close()
+
+
+def test_verify_checks_the_latest_run_and_other_senders_are_not_unexpected(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    store = Store.open(sqlite_url, create=True)
+    now = datetime.now(UTC)
+    for run_number, ids in enumerate((["a1", "a2"], ["b1", "b2", "b3"]), start=1):
+        spool.begin_run(len(ids), "http://a/event", "/f", new=True)
+        spool.add_many([(i, Event("t", i)) for i in ids], now.timestamp() - 2 + run_number)
+        for i in ids:
+            spool.settle(i, "delivered", 1, "200")
+    sent_by_hand = ["curl-1", "send-once-1"]
+    store.insert([Incoming(i, Event("t", i), now) for i in ["a1", "a2", "b1", "b2", "b3"]])
+    store.insert([Incoming(i, Event("t", i), now) for i in sent_by_hand])
+    latest = verify(spool, store)
+    assert latest.ok
+    assert (latest.run_id, latest.generated, latest.stored) == (2, 3, 3)
+    assert sorted(latest.other) == sent_by_hand  # a1 and a2 are of run 1, not others
+    first = verify(spool, store, spool.run(1))
+    assert (first.run_id, first.generated, first.ok) == (1, 2, True)
+    everything = verify(spool, store, all_runs=True)
+    assert (everything.run_id, everything.generated, everything.runs) == (None, 5, 2)
+    assert sorted(everything.other) == sent_by_hand
+    spool.close()
+    store.close()
+
+
+def test_verify_is_not_ok_when_events_of_the_run_failed_or_are_pending(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    store = Store.open(sqlite_url, create=True)
+    spool.begin_run(4, "http://a/event", "/f")
+    spool.add_many([(i, Event("t", i)) for i in ("d", "f", "p")])
+    spool.settle("d", "delivered", 1, "200")
+    spool.settle("f", "failed", 30, "connection refused")
+    store.insert([Incoming("d", Event("t", "d"), datetime.now(UTC))])
+    report = verify(spool, store)
+    assert (report.ok, report.verdict, report.failed, report.pending) == (
+        False,
+        "INCOMPLETE",
+        1,
+        1,
+    )
+    assert report.unfinished  # 3 of 4 generated
+    assert report.to_json()["verdict"] == "INCOMPLETE"
+    spool.close()
+    store.close()
