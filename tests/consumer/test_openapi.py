@@ -19,7 +19,7 @@ from eventctl.consumer.openapi import EVENT
 from eventctl.errors import InvalidEvent
 from eventctl.events import validate_event
 from eventctl.store import Store
-from tests.helpers import Server, _drop_events_table, in_process, postgres_url
+from tests.helpers import Server, drop_events_table, in_process, postgres_url
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 SETTINGS = Path(__file__).with_name("schemathesis.toml")
@@ -57,7 +57,7 @@ def test_schemathesis_finds_nothing_wrong_with_a_live_server(backend: str, tmp_p
         url = f"sqlite:///{tmp_path / 'events.db'}"
     else:
         url = postgres_url()
-        _drop_events_table(url)
+        drop_events_table(url)
     server = Server(url, tmp_path, "--max-batch", "20")
     try:
         result = schemathesis(server, tmp_path)

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
-from conftest import Server, free_port
 
 from eventctl.propagator.propagator import transport_error_text
 from eventctl.propagator.transport import LeanTransport
 from eventctl.store import Store
+from tests.helpers import Server, free_port
 
 pytestmark = pytest.mark.anyio
 
