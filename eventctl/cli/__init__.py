@@ -1007,7 +1007,7 @@ def send_once(
     import random
     import time
 
-    from eventctl.propagator.propagator import send_event
+    from eventctl.propagator.propagator import Answer, classify, send_event
     from eventctl.propagator.run import propagator_credentials
 
     cfg = propagator_config(
@@ -1042,10 +1042,12 @@ def send_once(
         }
         sys.stdout.write(json_text(outcome) + "\n")
     where = f"{cfg.api_endpoint}: {sent.status}"
-    if 400 <= sent.status < 500:
+    answer = classify(sent.status)
+    if answer is Answer.REFUSED:
         raise Refused(f"refused by {where} {sent.error_text()}")
-    if not 200 <= sent.status < 300:
-        raise ServerFailed(f"server error from {where} {sent.error_text()}")
+    if answer is Answer.TRY_AGAIN:
+        what = "server error from" if sent.status >= 500 else "not stored, try again later:"
+        raise ServerFailed(f"{what} {where} {sent.error_text()}")
     if not as_json:
         replayed = " (replayed: already stored)" if sent.replayed else ""
         typer.echo(

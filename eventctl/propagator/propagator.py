@@ -7,6 +7,7 @@ id maker); it reports through callbacks and never prints.
 from __future__ import annotations
 
 import asyncio
+import enum
 import random
 import socket
 import statistics
@@ -32,6 +33,25 @@ Sleep = Callable[[float], Awaitable[None]]
 
 RETRYABLE_4XX = frozenset({408, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+class Answer(enum.Enum):
+    """What an HTTP answer to a POST of events means to a sender (both `propagate` and
+    `send-once` go by this)."""
+
+    DELIVERED = "delivered"  # 2xx
+    TRY_AGAIN = "try again"  # no answer, 5xx, 408 Request Timeout, 429 Too Many Requests
+    REFUSED = "refused"  # any other status: this request will not be taken as it is
+
+
+def classify(status: int | None) -> Answer:
+    if status is not None and 200 <= status < 300:
+        return Answer.DELIVERED
+    if status is None or status >= 500 or status in RETRYABLE_4XX:
+        return Answer.TRY_AGAIN
+    return Answer.REFUSED
+
+
 MAX_RETRY_AFTER_SECONDS = 3600.0
 LATENCY_WINDOW = 10_000
 RECENT = 8
@@ -396,7 +416,7 @@ class Propagator:
             ), None
         now = self.clock()
         status = response.status_code
-        if 200 <= status < 300:
+        if classify(status) is Answer.DELIVERED:
             replayed = response.headers.get("Idempotent-Replayed") == "true"
             record = Record(
                 "delivered",
@@ -430,10 +450,9 @@ class Propagator:
                         self.spool.settle(event_id, "delivered", attempt, record.result)
                     self._report(record)
                     return
-                status = record.status
-                retryable = status is None or status >= 500 or status in RETRYABLE_4XX
                 left = deadline - self.clock()
-                if not retryable or attempt == self.policy.attempts or left <= 0:
+                refused = classify(record.status) is Answer.REFUSED
+                if refused or attempt == self.policy.attempts or left <= 0:
                     break
                 delay = retry_after
                 if delay is None:

@@ -364,6 +364,19 @@ def test_send_once_exit_7_when_refused(tmp_path: Path, sqlite_url: str) -> None:
     assert_one_line_error(result.stderr, "refused by", "413 payload_too_large")
 
 
+@pytest.mark.parametrize("status", ["429", "408"])
+def test_send_once_exits_8_when_asked_to_try_again_as_the_propagator_would_retry(
+    tmp_path: Path, sqlite_url: str, status: str
+) -> None:
+    busy = Server(sqlite_url, tmp_path, "--fail-rate", "1", "--fail-status", status)
+    try:
+        result = send_once(busy.url)
+    finally:
+        busy.stop()
+    assert result.returncode == ExitCode.SERVER_ERROR, result.stderr
+    assert_one_line_error(result.stderr, "try again later", f"{status} injected_fault")
+
+
 def test_send_once_exit_8_on_a_server_error(server: Server) -> None:
     with sqlite3.connect(server.database_url.removeprefix("sqlite:///")) as db:
         db.execute("DROP TABLE events")

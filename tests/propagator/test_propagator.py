@@ -18,10 +18,12 @@ from rich.console import Console
 from eventctl.events import Event
 from eventctl.propagator.display import render
 from eventctl.propagator.propagator import (
+    Answer,
     Propagator,
     Record,
     RetryPolicy,
     Stats,
+    classify,
     retry_after_seconds,
 )
 from tests.vclock import VirtualClock
@@ -387,3 +389,24 @@ async def test_abort_cuts_the_grace_period_short() -> None:
     await interrupter
     assert stats.pending_at_exit == 3
     assert stats.finished_at == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    ("status", "answer"),
+    [
+        (200, Answer.DELIVERED),
+        (204, Answer.DELIVERED),
+        (None, Answer.TRY_AGAIN),
+        (500, Answer.TRY_AGAIN),
+        (503, Answer.TRY_AGAIN),
+        (408, Answer.TRY_AGAIN),
+        (429, Answer.TRY_AGAIN),
+        (400, Answer.REFUSED),
+        (401, Answer.REFUSED),
+        (413, Answer.REFUSED),
+        (422, Answer.REFUSED),
+        (307, Answer.REFUSED),
+    ],
+)
+def test_one_classification_of_answers_for_both_senders(status: int | None, answer: Answer) -> None:
+    assert classify(status) is answer
