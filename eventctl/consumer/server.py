@@ -5,11 +5,13 @@ The CLI calls these; they raise domain errors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -52,6 +54,33 @@ def local_url(sock: socket.socket, path: str = "") -> str:
 
 
 WORKER_CONFIG_ENV = "EVENTCTL_WORKER_CONFIG"
+PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ for the block, and what was there before afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _ignoring_signals(*signals: signal.Signals) -> Iterator[None]:
+    """No-op handlers for `signals` for the block; the handlers found are put back after."""
+    saved = {sig: signal.signal(sig, lambda signum, frame: None) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def limits(cfg: ConsumerConfig) -> Limits:
@@ -97,7 +126,7 @@ def consumer_server(cfg: ConsumerConfig, store: Store) -> uvicorn.Server:
 def worker_app() -> ConsumerApp:
     """The app of one `serve --workers N` process, built from the parent's config."""
     cfg = ConsumerConfig(**json.loads(os.environ[WORKER_CONFIG_ENV]))
-    multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+    multiprocess = PROMETHEUS_ENV in os.environ
     return create_app(
         cfg,
         Store.open(cfg.database_url),
@@ -109,12 +138,13 @@ def worker_app() -> ConsumerApp:
 def _serve_workers(cfg: ConsumerConfig, sock: socket.socket) -> None:
     """N uvicorn worker processes sharing `sock`, supervised by uvicorn until a signal."""
     with tempfile.TemporaryDirectory(prefix="eventctl-metrics-") as metrics_dir:
-        os.environ[WORKER_CONFIG_ENV] = json.dumps(asdict(cfg))
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        config = _uvicorn_config(
-            cfg, "eventctl.consumer.server:worker_app", factory=True, workers=cfg.workers
-        )
-        Multiprocess(config, sockets=[sock]).run()
+        # The workers are new processes: the config reaches them through their environment.
+        worker_env = {WORKER_CONFIG_ENV: json.dumps(asdict(cfg)), PROMETHEUS_ENV: metrics_dir}
+        with _environment(worker_env):
+            config = _uvicorn_config(
+                cfg, "eventctl.consumer.server:worker_app", factory=True, workers=cfg.workers
+            )
+            Multiprocess(config, sockets=[sock]).run()
 
 
 def serve(cfg: ConsumerConfig, sock: socket.socket, console: Console) -> None:
@@ -140,9 +170,8 @@ def serve(cfg: ConsumerConfig, sock: socket.socket, console: Console) -> None:
             server = consumer_server(cfg, store)
             # uvicorn restores the handlers it found and then re-raises the signal it
             # caught; with these no-op handlers in place, that re-raise ends in a return.
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda signum, frame: None)
-            server.run(sockets=[sock])
+            with _ignoring_signals(signal.SIGINT, signal.SIGTERM):
+                server.run(sockets=[sock])
             if not server.started:
                 raise EventctlError("the server did not start (see the log above)")
     finally:

@@ -139,9 +139,8 @@ async def _propagate(
         with _on_signals(interrupted), display:
             refresher = asyncio.ensure_future(_refresh(display, clock))
             try:
-                # start-up's objects live for the whole run: keep the collector off them
-                gc.freeze()
-                stats = await propagator.run(grace=GRACE_SECONDS)
+                with _frozen_heap():
+                    stats = await propagator.run(grace=GRACE_SECONDS)
             finally:
                 refresher.cancel()
             display.refresh(clock())
@@ -192,6 +191,17 @@ async def _refresh(display: Display, clock: Callable[[], float]) -> None:
     while True:
         display.refresh(clock())
         await asyncio.sleep(REFRESH_SECONDS)
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Start-up's objects live for the whole run: keep the cyclic collector off them while
+    it lasts, and give them back to it after."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextlib.contextmanager

@@ -1,14 +1,24 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
+import signal
 import socket
 
 import pytest
 
 from eventctl.config import PropagatorConfig
-from eventctl.consumer.server import listen, local_url
+from eventctl.consumer.server import (
+    PROMETHEUS_ENV,
+    WORKER_CONFIG_ENV,
+    _environment,
+    _ignoring_signals,
+    listen,
+    local_url,
+)
 from eventctl.errors import Unavailable
-from eventctl.propagator.run import propagator_transport
+from eventctl.propagator.run import _frozen_heap, propagator_transport
 
 pytestmark = pytest.mark.anyio
 
@@ -55,3 +65,35 @@ def test_the_propagator_sends_http_through_lean_transport_and_https_through_aioh
 
     assert transport_for("http://127.0.0.1:8000/event") == "LeanTransport"
     assert transport_for("https://events.example/event") == "AiohttpTransport"
+
+
+def test_the_workers_environment_is_set_for_the_block_and_restored_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PROMETHEUS_ENV, "before")
+    monkeypatch.delenv(WORKER_CONFIG_ENV, raising=False)
+    with _environment({WORKER_CONFIG_ENV: "{}", PROMETHEUS_ENV: "/tmp/m"}):
+        assert os.environ[WORKER_CONFIG_ENV] == "{}"
+        assert os.environ[PROMETHEUS_ENV] == "/tmp/m"
+    assert WORKER_CONFIG_ENV not in os.environ
+    assert os.environ[PROMETHEUS_ENV] == "before"
+
+
+def test_serve_puts_back_the_signal_handlers_it_found() -> None:
+    def mine(signum: int, frame: object) -> None:
+        del signum, frame
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with _ignoring_signals(signal.SIGINT, signal.SIGTERM):
+            assert signal.getsignal(signal.SIGTERM) is not mine
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_propagators_frozen_heap_is_given_back_to_the_collector() -> None:
+    before = gc.get_freeze_count()
+    with _frozen_heap():
+        assert gc.get_freeze_count() >= before
+    assert gc.get_freeze_count() == 0
