@@ -68,7 +68,7 @@ MAX_TIMESTAMP_DIGITS = 18
 """More digits are more than 3 billion years from now: refused before any arithmetic."""
 
 
-def verify(
+def check_signature(
     keys: Sequence[bytes],
     message_id: str | None,
     timestamp: str | None,

@@ -80,7 +80,9 @@ class Report:
         }
 
 
-def verify(spool: Spool, store: Store, run: Run | None = None, *, all_runs: bool = False) -> Report:
+def compare(
+    spool: Spool, store: Store, run: Run | None = None, *, all_runs: bool = False
+) -> Report:
     """Compare the events of `run` (default: the latest run; every event with `all_runs`,
     or when the spool has no runs) with the database's rows.
 

@@ -15,12 +15,12 @@ import pytest
 from eventctl.auth import (
     Credentials,
     SignatureError,
+    check_signature,
     read_secrets,
     sign,
     signature_headers,
     signing_key,
     token_matches,
-    verify,
 )
 from eventctl.config import ConsumerConfig
 from eventctl.consumer.app import create_app
@@ -37,7 +37,7 @@ def test_the_specification_test_vector() -> None:
     key = signing_key(SPEC_SECRET, "test")
     signature = sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}')
     assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-    verify(
+    check_signature(
         [key],
         "msg_p5jXN8AQM9LWM0D4loKWxJek",
         "1614265330",
@@ -69,7 +69,7 @@ def test_verification_refuses_what_does_not_match(change: dict[str, object], mes
     }
     arguments.update(change)
     with pytest.raises(SignatureError, match=message):
-        verify([signing_key(SPEC_SECRET, "t")], tolerance=300, **arguments)  # type: ignore[arg-type]
+        check_signature([signing_key(SPEC_SECRET, "t")], tolerance=300, **arguments)  # type: ignore[arg-type]
 
 
 def test_secrets_come_from_the_environment_and_files(tmp_path: Path) -> None:
@@ -207,7 +207,7 @@ def test_verify_refuses_any_odd_value_with_signature_error(
     message_id: str, timestamp: str, signatures: str
 ) -> None:
     with pytest.raises(SignatureError):
-        verify(
+        check_signature(
             [signing_key(SPEC_SECRET, "t")],
             message_id,
             timestamp,

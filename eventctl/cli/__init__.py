@@ -39,7 +39,7 @@ from eventctl.errors import (
     ServerFailed,
 )
 from eventctl.events import Event, new_event_id, unique_keys, validate_event
-from eventctl.propagator.templates import EventSource, load_events_file
+from eventctl.propagator.templates import EventPool, load_events_file
 from eventctl.textsafe import json_text, visible
 from eventctl.timefmt import parse_duration, parse_since
 
@@ -911,7 +911,7 @@ def propagate(
     seconds = _duration(duration)
     if not drain:
         cfg = with_events(cfg)
-    events = EventSource([]) if drain else load_events_file(Path(cfg.events_file))
+    events = EventPool([]) if drain else load_events_file(Path(cfg.events_file))
     mode = DisplayMode.choose(quiet=quiet, json_log=json_log, tty=sys.stderr.isatty())
     stats = propagate_events(
         cfg,
@@ -1202,7 +1202,7 @@ def spool_retry(
     mode = DisplayMode.choose(quiet=quiet, json_log=False, tty=sys.stderr.isatty())
     stats = propagate_events(
         cfg,
-        EventSource([]),
+        EventPool([]),
         count=0,
         duration=None,
         seed=None,
@@ -1238,7 +1238,7 @@ def verify(
     """Prove delivery: compare the spool's record of a run with what the database holds."""
     from eventctl.propagator.spool import Spool, SpoolError
     from eventctl.store import Store
-    from eventctl.verify import verify as compare
+    from eventctl.verify import compare
 
     if run_id is not None and all_runs:
         raise typer.BadParameter("give either --run or --all", param_hint="--all")

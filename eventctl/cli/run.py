@@ -14,7 +14,7 @@ from eventctl.consumer.server import consumer_server, local_url
 from eventctl.errors import EventctlError
 from eventctl.propagator.propagator import Stats
 from eventctl.propagator.run import DisplayMode, propagate_events
-from eventctl.propagator.templates import EventSource
+from eventctl.propagator.templates import EventPool
 from eventctl.store import Store, describe_url
 
 STARTUP_TIMEOUT_SECONDS = 15.0
@@ -23,7 +23,7 @@ STARTUP_TIMEOUT_SECONDS = 15.0
 def run_up(
     ccfg: ConsumerConfig,
     pcfg: PropagatorConfig,
-    events: EventSource,
+    events: EventPool,
     sock: socket.socket,
     *,
     count: int | None,

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
-from eventctl.auth import Credentials, SignatureError, token_matches, verify
+from eventctl.auth import Credentials, SignatureError, check_signature, token_matches
 from eventctl.config import ConsumerConfig, metrics_enabled
 from eventctl.consumer.metrics import CONTENT_TYPE, Metrics
 from eventctl.consumer.openapi import (
@@ -355,7 +355,7 @@ class Ingest:
         if credentials.keys:
             message_id = _header(scope, b"webhook-id")
             try:
-                verify(
+                check_signature(
                     credentials.keys,
                     message_id,
                     _header(scope, b"webhook-timestamp"),

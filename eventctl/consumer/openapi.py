@@ -100,11 +100,13 @@ def _error(codes: Sequence[str]) -> Schema:
     }
 
 
-def _header(description: str, schema: Schema | None = None) -> Schema:
+def _header_schema(description: str, schema: Schema | None = None) -> Schema:
     return {"description": description, "schema": schema or {"type": "string"}}
 
 
-RETRY_AFTER = _header("seconds to wait before retrying", {"type": "string", "pattern": r"^\d+$"})
+RETRY_AFTER = _header_schema(
+    "seconds to wait before retrying", {"type": "string", "pattern": r"^\d+$"}
+)
 
 
 @dataclass
@@ -323,7 +325,7 @@ class Spec:
             answers.add(
                 401,
                 "unauthorized",
-                headers={"WWW-Authenticate": _header('Bearer realm="eventctl"')},
+                headers={"WWW-Authenticate": _header_schema('Bearer realm="eventctl"')},
             )
             operation["security"] = [{"bearer": []}]
         if self.credentials.keys:
@@ -355,8 +357,8 @@ class Spec:
             "stored and committed (or already stored under this Idempotency-Key)",
             {"const": {"status": "success"}},
             {
-                "Event-Id": _header("the stored event's id"),
-                "Idempotent-Replayed": _header(
+                "Event-Id": _header_schema("the stored event's id"),
+                "Idempotent-Replayed": _header_schema(
                     "present when the key was already stored", {"const": "true"}
                 ),
             },
@@ -376,10 +378,12 @@ class Spec:
                 "additionalProperties": False,
             },
             {
-                "Events-Stored": _header(
+                "Events-Stored": _header_schema(
                     "how many events were new", {"type": "string", "pattern": r"^\d+$"}
                 ),
-                "Idempotent-Replayed": _header("present when none was new", {"const": "true"}),
+                "Idempotent-Replayed": _header_schema(
+                    "present when none was new", {"const": "true"}
+                ),
             },
         )
         body = {
@@ -489,7 +493,7 @@ class Spec:
     def index(self) -> dict[str, Any]:
         ok = _text_ok("an HTML page", "text/html")
         headers = {
-            name: _header(meaning)
+            name: _header_schema(meaning)
             for name, meaning in (
                 ("Content-Security-Policy", "its own inline script and style, this origin only"),
                 ("X-Content-Type-Options", "nosniff"),

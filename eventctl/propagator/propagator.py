@@ -26,7 +26,7 @@ from eventctl.auth import Credentials, signature_headers
 from eventctl.errors import InvalidEvent, Unavailable
 from eventctl.events import Event, new_event_id
 from eventctl.propagator.spool import Spool
-from eventctl.propagator.templates import EventSource
+from eventctl.propagator.templates import EventPool
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -200,7 +200,7 @@ class Propagator:
 
     def __init__(
         self,
-        events: Sequence[Event] | EventSource,
+        events: Sequence[Event] | EventPool,
         endpoint: str,
         transport: httpx.AsyncBaseTransport,
         *,
@@ -225,7 +225,7 @@ class Propagator:
     ) -> None:
         if not events and count != 0:
             raise ValueError("no events to send")
-        self.source = events if isinstance(events, EventSource) else EventSource.plain(events)
+        self.source = events if isinstance(events, EventPool) else EventPool.plain(events)
         self.endpoint = endpoint
         self.transport = transport
         self.interval = interval

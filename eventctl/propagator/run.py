@@ -33,7 +33,7 @@ from eventctl.config import PropagatorConfig
 from eventctl.propagator.display import Display, JsonDisplay, LiveDisplay, LogDisplay
 from eventctl.propagator.propagator import Propagator, RetryPolicy, Stats
 from eventctl.propagator.spool import Run, Spool
-from eventctl.propagator.templates import EventSource
+from eventctl.propagator.templates import EventPool
 from eventctl.propagator.transport import LeanTransport
 
 REFRESH_SECONDS = 0.25
@@ -81,7 +81,7 @@ def make_display(
 
 async def _propagate(
     cfg: PropagatorConfig,
-    events: EventSource,
+    events: EventPool,
     *,
     count: int | None,
     duration: float | None,
@@ -227,7 +227,7 @@ def _run_async(coroutine: Coroutine[Any, Any, Stats]) -> Stats:
 
 def propagate_events(
     cfg: PropagatorConfig,
-    events: EventSource,
+    events: EventPool,
     *,
     count: int | None,
     duration: float | None,

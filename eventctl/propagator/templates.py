@@ -99,7 +99,7 @@ class EventTemplate(NamedTuple):
     weight: float
 
 
-class EventSource:
+class EventPool:
     """What the propagator picks from: events (templates) with weights."""
 
     def __init__(self, templates: Sequence[EventTemplate]) -> None:
@@ -108,7 +108,7 @@ class EventSource:
         self.uniform = len(set(self.weights)) <= 1
 
     @classmethod
-    def plain(cls, events: Sequence[Event]) -> EventSource:
+    def plain(cls, events: Sequence[Event]) -> EventPool:
         return cls(
             [
                 EventTemplate(Template(e.event_type, {}), Template(e.event_payload, {}), 1.0)
@@ -149,7 +149,7 @@ def _weight(value: object) -> float:
     return float(value)
 
 
-def load_events_file(path: Path, environ: Mapping[str, str] | None = None) -> EventSource:
+def load_events_file(path: Path, environ: Mapping[str, str] | None = None) -> EventPool:
     """Read and check a JSON list of events (with optional `weight` and placeholders).
 
     Every error names the file and the 0-based index of the event at fault.
@@ -175,7 +175,7 @@ def load_events_file(path: Path, environ: Mapping[str, str] | None = None) -> Ev
             templates.append(_event_template(item, environ))
         except InvalidEvent as exc:
             raise InvalidEvent(None, f"{path}[{index}]: {exc}") from None
-    return EventSource(templates)
+    return EventPool(templates)
 
 
 def _event_template(item: object, environ: Mapping[str, str]) -> EventTemplate:

@@ -124,7 +124,7 @@ def test_fault_drill_flags_refuse_requests(tmp_path: Path, sqlite_url: str) -> N
         )
     finally:
         failing.stop()
-    assert result.returncode == ExitCode.REFUSED
+    assert result.returncode == ExitCode.SERVER_ERROR  # 429: try again, as the propagator does
     assert "429 injected_fault" in result.stderr
     bad = run_cli("serve", "--fail-rate", "2", "--database-url", sqlite_url)
     assert bad.returncode == ExitCode.CONFIG

@@ -14,7 +14,7 @@ from eventctl.events import Event
 from eventctl.propagator.propagator import Propagator, RetryPolicy
 from eventctl.propagator.spool import Spool
 from eventctl.store import Incoming, Store
-from eventctl.verify import verify
+from eventctl.verify import compare
 from tests.vclock import VirtualClock
 
 pytestmark = pytest.mark.anyio
@@ -143,7 +143,7 @@ def test_verify_reports_lost_other_pending_and_latency(tmp_path: Path, sqlite_ur
         spool.settle(event_id, "delivered", 1, "200")
     spool.settle("failed-1", "failed", 8, "503")
     store.insert([Incoming(i, Event("t", i), now) for i in ("ok-1", "ok-2", "pending-1", "stray")])
-    report = verify(spool, store).to_json()
+    report = compare(spool, store).to_json()
     assert report["ok"] is False
     assert (report["generated"], report["acknowledged"], report["stored"]) == (5, 3, 3)
     assert report["lost_ids"] == ["lost-1"]
@@ -161,7 +161,7 @@ def test_verify_is_ok_when_everything_arrived(tmp_path: Path, sqlite_url: str) -
     spool.add("e1", Event("t", "p"))
     spool.settle("e1", "delivered", 1, "200")
     store.insert([Incoming("e1", Event("t", "p"), datetime.now(UTC))])
-    assert verify(spool, store).ok
+    assert compare(spool, store).ok
     spool.close()
     store.close()
 
@@ -264,13 +264,13 @@ def test_verify_checks_the_latest_run_and_other_senders_are_not_unexpected(
     sent_by_hand = ["curl-1", "send-once-1"]
     store.insert([Incoming(i, Event("t", i), now) for i in ["a1", "a2", "b1", "b2", "b3"]])
     store.insert([Incoming(i, Event("t", i), now) for i in sent_by_hand])
-    latest = verify(spool, store)
+    latest = compare(spool, store)
     assert latest.ok
     assert (latest.run_id, latest.generated, latest.stored) == (2, 3, 3)
     assert sorted(latest.other) == sent_by_hand  # a1 and a2 are of run 1, not others
-    first = verify(spool, store, spool.run(1))
+    first = compare(spool, store, spool.run(1))
     assert (first.run_id, first.generated, first.ok) == (1, 2, True)
-    everything = verify(spool, store, all_runs=True)
+    everything = compare(spool, store, all_runs=True)
     assert (everything.run_id, everything.generated, everything.runs) == (None, 5, 2)
     assert sorted(everything.other) == sent_by_hand
     spool.close()
@@ -287,7 +287,7 @@ def test_verify_is_not_ok_when_events_of_the_run_failed_or_are_pending(
     spool.settle("d", "delivered", 1, "200")
     spool.settle("f", "failed", 30, "connection refused")
     store.insert([Incoming("d", Event("t", "d"), datetime.now(UTC))])
-    report = verify(spool, store)
+    report = compare(spool, store)
     assert (report.ok, report.verdict, report.failed, report.pending) == (
         False,
         "INCOMPLETE",
