@@ -101,6 +101,14 @@ class StoredEvent:
         }
 
 
+def _bucket_counts(rows: Sequence[Any], buckets: int) -> list[int]:
+    counts = [0] * buckets
+    for index, n in rows:
+        if 0 <= int(index) < buckets:  # always, as the query's window is whole buckets
+            counts[int(index)] += int(n)
+    return counts
+
+
 class Summary(NamedTuple):
     """What Store.summary counts: the highest row id, (event_type, count) most frequent
     first, and events per bucket of the window, oldest bucket first."""
@@ -699,6 +707,35 @@ class Store:
             .order_by(count.desc(), model.event_type)
             .tuples()
         )
+        series = self._series(start, bucket_seconds, buckets)
+        with self._errors("cannot summarize events"):
+            self._current(writer=False)
+            self._begin()
+            try:
+                if not self.is_sqlite:
+                    self.database.execute_sql(  # type: ignore[no-untyped-call]
+                        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+                    )
+                last = model.select(peewee.fn.MAX(model.id)).scalar()
+                type_rows: list[Any] = list(per_type)
+                slot_rows: list[Any] = list(series)
+            finally:
+                self._rollback()
+        types = [(str(kind), int(n)) for kind, n in type_rows]
+        return Summary(int(last or 0), types, _bucket_counts(slot_rows, buckets))
+
+    def per_bucket(self, *, start: datetime, bucket_seconds: int, buckets: int) -> list[int]:
+        """Events received in each of `buckets` buckets of `bucket_seconds` from `start`,
+        oldest first, counted by the database over the received_at index."""
+        with self._errors("cannot count events"):
+            self._current(writer=False)
+            rows: list[Any] = list(self._series(start, bucket_seconds, buckets))
+        return _bucket_counts(rows, buckets)
+
+    def _series(self, start: datetime, bucket_seconds: int, buckets: int) -> Any:
+        """(bucket index, count) rows of the window, in this database's dialect."""
+        model = self.model
+        count = peewee.fn.COUNT(peewee.SQL("*"))
         seconds: Any
         if self.is_sqlite:
             seconds = peewee.fn.CAST(
@@ -717,31 +754,12 @@ class Store:
             )
         slot = (seconds - int(start.timestamp())) / bucket_seconds
         end = start + timedelta(seconds=bucket_seconds * buckets)
-        series = (
+        return (
             model.select(slot, count)
             .where((model.received_at >= _naive_utc(start)) & (model.received_at < _naive_utc(end)))
             .group_by(slot)
             .tuples()
         )
-        with self._errors("cannot summarize events"):
-            self._current(writer=False)
-            self._begin()
-            try:
-                if not self.is_sqlite:
-                    self.database.execute_sql(  # type: ignore[no-untyped-call]
-                        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-                    )
-                last = model.select(peewee.fn.MAX(model.id)).scalar()
-                type_rows: list[Any] = list(per_type)
-                slot_rows: list[Any] = list(series)
-            finally:
-                self._rollback()
-        types = [(str(kind), int(n)) for kind, n in type_rows]
-        counts = [0] * buckets
-        for index, n in slot_rows:
-            if 0 <= int(index) < buckets:  # always, as the window is whole buckets
-                counts[int(index)] += int(n)
-        return Summary(int(last or 0), types, counts)
 
     def ids_since(self, since: datetime) -> list[tuple[str, datetime]]:
         """(event_id, received_at) of every row received at or after `since`."""

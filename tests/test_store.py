@@ -145,3 +145,17 @@ def test_unreachable_postgres_is_a_clean_error() -> None:
 def test_describe_url_hides_the_password() -> None:
     assert describe_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert describe_url("sqlite:///events.db") == "sqlite:///events.db"
+
+
+def test_per_bucket_counts_events_per_window_slice_in_the_database(store: Store) -> None:
+    start = datetime(2026, 12, 1, 10, 0, 30, 250_000, tzinfo=UTC)  # on no minute boundary
+    offsets = [0, 1, 59, 60, 61, 179, 180, -1, 300]  # seconds after start
+    store.insert(
+        [
+            Incoming(f"e{i}", Event("t", "p"), start + timedelta(seconds=seconds))
+            for i, seconds in enumerate(offsets)
+        ]
+    )
+    assert store.per_bucket(start=start, bucket_seconds=60, buckets=3) == [3, 2, 1]
+    assert store.per_bucket(start=start, bucket_seconds=60, buckets=4) == [3, 2, 1, 1]
+    assert store.per_bucket(start=start, bucket_seconds=600, buckets=1) == [8]

@@ -627,17 +627,13 @@ def stats(
     now = datetime.now(UTC)
     start = _when(since, "--since") or now
     cfg = consumer_config(config, database_url=database_url)
+    minutes = max(1, math.ceil((now - start).total_seconds() / 60))
     store = Store.open(cfg.database_url)
     try:
         types = store.type_counts(since=start)
-        arrivals = store.ids_since(start)
+        per_minute = store.per_bucket(start=start, bucket_seconds=60, buckets=minutes)
     finally:
         store.close()
-    minutes = max(1, math.ceil((now - start).total_seconds() / 60))
-    per_minute = [0] * minutes
-    for _, received_at in arrivals:
-        index = int((received_at - start).total_seconds() // 60)
-        per_minute[min(max(index, 0), minutes - 1)] += 1
     if as_json:
         report = {
             "since": iso(start),
