@@ -1102,17 +1102,10 @@ def spool_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """Show events in the spool: by default the ones not delivered yet."""
-    from eventctl.propagator.spool import Spool
+    from eventctl.propagator.spool import SELECTIONS, Spool
 
-    states = {
-        "unsettled": ("pending", "failed"),
-        "all": (),
-        "pending": ("pending",),
-        "failed": ("failed",),
-        "delivered": ("delivered",),
-    }
-    if state not in states:
-        raise typer.BadParameter(f"not one of {', '.join(states)}", param_hint="--state")
+    if state not in SELECTIONS:
+        raise typer.BadParameter(f"not one of {', '.join(SELECTIONS)}", param_hint="--state")
     cfg = propagator_config(config, spool_path=spool)
     if not Path(cfg.spool_path).exists():  # a command that only reads creates nothing
         if as_json:
@@ -1121,12 +1114,12 @@ def spool_list(
         return
     opened = Spool.open(Path(cfg.spool_path))
     try:
-        entries = opened.entries(*states[state])
+        entries = opened.entries(*SELECTIONS[state])
         counts = opened.counts()
     finally:
         opened.close()
     if as_json:
-        sys.stdout.write(json_text([_entry_json(e) for e in entries], indent=2) + "\n")
+        sys.stdout.write(json_text([e.to_json() for e in entries], indent=2) + "\n")
         return
     typer.echo(
         f"{cfg.spool_path}: {counts['pending']} pending, {counts['failed']} failed, "
@@ -1156,22 +1149,6 @@ def spool_list(
                 Text(visible(e.event.event_type)),
             )
         console.print(table)
-
-
-def _entry_json(entry: Any) -> dict[str, Any]:
-    return {
-        "event_id": entry.event_id,
-        "state": entry.state,
-        "event": entry.event.to_json(),
-        "attempts": entry.attempts,
-        "last_result": entry.last_result,
-        "created_at": datetime.fromtimestamp(entry.created_at, UTC).isoformat(),
-        "settled_at": (
-            None
-            if entry.settled_at is None
-            else datetime.fromtimestamp(entry.settled_at, UTC).isoformat()
-        ),
-    }
 
 
 @spool_app.command("retry")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from eventctl.errors import EventctlError, ExitCode
 from eventctl.events import Event
@@ -58,6 +59,15 @@ class SpoolError(EventctlError):
     exit_code = ExitCode.DATABASE
 
 
+STATES = ("pending", "delivered", "failed")
+SELECTIONS: dict[str, tuple[str, ...]] = {
+    "unsettled": ("pending", "failed"),
+    "all": (),
+    **{state: (state,) for state in STATES},
+}
+"""What `spool list --state` may name, and the states each selects (none: all)."""
+
+
 class Entry(NamedTuple):
     """One generated event as the spool remembers it."""
 
@@ -69,6 +79,22 @@ class Entry(NamedTuple):
     attempts: int
     last_result: str | None
     run_id: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        settled = None if self.settled_at is None else _iso(self.settled_at)
+        return {
+            "event_id": self.event_id,
+            "state": self.state,
+            "event": self.event.to_json(),
+            "attempts": self.attempts,
+            "last_result": self.last_result,
+            "created_at": _iso(self.created_at),
+            "settled_at": settled,
+        }
+
+
+def _iso(unix_seconds: float) -> str:
+    return datetime.fromtimestamp(unix_seconds, UTC).isoformat()
 
 
 class Run(NamedTuple):
