@@ -222,6 +222,7 @@ class Propagator:
         spool_max_pending: int = 10_000,
         replay: Sequence[tuple[str, Event]] = (),
         credentials: Credentials | None = None,
+        stats: Stats | None = None,
     ) -> None:
         if not events and count != 0:
             raise ValueError("no events to send")
@@ -247,7 +248,7 @@ class Propagator:
         self.credentials = credentials or Credentials()
         self._url = httpx.URL(endpoint)  # parsed once, not per request
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
-        self.stats = Stats(endpoint, interval, max_in_flight)
+        self.stats = stats or Stats(endpoint, interval, max_in_flight)
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
         self._sleeper: asyncio.Future[None] | None = None

@@ -99,6 +99,8 @@ async def _propagate(
         cfg.retry_max_seconds,
         cfg.retry_max_elapsed_seconds,
     )
+    stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
+    display = make_display(mode, stats, clock(), title)
     async with propagator_transport(cfg) as transport:
         propagator = Propagator(
             events,
@@ -116,9 +118,9 @@ async def _propagate(
             spool_max_pending=cfg.spool_max_pending,
             replay=replay,
             credentials=propagator_credentials(cfg),
+            stats=stats,
+            on_record=display.record,
         )
-        display = make_display(mode, propagator.stats, clock(), title)
-        propagator.on_record = display.record
         if run is not None and run.generated:
             display.print(
                 f"resuming run {run.run_id} ({run.generated} of "
