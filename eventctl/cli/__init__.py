@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from eventctl import __version__
+from eventctl.cli import output as out
 from eventctl.config import (
     DEFAULT_CONSUMER_CONFIG,
     DEFAULT_EVENTS_FILE,
@@ -40,7 +41,7 @@ from eventctl.errors import (
 )
 from eventctl.events import Event, new_event_id, unique_keys, validate_event
 from eventctl.propagator.templates import EventPool, load_events_file
-from eventctl.textsafe import json_text, visible
+from eventctl.textsafe import visible
 from eventctl.timefmt import parse_duration, parse_since
 
 if TYPE_CHECKING:
@@ -454,17 +455,11 @@ def _print_events(
     A table is laid out by `layout` if given (no title or header then), and the layout it
     used is returned, so that rows printed later line up under the same header."""
     if output == "json":
-        sys.stdout.write(json_text([e.to_json() for e in events], indent=2) + "\n")
+        out.document([e.to_json() for e in events])
     elif output == "ndjson":
-        for event in events:
-            sys.stdout.write(json_text(event.to_json()) + "\n")
+        out.lines(e.to_json() for e in events)
     elif output == "csv":
-        import csv
-
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(StoredEventFields))
-        if header:
-            writer.writeheader()
-        writer.writerows(e.to_json() for e in events)
+        out.csv_rows((e.to_json() for e in events), StoredEventFields, header=header)
     elif events:
         console = Console(highlight=False)
         if layout is None:
@@ -591,8 +586,7 @@ def _print_streamed(console: Console, data: str, as_json: bool) -> None:
         typer.echo(f"eventctl tail: not an event, skipped: {visible(data[:200])}", err=True)
         return
     if as_json:
-        sys.stdout.write(json_text(event) + "\n")
-        sys.stdout.flush()
+        out.line(event)
         return
     line = Text(visible(f"{event['received_at'][11:23]}  "))
     line.append(visible(event["event_type"]), style="bold")
@@ -645,7 +639,7 @@ def stats(
             ],
             "per_minute": per_minute,
         }
-        sys.stdout.write(json_text(report, indent=2) + "\n")
+        out.document(report)
         return
     if not types:
         typer.echo(f"No events since {iso(start)}.", err=True)
@@ -1036,7 +1030,7 @@ def send_once(
             "event": event.to_json(),
             "response": sent.body,
         }
-        sys.stdout.write(json_text(outcome) + "\n")
+        out.document(outcome)
     where = f"{cfg.api_endpoint}: {sent.status}"
     answer = classify(sent.status)
     if answer is Answer.REFUSED:
@@ -1109,7 +1103,7 @@ def spool_list(
     cfg = propagator_config(config, spool_path=spool)
     if not Path(cfg.spool_path).exists():  # a command that only reads creates nothing
         if as_json:
-            sys.stdout.write("[]\n")
+            out.document([])
         typer.echo(f"{cfg.spool_path}: no spool here (nothing generated yet)", err=True)
         return
     opened = Spool.open(Path(cfg.spool_path))
@@ -1119,7 +1113,7 @@ def spool_list(
     finally:
         opened.close()
     if as_json:
-        sys.stdout.write(json_text([e.to_json() for e in entries], indent=2) + "\n")
+        out.document([e.to_json() for e in entries])
         return
     typer.echo(
         f"{cfg.spool_path}: {counts['pending']} pending, {counts['failed']} failed, "
@@ -1238,8 +1232,7 @@ def verify(
         opened.close()
     result = report.to_json()
     if as_json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        out.document(result)
     else:
         for line in _verify_lines(report, result, spool_path):
             typer.echo(line)
