@@ -34,17 +34,15 @@ from starlette.routing import BaseRoute, Match, Route
 from eventctl.auth import Credentials, SignatureError, check_signature, token_matches
 from eventctl.config import ConsumerConfig, metrics_enabled
 from eventctl.consumer.metrics import CONTENT_TYPE, Metrics
-from eventctl.consumer.openapi import (
+from eventctl.consumer.openapi import LIST_PARAMETERS, SUMMARY_PARAMETERS, document
+from eventctl.consumer.rules import (
     CURSOR_PATTERN,
     CURSOR_PREFIX,
     DEFAULT_PAGE,
     IDEMPOTENCY_KEY_PATTERN,
-    LIST_PARAMETERS,
     MAX_PAGE,
     MAX_ROW_ID,
-    SUMMARY_PARAMETERS,
     SummaryLimits,
-    document,
 )
 from eventctl.consumer.stream import event_stream
 from eventctl.consumer.writer import Overloaded, Writer

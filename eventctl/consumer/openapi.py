@@ -18,6 +18,14 @@ from starlette.routing import BaseRoute, Route
 from eventctl import __version__
 from eventctl.auth import Credentials
 from eventctl.config import ConsumerConfig
+from eventctl.consumer.rules import (
+    CURSOR_PATTERN,
+    DEFAULT_PAGE,
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_PAGE,
+    MAX_ROW_ID,
+    SummaryLimits,
+)
 from eventctl.events import CONTROL_CHARACTERS, FORMAT_CHARACTERS, MAX_EVENT_TYPE_LENGTH
 
 JSON = "application/json"
@@ -32,12 +40,6 @@ EVENT_TYPE_PATTERN = (
 )
 NO_NUL_PATTERN = r"^[^\x00]*$"
 DURATION_PATTERN = r"^\s*([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?([mM][sS]|[sSmMhHdDwW]))+)\s*$"
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"
-CURSOR_PREFIX = "c1."
-CURSOR_PATTERN = r"^c1\.\d{1,18}$"
-DEFAULT_PAGE = 50
-MAX_PAGE = 1000
-MAX_ROW_ID = 2**63 - 1
 
 EVENT: Schema = {
     "type": "object",
@@ -189,19 +191,6 @@ LIST_PARAMETERS: list[Schema] = [
         {"type": "string", "pattern": CURSOR_PATTERN},
     ),
 ]
-
-
-class SummaryLimits:
-    """Defaults and maxima of GET /events/summary: the window and bucket in seconds, and
-    how many event types are listed. The window is bounded, so the series reads at most a
-    day of the received_at index; at most 86400 buckets are answered."""
-
-    window = 300
-    max_window = 86_400
-    bucket = 1
-    max_bucket = 3_600
-    top = 100
-    max_top = 1_000
 
 
 SUMMARY_PARAMETERS: list[Schema] = [
