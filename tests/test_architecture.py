@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "eventctl"
-SHARED = {"auth", "config", "errors", "events", "store", "textsafe", "timefmt", "verify"}
+SHARED = {"auth", "config", "errors", "events", "retry", "store", "textsafe", "timefmt", "verify"}
 
 
 def imports(path: Path) -> set[str]:

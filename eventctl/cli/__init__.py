@@ -32,7 +32,6 @@ from eventctl.config import (
     load_config,
 )
 from eventctl.errors import (
-    ConfigError,
     EventctlError,
     ExitCode,
     InvalidEvent,
@@ -514,61 +513,21 @@ def tail(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
 ) -> None:
     """Follow a running consumer's stream of new events (Ctrl-C stops)."""
-    import time
-
-    import httpx
-
-    from eventctl.consumer.stream import parse_sse, sse_lines
-    from eventctl.propagator.propagator import transport_error_text
+    from eventctl.consumer.server import base_url
+    from eventctl.consumer.stream import follow_stream, stream_url
 
     cfg = consumer_config(config)
-    base = endpoint or consumer_url(cfg.host, cfg.port)
-    url = base.rstrip("/").removesuffix("/events/stream") + "/events/stream"
-    try:
-        scheme = httpx.URL(url).scheme
-    except httpx.InvalidURL as exc:
-        raise ConfigError(f"{url}: not a valid URL: {exc}") from None
-    if scheme not in ("http", "https"):
-        raise ConfigError(f"{url}: must be an http:// or https:// URL")
-    params = {"type": event_types or []}
+    url = stream_url(endpoint or base_url(cfg.host, cfg.port))
     console = Console(highlight=False)
-    last_id: str | None = None
-    delay = 0.5
     try:
-        while True:
-            headers = {"Last-Event-ID": last_id} if last_id else {}
-            try:
-                with httpx.stream(
-                    "GET", url, params=params, headers=headers, timeout=httpx.Timeout(10, read=30)
-                ) as response:
-                    if response.status_code != 200:
-                        response.read()
-                        raise EventctlError(f"{url}: {response.status_code} {response.text[:200]}")
-                    if last_id is None:
-                        typer.echo(f"eventctl tail: following {url}; Ctrl-C stops", err=True)
-                    delay = 0.5
-                    for event_id, data in parse_sse(sse_lines(response.iter_bytes())):
-                        last_id = event_id or last_id
-                        _print_streamed(console, data, as_json)
-                reason = "the stream ended"
-            except httpx.TransportError as exc:
-                reason = transport_error_text(exc)
-            except httpx.DecodingError as exc:
-                reason = str(exc)
-            typer.echo(f"eventctl tail: {visible(reason)}; reconnecting in {delay:g}s", err=True)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        follow_stream(
+            url,
+            event_types or [],
+            lambda data: _print_streamed(console, data, as_json),
+            lambda notice: typer.echo(f"eventctl tail: {visible(notice)}", err=True),
+        )
     except KeyboardInterrupt:
         return
-
-
-def consumer_url(host: str, port: int) -> str:
-    """http://host:port of a consumer listening on `host`: a wildcard address becomes
-    loopback, an IPv6 address goes in brackets (with a zone's % escaped, RFC 6874)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    if ":" in host and not host.startswith("["):
-        host = "[" + host.replace("%", "%25") + "]"
-    return f"http://{host}:{port}"
 
 
 STREAMED_FIELDS = ("received_at", "event_type", "event_payload")

@@ -45,12 +45,19 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def base_url(host: str, port: int) -> str:
+    """http://host:port of a consumer listening on `host`: a wildcard address becomes
+    loopback, an IPv6 address goes in brackets (with a zone's % escaped, RFC 6874)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in host and not host.startswith("["):
+        host = "[" + host.replace("%", "%25") + "]"
+    return f"http://{host}:{port}"
+
+
 def local_url(sock: socket.socket, path: str = "") -> str:
-    """http://host:port of a listening socket, with a wildcard host replaced by loopback."""
+    """The URL of a listening socket (see base_url), with `path`."""
     host, port = sock.getsockname()[:2]
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}{path}"
+    return base_url(host, port) + path
 
 
 WORKER_CONFIG_ENV = "EVENTCTL_WORKER_CONFIG"

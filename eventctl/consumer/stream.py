@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import NoReturn
 
 import anyio
+import httpx
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from eventctl.errors import ConfigError, EventctlError
+from eventctl.retry import RetryPolicy, transport_error_text
 from eventctl.store import Store, StoredEvent
 
 POLL_SECONDS = 0.25
@@ -117,3 +122,65 @@ def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str | None, str]]:
             event_id = value
         elif name == "data":
             data.append(value)
+
+
+RECONNECT = RetryPolicy(base_seconds=1.0, max_seconds=5.0)
+"""How `follow_stream` waits before reconnecting: 0.5-1 s, then doubling up to 2.5-5 s."""
+
+
+def stream_url(base: str) -> str:
+    """The stream's URL from a consumer's base URL (or the stream's own); ConfigError if it
+    is not an http:// or https:// URL."""
+    url = base.rstrip("/").removesuffix("/events/stream") + "/events/stream"
+    try:
+        scheme = httpx.URL(url).scheme
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"{url}: not a valid URL: {exc}") from None
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"{url}: must be an http:// or https:// URL")
+    return url
+
+
+def follow_stream(
+    url: str,
+    types: Sequence[str],
+    on_data: Callable[[str], None],
+    on_notice: Callable[[str], None],
+    *,
+    policy: RetryPolicy = RECONNECT,
+    rng: random.Random | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> NoReturn:
+    """Read the stream at `url` forever: `on_data` gets each message's data, `on_notice`
+    a line about the connection. After a disconnect it reconnects with `Last-Event-ID`, so
+    nothing is missed or repeated. A refusal (an answer other than 200) is an EventctlError.
+    """
+    rng = rng or random.Random()
+    last_id: str | None = None
+    attempt = 0
+    while True:
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        try:
+            timeout = httpx.Timeout(10, read=30)
+            params = {"type": list(types)}
+            with httpx.stream(
+                "GET", url, params=params, headers=headers, timeout=timeout
+            ) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise EventctlError(f"{url}: {response.status_code} {response.text[:200]}")
+                if last_id is None:
+                    on_notice(f"following {url}; Ctrl-C stops")
+                attempt = 0
+                for event_id, data in parse_sse(sse_lines(response.iter_bytes())):
+                    last_id = event_id or last_id
+                    on_data(data)
+            reason = "the stream ended"
+        except httpx.TransportError as exc:
+            reason = transport_error_text(exc)
+        except httpx.DecodingError as exc:
+            reason = str(exc)
+        attempt += 1
+        delay = policy.delay(attempt, rng)
+        on_notice(f"{reason}; reconnecting in {delay:.1f}s")
+        sleep(delay)

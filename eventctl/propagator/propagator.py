@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
-import socket
 import statistics
 import time
 from collections import deque
@@ -27,6 +26,7 @@ from eventctl.errors import InvalidEvent, Unavailable
 from eventctl.events import Event, new_event_id
 from eventctl.propagator.spool import Spool
 from eventctl.propagator.templates import EventPool
+from eventctl.retry import RetryPolicy, transport_error_text
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -55,26 +55,6 @@ def classify(status: int | None) -> Answer:
 MAX_RETRY_AFTER_SECONDS = 3600.0
 LATENCY_WINDOW = 10_000
 RECENT = 8
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter: attempt n waits about base * 2**(n-1), capped.
-
-    An event is retried until `max_elapsed_seconds` have passed since its first attempt
-    (the last attempt falls at that moment) or it has had `attempts` attempts, whichever
-    comes first; with the defaults the time is the limit (about 17 to 30 attempts).
-    """
-
-    attempts: int = 100
-    base_seconds: float = 0.2
-    max_seconds: float = 10.0
-    max_elapsed_seconds: float = 120.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait after failed attempt `attempt` (from 1): half fixed, half random."""
-        ceiling = min(self.max_seconds, self.base_seconds * 2.0 ** (attempt - 1))
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -490,25 +470,6 @@ def request_headers(
         signed = signature_headers(credentials.keys[0], event_id, timestamp, body)
         headers.extend((name.encode(), value.encode()) for name, value in signed.items())
     return headers
-
-
-def transport_error_text(exc: httpx.TransportError) -> str:
-    """A short reason for a failed connection, e.g. 'connection refused'."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, socket.gaierror):
-            return "unknown host"
-        if isinstance(cause, ConnectionResetError):
-            return "connection reset"
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "connection dropped"
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:80]
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,11 @@ from rich.console import Console
 from eventctl.auth import SIGNING_SECRET_ENV, Credentials
 from eventctl.config import PropagatorConfig
 from eventctl.propagator.display import Display, JsonDisplay, LiveDisplay, LogDisplay
-from eventctl.propagator.propagator import Propagator, RetryPolicy, Stats
+from eventctl.propagator.propagator import Propagator, Stats
 from eventctl.propagator.spool import Run, Spool
 from eventctl.propagator.templates import EventPool
 from eventctl.propagator.transport import LeanTransport
+from eventctl.retry import RetryPolicy
 
 REFRESH_SECONDS = 0.25
 

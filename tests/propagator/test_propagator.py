@@ -21,11 +21,11 @@ from eventctl.propagator.propagator import (
     Answer,
     Propagator,
     Record,
-    RetryPolicy,
     Stats,
     classify,
     retry_after_seconds,
 )
+from eventctl.retry import RetryPolicy
 from tests.vclock import VirtualClock
 
 pytestmark = pytest.mark.anyio

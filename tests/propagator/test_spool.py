@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from eventctl.events import Event
-from eventctl.propagator.propagator import Propagator, RetryPolicy
+from eventctl.propagator.propagator import Propagator
 from eventctl.propagator.spool import Spool
+from eventctl.retry import RetryPolicy
 from eventctl.store import Incoming, Store
 from eventctl.verify import compare
 from tests.vclock import VirtualClock

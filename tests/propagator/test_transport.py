@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from eventctl.propagator.propagator import transport_error_text
 from eventctl.propagator.transport import LeanTransport
+from eventctl.retry import transport_error_text
 from eventctl.store import Store
 from tests.helpers import Server, free_port
 
