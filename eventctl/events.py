@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
@@ -46,6 +47,16 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             return DuplicateKeys(pairs, key)
         seen.add(key)
     raise AssertionError("unreachable: a shorter dict has a repeated key")
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text as the events files and `send-once --file` give it: an object with a
+    repeated key becomes a DuplicateKeys (see unique_keys); InvalidEvent naming `where`
+    when it is not JSON."""
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidEvent(None, f"{where}: not valid JSON: {exc}") from None
 
 
 class Event(NamedTuple):

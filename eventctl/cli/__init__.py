@@ -38,7 +38,7 @@ from eventctl.errors import (
     Refused,
     ServerFailed,
 )
-from eventctl.events import Event, new_event_id, unique_keys, validate_event
+from eventctl.events import Event, new_event_id, parse_json, validate_event
 from eventctl.propagator.templates import EventPool, load_events_file
 from eventctl.textsafe import visible
 from eventctl.timefmt import parse_duration, parse_since
@@ -886,10 +886,7 @@ def _event_from_flags(
             text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidEvent(None, f"{where}: cannot read: {exc}") from None
-        try:
-            data = json.loads(text, object_pairs_hook=unique_keys)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise InvalidEvent(None, f"{where}: not valid JSON: {exc}") from None
+        data = parse_json(text, where)
         try:
             return validate_event(data)
         except InvalidEvent as exc:

@@ -14,7 +14,6 @@ or less often.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from eventctl.errors import InvalidEvent
-from eventctl.events import DuplicateKeys, Event, json_type, unique_keys, validate_event
+from eventctl.events import DuplicateKeys, Event, json_type, parse_json, validate_event
 
 PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 
@@ -161,10 +160,7 @@ def load_events_file(path: Path, environ: Mapping[str, str] | None = None) -> Ev
         raise InvalidEvent(None, f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidEvent(None, f"{path}: cannot read: {exc}") from None
-    try:
-        data: Any = json.loads(text, object_pairs_hook=unique_keys)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidEvent(None, f"{path}: not valid JSON: {exc}") from None
+    data: Any = parse_json(text, str(path))
     if not isinstance(data, list):
         raise InvalidEvent(None, f"{path}: must be a JSON list of events, not {json_type(data)}")
     if not data:
