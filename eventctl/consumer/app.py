@@ -730,6 +730,97 @@ def serving(writer: Writer) -> Callable[[Starlette], AbstractAsyncContextManager
     return lifespan
 
 
+def _health_routes(store: Store, writer: Writer, metrics: Metrics | None) -> list[Route]:
+    """GET /healthz (the process answers), /readyz (it can store events), /metrics."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        # Ready means the last commit worked and the database answers a read. While the
+        # last commit failed (or the SQLite file changed), a write probe is the check, so
+        # readiness comes back by itself once writes work, with or without traffic.
+        try:
+            with anyio.fail_after(READY_TIMEOUT_SECONDS):
+                if writer.last_error is not None or await anyio.to_thread.run_sync(
+                    store.file_changed, abandon_on_cancel=True
+                ):
+                    await writer.probe()
+                await anyio.to_thread.run_sync(store.ping, abandon_on_cancel=True)
+        except (DatabaseError, Overloaded) as exc:
+            return error_response(ApiError(503, "database_unavailable", str(exc)))
+        except TimeoutError:
+            message = "the database did not answer"
+            return error_response(ApiError(503, "database_unavailable", message))
+        return JSONResponse({"status": "ok"})
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    if metrics:
+        exposition = metrics.exposition
+
+        async def metrics_page(request: Request) -> Response:
+            return Response(exposition(), media_type=CONTENT_TYPE)
+
+        routes.append(Route("/metrics", metrics_page, methods=["GET"]))
+    return routes
+
+
+def _with_openapi(
+    routes: list[Route], config: ConsumerConfig, credentials: Credentials, *, checks_host: bool
+) -> list[Route]:
+    """`routes` and GET /openapi.json, whose document (built now, so that a route without a
+    description fails at start-up) covers them all, itself included."""
+    schema: dict[str, Any] = {}
+
+    async def openapi_page(request: Request) -> Response:
+        return JSONResponse(schema)
+
+    routes = [*routes, Route("/openapi.json", openapi_page, methods=["GET"])]
+    schema.update(document(routes, config, credentials, checks_host=checks_host))
+    return routes
+
+
+def _error_handlers(
+    routes: Sequence[BaseRoute], metrics: Metrics | None
+) -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+    """Every error as the one JSON shape, counted by status and code."""
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        if metrics:
+            metrics.rejected.labels(str(exc.status), exc.code).inc()
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(routes, request.scope))
+        message = _http_message(routes, request, exc)
+        return await api_error(request, ApiError(exc.status_code, code, message, headers=headers))
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return await api_error(
+            request, ApiError(503, "database_unavailable", str(exc), headers=retry)
+        )
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(ApiError(500, "internal_error", "internal server error"))
+
+    return {
+        ApiError: api_error,
+        DatabaseError: database_error,
+        HTTPException: http_error,
+        Exception: server_error,
+    }
+
+
 def create_app(
     config: ConsumerConfig,
     store: Store,
@@ -754,83 +845,18 @@ def create_app(
     hosts = HostGuard(config)
     one = Ingest(config, writer, metrics, credentials, hosts, batch=False)
     many = Ingest(config, writer, metrics, credentials, hosts, batch=True)
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        # Ready means the last commit worked and the database answers a read. While the
-        # last commit failed (or the SQLite file changed), a write probe is the check, so
-        # readiness comes back by itself once writes work, with or without traffic.
-        try:
-            with anyio.fail_after(READY_TIMEOUT_SECONDS):
-                if writer.last_error is not None or await anyio.to_thread.run_sync(
-                    store.file_changed, abandon_on_cancel=True
-                ):
-                    await writer.probe()
-                await anyio.to_thread.run_sync(store.ping, abandon_on_cancel=True)
-        except (DatabaseError, Overloaded) as exc:
-            return error_response(ApiError(503, "database_unavailable", str(exc)))
-        except TimeoutError:
-            message = "the database did not answer"
-            return error_response(ApiError(503, "database_unavailable", message))
-        return JSONResponse({"status": "ok"})
-
-    async def metrics_page(request: Request) -> Response:
-        assert metrics is not None
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
-
-    async def openapi_page(request: Request) -> Response:
-        return JSONResponse(schema)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        if metrics:
-            metrics.rejected.labels(str(exc.status_code), code).inc()
-        message = _http_message(routes, request, exc)
-        headers = dict(exc.headers or {})
-        if exc.status_code == 405:
-            headers["Allow"] = ", ".join(allowed_methods(routes, request.scope))
-        return error_response(ApiError(exc.status_code, code, message, headers=headers))
-
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        if metrics:
-            metrics.rejected.labels(str(exc.status), exc.code).inc()
-        return error_response(exc)
-
-    async def database_error(request: Request, exc: Exception) -> Response:
-        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        return await api_error(
-            request, ApiError(503, "database_unavailable", str(exc), headers=retry)
-        )
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(ApiError(500, "internal_error", "internal server error"))
-
     routes = [
         Route("/event", one, methods=["POST"]),
         Route("/events", many, methods=["POST"]),
         *_read_routes(store),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
+        *_health_routes(store, writer, metrics),
     ]
-    if metrics:
-        routes.append(Route("/metrics", metrics_page, methods=["GET"]))
-    routes.append(Route("/openapi.json", openapi_page, methods=["GET"]))
-    schema = document(routes, config, credentials, checks_host=not hosts.any)
+    routes = _with_openapi(routes, config, credentials, checks_host=not hosts.any)
     return ConsumerApp(
         {"/event": one, "/events": many},
         hosts,
         metrics,
         routes=routes,
-        exception_handlers={
-            ApiError: api_error,
-            DatabaseError: database_error,
-            HTTPException: http_error,
-            Exception: server_error,
-        },
+        exception_handlers=_error_handlers(routes, metrics),
         lifespan=serving(writer),
     )
