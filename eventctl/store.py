@@ -40,6 +40,9 @@ PG_DISK_FULL = "53100"
 log = logging.getLogger("eventctl.store")
 
 FileId = tuple[int, int]
+_NO_MOMENT = object()
+Row = tuple[str, str, str, object]
+"""(event_id, event_type, event_payload, received_at as the database takes it)"""
 
 
 class _Files(NamedTuple):
@@ -441,7 +444,21 @@ class Store:
             self._insert_sql_cache[rows] = sql
         return sql
 
-    def _insert_rows(self, rows: list[tuple[str, str, str, object]]) -> set[str]:
+    def _rows(self, requests: Sequence[Sequence[Incoming]]) -> dict[str, Row]:
+        """The row of each event id, as its first record gives it, ready for `_insert_rows`."""
+        rows: dict[str, Row] = {}
+        last_moment: object = _NO_MOMENT
+        value: object = None
+        for records in requests:
+            for event_id, event, received_at in records:
+                if event_id not in rows:
+                    if received_at is not last_moment:  # a batch shares one arrival time
+                        last_moment = received_at
+                        value = self._db_time(received_at)
+                    rows[event_id] = (event_id, event.event_type, event.event_payload, value)
+        return rows
+
+    def _insert_rows(self, rows: list[Row]) -> set[str]:
         """Insert `rows` (at most INSERT_CHUNK) unless their id is taken; the new ids."""
         params = [value for row in rows for value in row]
         cursor = self.database.execute_sql(self._insert_sql(len(rows)), params)  # type: ignore[no-untyped-call]
@@ -496,12 +513,7 @@ class Store:
         commits by itself: no BEGIN, no COMMIT. A request whose event id was not new stored
         nothing, so nothing needs rolling back; those few are then settled exactly by
         `_insert_transaction` (a replay, or a conflict)."""
-        rows: dict[str, tuple[str, str, str, object]] = {}
-        for ((event_id, event, received_at),) in requests:
-            if event_id not in rows:
-                value = self._db_time(received_at)
-                rows[event_id] = (event_id, event.event_type, event.event_payload, value)
-        new = self._insert_rows(list(rows.values()))
+        new = self._insert_rows(list(self._rows(requests).values()))
         self._check_unchanged()
         if len(new) == len(requests):
             return [{records[0].event_id} for records in requests]
@@ -553,18 +565,8 @@ class Store:
     ) -> tuple[set[str], dict[int, IdempotencyConflict]]:
         """Inside a transaction: insert every new id; return the new ids and the requests
         (by position) holding an id whose stored content differs from theirs."""
-        rows: dict[str, tuple[str, str, str, object]] = {}
-        last_moment: datetime | None = None
-        value: object = None
-        total = 0
-        for records in requests:
-            total += len(records)
-            for event_id, event, received_at in records:
-                if event_id not in rows:
-                    if received_at is not last_moment:  # a batch shares one arrival time
-                        last_moment = received_at
-                        value = self._db_time(received_at)
-                    rows[event_id] = (event_id, event.event_type, event.event_payload, value)
+        rows = self._rows(requests)
+        total = sum(len(records) for records in requests)
         values = list(rows.values())
         new: set[str] = set()
         for start in range(0, len(values), INSERT_CHUNK):

@@ -214,10 +214,7 @@ def _complete_event_types(ctx: typer.Context, incomplete: str) -> list[str]:
             ctx.params.get("config") if own else None,
             events_file=ctx.params.get("events_file") if own else None,
         )
-        path = Path(cfg.events_file)
-        if cfg.events_file == DEFAULT_EVENTS_FILE and not path.exists():
-            path = SAMPLE_EVENTS
-        events = load_events_file(path).as_written()
+        events = load_events_file(events_path(cfg.events_file)).as_written()
     except (EventctlError, OSError):
         return []
     types = dict.fromkeys(e.event_type for e in events)
@@ -760,11 +757,20 @@ def propagator_config(config: Path | None, **overrides: Any) -> PropagatorConfig
 SAMPLE_EVENTS = Path(__file__).parent.parent / "sample_events.json"
 
 
+def events_path(events_file: str) -> Path:
+    """The events file to read: `events_file`, or eventctl's sample events (a copy of the
+    repository's events/events.json) where it is the default one and this directory has
+    none, so that `propagate`, `up` and `send-once` work in any directory."""
+    path = Path(events_file)
+    if events_file == DEFAULT_EVENTS_FILE and not path.exists():
+        return SAMPLE_EVENTS
+    return path
+
+
 def with_events(cfg: PropagatorConfig) -> PropagatorConfig:
-    """`cfg`; or, where the events file is the default one and this directory has none,
-    `cfg` with eventctl's sample events (a copy of the repository's events/events.json),
-    said on stderr, so that `propagate` and `up` work in any directory."""
-    if cfg.events_file != DEFAULT_EVENTS_FILE or Path(cfg.events_file).exists():
+    """`cfg` with the events file it will read (see events_path), the sample events said
+    on stderr."""
+    if events_path(cfg.events_file) != SAMPLE_EVENTS:
         return cfg
     print(
         f"eventctl: no {DEFAULT_EVENTS_FILE} here, so sending eventctl's sample events "

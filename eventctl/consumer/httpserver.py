@@ -153,16 +153,14 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._closing or self.parser is None:
             return
         self._unset_keepalive_if_required()
-        if self._head_open:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.limits.max_header_bytes:
-                self._head_bytes -= len(data)
-                if not self._feed_bounded(data):
-                    return
-            elif not self._feed(data):
+        if self._head_open and self._head_bytes + len(data) > self.limits.max_header_bytes:
+            if not self._feed_bounded(data):
                 return
-        elif not self._feed(data):
-            return
+        else:
+            if self._head_open:
+                self._head_bytes += len(data)
+            if not self._feed(data):
+                return
         # Timers only for a request still incomplete after this read (most arrive whole):
         # part of a head, or a head without all of its body.
         if self._timer is None:

@@ -156,13 +156,13 @@ def follow_stream(
     nothing is missed or repeated. A refusal (an answer other than 200) is an EventctlError.
     """
     rng = rng or random.Random()
+    timeout = httpx.Timeout(10, read=30)
+    params = {"type": list(types)}
     last_id: str | None = None
     attempt = 0
     while True:
         headers = {"Last-Event-ID": last_id} if last_id else {}
         try:
-            timeout = httpx.Timeout(10, read=30)
-            params = {"type": list(types)}
             with httpx.stream(
                 "GET", url, params=params, headers=headers, timeout=timeout
             ) as response:
