@@ -538,7 +538,8 @@ def _read_routes(store: Store) -> list[Route]:
         )
         top = _int_parameter(params.get("top", str(limits.top)), "top", 1, limits.max_top)
         buckets = -(-window_seconds // bucket)
-        last_start = int(time.time()) // bucket * bucket
+        now = time.time()
+        last_start = int(now) // bucket * bucket
         start = datetime.fromtimestamp(last_start - (buckets - 1) * bucket, UTC)
         found = await anyio.to_thread.run_sync(
             lambda: store.summary(start=start, bucket_seconds=bucket, buckets=buckets)
@@ -549,6 +550,7 @@ def _read_routes(store: Store) -> list[Route]:
                 "last_id": found.last_id,
                 "type_count": len(found.types),
                 "types": [{"event_type": kind, "count": n} for kind, n in found.types[:top]],
+                "now": iso(datetime.fromtimestamp(now, UTC)),
                 "series": {
                     "start": iso(start),
                     "bucket_seconds": bucket,

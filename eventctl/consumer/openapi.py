@@ -214,7 +214,7 @@ SUMMARY_PARAMETERS: list[Schema] = [
 
 SUMMARY: Schema = {
     "type": "object",
-    "required": ["total", "last_id", "type_count", "types", "series"],
+    "required": ["total", "last_id", "type_count", "types", "now", "series"],
     "properties": {
         "total": {"type": "integer", "minimum": 0, "description": "every stored event"},
         "last_id": {
@@ -235,6 +235,12 @@ SUMMARY: Schema = {
                 },
                 "additionalProperties": False,
             },
+        },
+        "now": {
+            "type": "string",
+            "format": "date-time",
+            "description": "the server's clock when it answered (to the microsecond), so that a "
+            "client can place new events in the series without trusting its own clock",
         },
         "series": {
             "type": "object",

@@ -209,6 +209,9 @@ async def test_the_summary_counts_the_whole_table_and_a_recent_window(store: Sto
     start = datetime.fromisoformat(series["start"])
     assert start.timestamp() % 1 == 0
     assert timedelta(seconds=298) < now - start < timedelta(seconds=301)
+    answered = datetime.fromisoformat(summary["now"])
+    assert now <= answered <= datetime.now(UTC)
+    assert slot(summary, answered) == 299  # the last bucket holds the server's present
 
     by_minute = minutes.json()["series"]
     assert (by_minute["bucket_seconds"], len(by_minute["counts"])) == (60, 10)

@@ -125,11 +125,47 @@ def recent_in_chart(page: Any) -> int:
     """The events the page's chart holds for the last 300 s (of the server's clock)."""
     return int(
         page.evaluate(
-            """() => { const now = Math.floor(Date.now() / 1000) + skew; let sum = 0;
+            """() => { const now = serverSecond(); let sum = 0;
                  for (const [s, n] of perSecond) if (s > now - WINDOW && s <= now) sum += n;
                  return sum; }"""
         )
     )
+
+
+def test_a_new_event_lands_in_the_servers_present_second_whatever_the_pages_clock(
+    browser_page: object, server: Server
+) -> None:
+    """The page read its summary 0.1 s after a second ticked over on its own clock, but 0.05 s
+    before it did on the server's; an event received 0.25 s later belongs to the server's
+    new second. Measuring the skew in whole seconds put that second in the future, so the
+    chart left it out until the next tick."""
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    page.add_init_script(
+        "window.fakeNow = null; const realNow = Date.now.bind(Date);"
+        " Date.now = () => window.fakeNow ?? realNow();"
+    )
+    page.goto(server.url + "/")
+    expect(page.locator("#status")).to_have_text("live")
+    second = 1_800_000_000
+    window = [0] * 299 + [1]
+    placed = page.evaluate(
+        """([second, counts]) => {
+             const iso = (s) => new Date(s * 1000).toISOString();
+             window.fakeNow = (second + 1.05) * 1000;
+             applySummary({total: 1, last_id: 1, type_count: 1,
+                           types: [{event_type: "t", count: 1}], now: iso(second + 0.95),
+                           series: {start: iso(second - 299), bucket_seconds: 1, counts}});
+             window.fakeNow = (second + 1.3) * 1000;
+             count({id: 2, event_type: "t", received_at: iso(second + 1.2)});
+             return serverSecond();
+           }""",
+        [second, window],
+    )
+    assert placed == second + 1
+    assert recent_in_chart(page) == 2
 
 
 def test_the_page_counts_the_whole_database_shows_details_and_searches(
