@@ -104,6 +104,30 @@ class StoredEvent:
         }
 
 
+FOLLOW_BATCH = 500
+FOLLOW_POLL_SECONDS = 0.25
+
+
+class Follower:
+    """Follows the table from a row id: each `next_batch` returns up to FOLLOW_BATCH rows
+    stored after the last one it returned, oldest first, matching the filters of
+    `Store.events`. The one way `GET /events/stream` and `list-events --follow` read new
+    rows; each caller waits FOLLOW_POLL_SECONDS after an empty batch in its own way."""
+
+    def __init__(self, store: Store, last_id: int, **filters: Any) -> None:
+        self.store = store
+        self.last_id = last_id
+        self.filters = filters
+
+    def next_batch(self) -> list[StoredEvent]:
+        rows = self.store.events(
+            limit=FOLLOW_BATCH, after_id=self.last_id, oldest_first=True, **self.filters
+        )
+        if rows:
+            self.last_id = rows[-1].id
+        return rows
+
+
 def _bucket_counts(rows: Sequence[Any], buckets: int) -> list[int]:
     counts = [0] * buckets
     for index, n in rows:

@@ -7,7 +7,7 @@ import pytest
 
 from eventctl.errors import DatabaseError, IdempotencyConflict
 from eventctl.events import Event
-from eventctl.store import Incoming, Store, describe_url
+from eventctl.store import FOLLOW_BATCH, Follower, Incoming, Store, describe_url
 from tests.helpers import postgres_url
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -77,6 +77,20 @@ def test_events_newest_first_with_limit_type_and_since(store: Store) -> None:
     assert [e.event_id for e in store.events(limit=3, types=["even"])] == ["e8", "e6", "e4"]
     since = T0 + timedelta(minutes=7)
     assert [e.event_id for e in store.events(limit=50, since=since)] == ["e9", "e8", "e7"]
+
+
+def test_a_follower_reads_each_new_matching_row_once_oldest_first(store: Store) -> None:
+    store.insert([incoming("before", "even")])
+    follower = Follower(store, store.last_id(), types=["even"])
+    assert follower.next_batch() == []
+    many = FOLLOW_BATCH + 20
+    store.insert([incoming(f"e{i}", "odd" if i % 2 else "even") for i in range(2 * many)])
+    first, second = follower.next_batch(), follower.next_batch()
+    assert (len(first), len(second)) == (FOLLOW_BATCH, many - FOLLOW_BATCH)
+    assert [e.event_id for e in first + second] == [f"e{i}" for i in range(0, 2 * many, 2)]
+    assert follower.next_batch() == []
+    store.insert([incoming("later", "even"), incoming("other", "odd")])
+    assert [e.event_id for e in follower.next_batch()] == ["later"]
 
 
 def test_a_large_batch_is_one_transaction(store: Store) -> None:

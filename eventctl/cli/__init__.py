@@ -44,7 +44,7 @@ from eventctl.textsafe import visible
 from eventctl.timefmt import parse_duration, parse_since
 
 if TYPE_CHECKING:
-    from eventctl.store import StoredEvent
+    from eventctl.store import Follower, StoredEvent
 
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
 OUTPUTS = ("table", "json", "ndjson", "csv")
@@ -354,9 +354,6 @@ def serve_command(
     serve(cfg, listen(cfg.host, cfg.port), Console(stderr=True, highlight=False))
 
 
-FOLLOW_POLL_SECONDS = 1.0
-
-
 def _when(text: str | None, flag: str) -> datetime | None:
     if text is None:
         return None
@@ -412,7 +409,7 @@ def list_events(
     ] = False,
 ) -> None:
     """Show stored events, newest first, straight from the database."""
-    from eventctl.store import Store
+    from eventctl.store import Follower, Store
 
     output = "json" if as_json else output
     if output not in OUTPUTS:
@@ -433,7 +430,7 @@ def list_events(
             _print_events(events, output, filtered=any(filters.values()))
             return
         layout = _print_events(events[::-1], output, filtered=True, quiet=True)
-        _follow(store, filters, events[0].id if events else 0, output, layout)
+        _follow(Follower(store, events[0].id if events else 0, **filters), output, layout)
     finally:
         store.close()
 
@@ -470,22 +467,22 @@ def _print_events(
     return layout
 
 
-def _follow(
-    store: Any, filters: dict[str, Any], last_id: int, output: str, layout: TableLayout | None
-) -> None:
-    """Poll the database for rows above `last_id` and print them, oldest first."""
+def _follow(follower: Follower, output: str, layout: TableLayout | None) -> None:
+    """Print the rows the follower finds, oldest first, until Ctrl-C."""
     import time
+
+    from eventctl.store import FOLLOW_POLL_SECONDS
 
     typer.echo("eventctl list-events: following; Ctrl-C stops", err=True)
     try:
         while True:
-            time.sleep(FOLLOW_POLL_SECONDS)
-            new = store.events(limit=1000, after_id=last_id, oldest_first=True, **filters)
+            new = follower.next_batch()
             if new:
-                last_id = new[-1].id
                 layout = _print_events(
                     new, output, filtered=True, header=False, quiet=True, layout=layout
                 )
+            else:
+                time.sleep(FOLLOW_POLL_SECONDS)
     except KeyboardInterrupt:
         return
 

@@ -8,7 +8,6 @@ that takes longer than SEND_TIMEOUT_SECONDS to take a batch is dropped.
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 import re
@@ -23,11 +22,9 @@ from starlette.responses import StreamingResponse
 
 from eventctl.errors import ConfigError, EventctlError
 from eventctl.retry import RetryPolicy, transport_error_text
-from eventctl.store import Store, StoredEvent
+from eventctl.store import FOLLOW_POLL_SECONDS, Follower, Store, StoredEvent
 
-POLL_SECONDS = 0.25
 HEARTBEAT_SECONDS = 15.0
-BATCH = 500
 SEND_TIMEOUT_SECONDS = 30.0
 
 
@@ -40,14 +37,10 @@ def sse_message(event: StoredEvent) -> str:
 async def _messages(store: Store, last_id: int, types: Sequence[str]) -> AsyncIterator[str]:
     yield "retry: 1000\n\n"
     idle = 0.0
+    follower = Follower(store, last_id, types=types)
     while True:
-        rows = await anyio.to_thread.run_sync(
-            functools.partial(
-                store.events, limit=BATCH, types=types, after_id=last_id, oldest_first=True
-            )
-        )
+        rows = await anyio.to_thread.run_sync(follower.next_batch)
         if rows:
-            last_id = rows[-1].id
             idle = 0.0
             handed_over = time.monotonic()
             yield "".join(sse_message(row) for row in rows)
@@ -55,8 +48,8 @@ async def _messages(store: Store, last_id: int, types: Sequence[str]) -> AsyncIt
             if time.monotonic() - handed_over > SEND_TIMEOUT_SECONDS:
                 return
             continue
-        await anyio.sleep(POLL_SECONDS)
-        idle += POLL_SECONDS
+        await anyio.sleep(FOLLOW_POLL_SECONDS)
+        idle += FOLLOW_POLL_SECONDS
         if idle >= HEARTBEAT_SECONDS:
             idle = 0.0
             yield ": keep-alive\n\n"
