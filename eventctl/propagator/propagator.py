@@ -169,66 +169,110 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-class Propagator:
-    """Sends one random event per tick to `endpoint` until stopped, `count` or `duration`.
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
-    Tick k is due at start + k * interval on `clock`, whatever the responses do. At most
-    `max_in_flight` events are unsettled at once; a tick that finds the cap full is skipped
-    (no event is generated for it) and counted. Each event keeps its id, sent as
-    `Idempotency-Key`, across retries, and ends delivered, failed, or pending at exit.
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run generates and when: one event picked from `events` per tick, tick k due
+    `k * interval` seconds after the start, until `count` events or `duration` seconds (with
+    neither, until stop()). count=0 generates nothing: the run only resends what is pending."""
+
+    events: Sequence[Event] | EventPool
+    interval: float
+    count: int | None = None
+    duration: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.events and self.count != 0:
+            raise ValueError("no events to send")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where each event goes and how: POSTed to `endpoint` through `transport` with
+    `credentials`, each attempt given `timeout` seconds, failed attempts retried by
+    `policy`, and at most `max_in_flight` events unsettled at once."""
+
+    endpoint: str
+    transport: httpx.AsyncBaseTransport
+    credentials: Credentials = field(default_factory=Credentials)
+    timeout: float = 10.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    max_in_flight: int = 100
+
+
+@dataclass(frozen=True)
+class Spooling:
+    """The durable record of a run: each generated event is written to `spool` before it is
+    sent and settled there after; generation pauses while `max_pending` events wait in it;
+    `replay` (what earlier runs left pending, with their ids) is resent before anything new."""
+
+    spool: Spool
+    max_pending: int = 10_000
+    replay: Sequence[tuple[str, Event]] = ()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the propagator takes from the world, the process's own by default: the monotonic
+    `clock` that schedules and its `sleep`, the CPU clock of the summary, the wall clock
+    (templates, signatures, Retry-After dates), the id of each new event, and the random
+    sources of the choice of events (`rng`, which --seed seeds) and of the retry jitter.
+    Tests replace them with a virtual clock and seeded sources, so that nothing really waits."""
+
+    clock: Clock = time.monotonic
+    sleep: Sleep = asyncio.sleep
+    cpu_clock: Clock = time.process_time
+    wall_clock: Callable[[], datetime] = _utc_now
+    new_id: Callable[[], str] = new_event_id
+    rng: random.Random = field(default_factory=random.Random)
+    jitter_rng: random.Random = field(default_factory=random.Random)
+
+
+@dataclass(frozen=True)
+class Observers:
+    """Who watches a run: the `stats` it counts into (made beforehand when a display shows
+    them; else the propagator makes its own) and `on_record`, called for every attempt's
+    outcome."""
+
+    stats: Stats | None = None
+    on_record: Callable[[Record], None] | None = None
+
+
+class Propagator:
+    """Sends one random event per tick, as `plan` says, by `delivery`, until stopped or done.
+
+    Tick k is due at start + k * interval on the runtime's clock, whatever the responses do.
+    At most `max_in_flight` events are unsettled at once; a tick that finds the cap (or the
+    spool) full is skipped (no event is generated for it) and counted. Each event keeps its
+    id, sent as `Idempotency-Key`, across retries, and ends delivered, failed, or pending at
+    exit.
     """
 
     def __init__(
         self,
-        events: Sequence[Event] | EventPool,
-        endpoint: str,
-        transport: httpx.AsyncBaseTransport,
+        plan: Plan,
+        delivery: Delivery,
         *,
-        interval: float,
-        timeout: float = 10.0,
-        policy: RetryPolicy | None = None,
-        max_in_flight: int = 100,
-        count: int | None = None,
-        duration: float | None = None,
-        rng: random.Random | None = None,
-        jitter_rng: random.Random | None = None,
-        clock: Clock,
-        sleep: Sleep = asyncio.sleep,
-        cpu_clock: Clock = time.process_time,
-        new_id: Callable[[], str] = new_event_id,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        on_record: Callable[[Record], None] | None = None,
-        spool: Spool | None = None,
-        spool_max_pending: int = 10_000,
-        replay: Sequence[tuple[str, Event]] = (),
-        credentials: Credentials | None = None,
-        stats: Stats | None = None,
+        spooling: Spooling | None = None,
+        runtime: Runtime | None = None,
+        observers: Observers | None = None,
     ) -> None:
-        if not events and count != 0:
-            raise ValueError("no events to send")
+        self.plan = plan
+        self.delivery = delivery
+        self.spooling = spooling
+        self.runtime = runtime = runtime or Runtime()
+        observers = observers or Observers()
+        events = plan.events
         self.source = events if isinstance(events, EventPool) else EventPool.plain(events)
-        self.endpoint = endpoint
-        self.transport = transport
-        self.interval = interval
-        self.policy = policy or RetryPolicy()
-        self.max_in_flight = max_in_flight
-        self.count = count
-        self.duration = duration
-        self.rng = rng or random.Random()
-        self.jitter_rng = jitter_rng or random.Random()
-        self.clock = clock
-        self.sleep = sleep
-        self.cpu_clock = cpu_clock
-        self.new_id = new_id
-        self.wall_clock = wall_clock
-        self.on_record = on_record
-        self.spool = spool
-        self.spool_max_pending = spool_max_pending
-        self.replay = list(replay)
-        self.credentials = credentials or Credentials()
-        self._url = httpx.URL(endpoint)  # parsed once, not per request
-        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
-        self.stats = stats or Stats(endpoint, interval, max_in_flight)
+        self.on_record = observers.on_record
+        self._url = httpx.URL(delivery.endpoint)  # parsed once, not per request
+        self._extensions = {"timeout": httpx.Timeout(delivery.timeout).as_dict()}
+        self.stats = observers.stats or Stats(
+            delivery.endpoint, plan.interval, delivery.max_in_flight
+        )
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
         self._sleeper: asyncio.Future[None] | None = None
@@ -256,7 +300,7 @@ class Propagator:
         if seconds <= 0:
             return False
         # one task per tick, which stop() cancels; cheaper than racing two tasks
-        self._sleeper = asyncio.ensure_future(self.sleep(seconds))
+        self._sleeper = asyncio.ensure_future(self.runtime.sleep(seconds))
         try:
             await self._sleeper
         except asyncio.CancelledError:
@@ -267,69 +311,72 @@ class Propagator:
         return self._stop.is_set()
 
     async def run(self, grace: float = 3.0) -> Stats:
-        """Resend `replay` first, then generate and deliver until done; return the stats."""
-        stats = self.stats
-        start = stats.started_at = self.clock()
-        cpu_start = self.cpu_clock()
-        for event_id, event in self.replay:
-            if len(self._tasks) >= self.max_in_flight and await self._wait_for_slot():
+        """Resend the spool's `replay` first, then generate and deliver until done; return
+        the stats."""
+        stats, clock, interval = self.stats, self.runtime.clock, self.plan.interval
+        start = stats.started_at = clock()
+        cpu_start = self.runtime.cpu_clock()
+        spool = None if self.spooling is None else self.spooling.spool
+        for event_id, event in () if self.spooling is None else self.spooling.replay:
+            if len(self._tasks) >= self.delivery.max_in_flight and await self._wait_for_slot():
                 break
             stats.resent += 1
             self._launch(event_id, event)
-        start = self.clock()
+        start = clock()
         tick = 0
         while not self._done(tick):
-            due = start + tick * self.interval
-            if await self._sleep_or_stop(due - self.clock()):
+            due = start + tick * interval
+            if await self._sleep_or_stop(due - clock()):
                 break
             # every tick already due goes out together: one spool commit, one wake-up
-            now = self.clock()
+            now = clock()
             fresh: list[tuple[str, Event]] = []
             while True:
                 self._tick(due, fresh)
                 tick += 1
-                due = start + tick * self.interval
+                due = start + tick * interval
                 if due > now or self._done(tick):
                     break
-            if fresh and self.spool is not None:
-                self.spool.add_many(fresh)
+            if fresh and spool is not None:
+                spool.add_many(fresh)
             for event_id, event in fresh:
                 self._launch(event_id, event)
         await self._settle(grace)
-        stats.finished_at = self.clock()
-        stats.cpu_seconds = self.cpu_clock() - cpu_start
+        stats.finished_at = clock()
+        stats.cpu_seconds = self.runtime.cpu_clock() - cpu_start
         return stats
 
     def _done(self, tick: int) -> bool:
-        if self.count is not None and self.stats.generated >= self.count:
+        plan = self.plan
+        if plan.count is not None and self.stats.generated >= plan.count:
             return True
-        return self.duration is not None and tick * self.interval >= self.duration
+        return plan.duration is not None and tick * plan.interval >= plan.duration
 
     def _tick(self, due: float, fresh: list[tuple[str, Event]]) -> None:
         """Generate the event of the tick due at `due` into `fresh`, unless a cap is full."""
-        stats = self.stats
-        stats.capped = len(self._tasks) + len(fresh) >= self.max_in_flight
+        stats, runtime, spooling = self.stats, self.runtime, self.spooling
+        stats.capped = len(self._tasks) + len(fresh) >= self.delivery.max_in_flight
         stats.spool_full = (
-            self.spool is not None
-            and self.spool.pending_count + len(fresh) >= self.spool_max_pending
+            spooling is not None
+            and spooling.spool.pending_count + len(fresh) >= spooling.max_pending
         )
         if stats.capped or stats.spool_full:
             stats.skipped_ticks += 1
             return
-        stats.lateness.append(self.clock() - due)
-        event_id = self.new_id()
+        stats.lateness.append(runtime.clock() - due)
+        event_id = runtime.new_id()
         stats.generated += 1
         try:
-            event = self.source.pick(self.rng, stats.generated, self.wall_clock)
+            event = self.source.pick(runtime.rng, stats.generated, runtime.wall_clock)
         except InvalidEvent as exc:
             stats.failed += 1
-            self._report(Record("failed", event_id, "?", 0, self.clock(), error=str(exc)))
+            self._report(Record("failed", event_id, "?", 0, runtime.clock(), error=str(exc)))
             return
         fresh.append((event_id, event))
 
     async def _wait_for_slot(self) -> bool:
         """Wait until fewer than max_in_flight are unsettled; True if stopped meanwhile."""
-        while len(self._tasks) >= self.max_in_flight:
+        while len(self._tasks) >= self.delivery.max_in_flight:
             if self._stop.is_set():
                 return True
             stopper = asyncio.ensure_future(self._stop.wait())
@@ -362,7 +409,7 @@ class Propagator:
 
     async def _sleep_until_settled(self, grace: float) -> None:
         everything = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
-        timer = asyncio.ensure_future(self.sleep(grace))
+        timer = asyncio.ensure_future(self.runtime.sleep(grace))
         aborter = asyncio.ensure_future(self._abort.wait())
         await asyncio.wait({everything, timer, aborter}, return_when=asyncio.FIRST_COMPLETED)
         for waiter in (timer, everything, aborter):
@@ -376,26 +423,25 @@ class Propagator:
 
     async def _post(self, event_id: str, event: Event, attempt: int) -> tuple[Record, float | None]:
         """One attempt: the record of what happened, and the Retry-After delay if any."""
-        sent_at = self.clock()
+        clock, wall_clock = self.runtime.clock, self.runtime.wall_clock
+        sent_at = clock()
         body = event_body(event)
         # straight to the transport: the client's cookie, auth and redirect layers would cost
         # more CPU than the request itself, and none of them applies to these POSTs
         request = httpx.Request(
             "POST",
             self._url,
-            headers=request_headers(self.credentials, event_id, body, self.wall_clock),
+            headers=request_headers(self.delivery.credentials, event_id, body, wall_clock),
             stream=httpx.ByteStream(body),
             extensions=self._extensions,
         )
         try:
-            response = await self.transport.handle_async_request(request)
+            response = await self.delivery.transport.handle_async_request(request)
             await response.aclose()
         except httpx.TransportError as exc:
             error = transport_error_text(exc)
-            return Record(
-                "failed", event_id, event.event_type, attempt, self.clock(), None, error
-            ), None
-        now = self.clock()
+            return Record("failed", event_id, event.event_type, attempt, clock(), None, error), None
+        now = clock()
         status = response.status_code
         if classify(status) is Answer.DELIVERED:
             replayed = response.headers.get("Idempotent-Replayed") == "true"
@@ -413,41 +459,42 @@ class Propagator:
         record = Record("failed", event_id, event.event_type, attempt, now, status)
         if status in RETRY_AFTER_STATUSES:
             header = response.headers.get("Retry-After")
-            return record, retry_after_seconds(header, self.wall_clock())
+            return record, retry_after_seconds(header, wall_clock())
         return record, None
 
     async def _deliver(self, event_id: str, event: Event) -> None:
-        stats = self.stats
-        deadline = self.clock() + self.policy.max_elapsed_seconds
+        stats, clock, policy = self.stats, self.runtime.clock, self.delivery.policy
+        spool = None if self.spooling is None else self.spooling.spool
+        deadline = clock() + policy.max_elapsed_seconds
         try:
-            for attempt in range(1, self.policy.attempts + 1):
+            for attempt in range(1, policy.attempts + 1):
                 stats.attempts += 1
                 record, retry_after = await self._post(event_id, event, attempt)
                 if record.outcome == "delivered":
                     stats.delivered += 1
                     stats.replayed += record.replayed
                     stats.latencies.append(record.latency or 0.0)
-                    if self.spool is not None:
-                        self.spool.settle(event_id, "delivered", attempt, record.result)
+                    if spool is not None:
+                        spool.settle(event_id, "delivered", attempt, record.result)
                     self._report(record)
                     return
-                left = deadline - self.clock()
+                left = deadline - clock()
                 refused = classify(record.status) is Answer.REFUSED
-                if refused or attempt == self.policy.attempts or left <= 0:
+                if refused or attempt == policy.attempts or left <= 0:
                     break
                 delay = retry_after
                 if delay is None:
-                    delay = self.policy.delay(attempt, self.jitter_rng)
+                    delay = policy.delay(attempt, self.runtime.jitter_rng)
                 delay = min(delay, left)
                 self._report(record._replace(outcome="retrying", retry_in=delay))
                 stats.retrying += 1
                 try:
-                    await self.sleep(delay)
+                    await self.runtime.sleep(delay)
                 finally:
                     stats.retrying -= 1
             stats.failed += 1
-            if self.spool is not None:
-                self.spool.settle(event_id, "failed", attempt, record.result)
+            if spool is not None:
+                spool.settle(event_id, "failed", attempt, record.result)
             self._report(record)
         finally:
             stats.in_flight -= 1
@@ -490,7 +537,7 @@ class Sent:
         return str(self.body)[:200] or "(empty body)"
 
 
-def send_event(
+def send_event(  # noqa: PLR0913 - send-once's inputs (endpoint, event, --idempotency-key, --timeout, credentials) and its clock and transport
     endpoint: str,
     event: Event,
     *,

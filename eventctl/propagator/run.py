@@ -1,7 +1,9 @@
 """Running the propagator in a process: its transport, signals, the spool's runs and the
 live display.
 
-The CLI calls these; they raise domain errors and print only through a Display.
+The CLI calls these; they raise domain errors and write only to the streams they are given,
+through a Display. What a run changes in the process (signal handlers, the collector's
+frozen generation) has one owner, `_process_state`, which puts back what it found.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ import os
 import random
 import signal
 import sys
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -30,8 +31,16 @@ from rich.console import Console
 
 from eventctl.auth import SIGNING_SECRET_ENV, Credentials
 from eventctl.config import PropagatorConfig
-from eventctl.propagator.display import Display, JsonDisplay, LiveDisplay, LogDisplay
-from eventctl.propagator.propagator import Propagator, Stats
+from eventctl.propagator.display import TITLE, Display, JsonDisplay, LiveDisplay, LogDisplay
+from eventctl.propagator.propagator import (
+    Delivery,
+    Observers,
+    Plan,
+    Propagator,
+    Runtime,
+    Spooling,
+    Stats,
+)
 from eventctl.propagator.spool import Run, Spool
 from eventctl.propagator.templates import EventPool
 from eventctl.propagator.transport import LeanTransport
@@ -43,12 +52,15 @@ REFRESH_SECONDS = 0.25
 GRACE_SECONDS = 3.0
 
 
-def propagator_credentials(cfg: PropagatorConfig) -> Credentials:
+def propagator_credentials(
+    cfg: PropagatorConfig, environ: Mapping[str, str] = os.environ
+) -> Credentials:
+    """The token and signing keys `cfg` names, read from its files or from `environ`."""
     return Credentials.load(
         token_file=cfg.auth_token_file,
         secrets_variable=SIGNING_SECRET_ENV,
         secrets_file=cfg.signing_secret_file,
-        environ=os.environ,
+        environ=environ,
     )
 
 
@@ -68,92 +80,64 @@ class DisplayMode(enum.Enum):
 
 
 def make_display(
-    mode: DisplayMode, stats: Stats, now: float, title: str = "eventctl propagate"
+    mode: DisplayMode, stats: Stats, *, title: str, stdout: TextIO, stderr: TextIO
 ) -> Display:
-    console = Console(stderr=True, highlight=False)
+    """The display of `mode`: the live view, log lines and the summary on `stderr`, NDJSON
+    on `stdout`."""
+    console = Console(file=stderr, highlight=False)
     if mode is DisplayMode.LIVE:
-        return LiveDisplay(stats, console, now, title=title)
+        return LiveDisplay(stats, console, stats.started_at, title=title)
     if mode is DisplayMode.LOG:
         return LogDisplay(stats, console, title=title)
     if mode is DisplayMode.JSON:
-        return JsonDisplay(stats, console, sys.stdout, title=title)
+        return JsonDisplay(stats, console, stdout, title=title)
     return Display(stats, console, title=title)
 
 
-async def _propagate(
-    cfg: PropagatorConfig,
-    events: EventPool,
-    *,
-    count: int | None,
-    duration: float | None,
-    seed: int | None,
-    mode: DisplayMode,
-    title: str = "eventctl propagate",
-    spool: Spool,
-    run: Run | None,
-) -> Stats:
-    clock = time.monotonic
-    replay = [(entry.event_id, entry.event) for entry in spool.entries("pending")]
+def delivery(
+    cfg: PropagatorConfig, transport: httpx.AsyncBaseTransport, credentials: Credentials
+) -> Delivery:
+    """How `cfg` says events are sent: its endpoint, timeout, retry policy and cap."""
     policy = RetryPolicy(
         cfg.retry_attempts,
         cfg.retry_base_seconds,
         cfg.retry_max_seconds,
         cfg.retry_max_elapsed_seconds,
     )
-    stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
-    display = make_display(mode, stats, clock(), title)
-    async with propagator_transport(cfg) as transport:
-        propagator = Propagator(
-            events,
-            cfg.api_endpoint,
-            transport,
-            interval=cfg.interval_seconds,
-            timeout=cfg.request_timeout_seconds,
-            policy=policy,
-            max_in_flight=cfg.max_in_flight,
-            count=count,
-            duration=duration,
-            rng=random.Random(seed),
-            clock=clock,
-            spool=spool,
-            spool_max_pending=cfg.spool_max_pending,
-            replay=replay,
-            credentials=propagator_credentials(cfg),
-            stats=stats,
-            on_record=display.record,
-        )
-        if run is not None and run.generated:
+    return Delivery(
+        cfg.api_endpoint,
+        transport,
+        credentials,
+        timeout=cfg.request_timeout_seconds,
+        policy=policy,
+        max_in_flight=cfg.max_in_flight,
+    )
+
+
+async def _propagate(propagator: Propagator, display: Display) -> Stats:
+    """Run `propagator` on this loop with `display`, until done or interrupted: Ctrl-C (or
+    SIGTERM) stops it with a grace period for what is in flight, a second one at once."""
+
+    def interrupted() -> None:
+        if propagator.stopping:
+            propagator.abort()
+            return
+        propagator.stop()
+        if propagator.stats.in_flight:
             display.print(
-                f"resuming run {run.run_id} ({run.generated} of "
-                f"{run.target} generated, {len(replay)} pending); --new-run starts afresh"
+                f"stopping: {propagator.stats.in_flight} in flight get "
+                f"{GRACE_SECONDS:g}s to settle (Ctrl-C again stops now; they stay pending)"
             )
 
-        def interrupted() -> None:
-            if propagator.stopping:
-                propagator.abort()
-                return
-            propagator.stop()
-            if propagator.stats.in_flight:
-                display.print(
-                    f"stopping: {propagator.stats.in_flight} in flight get "
-                    f"{GRACE_SECONDS:g}s to settle (Ctrl-C again stops now; they stay pending)"
-                )
-
-        with _on_signals(interrupted), display:
+    clock = propagator.runtime.clock
+    async with propagator.delivery.transport:
+        with _process_state(interrupted), display:
             refresher = asyncio.ensure_future(_refresh(display, clock))
             try:
-                with _frozen_heap():
-                    stats = await propagator.run(grace=GRACE_SECONDS)
+                stats = await propagator.run(grace=GRACE_SECONDS)
             finally:
                 refresher.cancel()
             display.refresh(clock())
-        summary = stats.summary(clock())
-        after = None if run is None else spool.run(run.run_id)
-        if after is not None:
-            summary.update(run=after.run_id, run_target=after.target, run_generated=after.generated)
-        display.summary(summary)
-        for line in spool_hints(stats, cfg, after):
-            display.print(line)
     return stats
 
 
@@ -197,9 +181,21 @@ async def _refresh(display: Display, clock: Callable[[], float]) -> None:
 
 
 @contextlib.contextmanager
+def _process_state(on_interrupt: Callable[[], None]) -> Iterator[None]:
+    """Everything a run changes in the process, and puts back when it ends: SIGINT and
+    SIGTERM call `on_interrupt` on the running loop, and start-up's heap is frozen."""
+    with _on_signals(on_interrupt), _frozen_heap():
+        yield
+
+
+@contextlib.contextmanager
 def _frozen_heap() -> Iterator[None]:
     """Start-up's objects live for the whole run: keep the cyclic collector off them while
-    it lasts, and give them back to it after."""
+    it lasts, and give them back to it after. A heap someone else froze stays theirs: it is
+    left as it is (gc.unfreeze() would thaw their objects too)."""
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
     try:
         yield
@@ -209,15 +205,19 @@ def _frozen_heap() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _on_signals(handler: Callable[[], None]) -> Iterator[None]:
+    """`handler` for SIGINT and SIGTERM on the running loop; then the handlers found before
+    (the loop's remove_signal_handler alone would leave the defaults)."""
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
+    found = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in found:
         loop.add_signal_handler(sig, handler)
     try:
         yield
     finally:
-        for sig in signals:
+        for sig, previous in found.items():
             loop.remove_signal_handler(sig)
+            if previous is not None:  # None: set outside Python, cannot be put back
+                signal.signal(sig, previous)
 
 
 def _run_async(coroutine: Coroutine[Any, Any, Stats]) -> Stats:
@@ -228,7 +228,21 @@ def _run_async(coroutine: Coroutine[Any, Any, Stats]) -> Stats:
     return stats
 
 
-def propagate_events(
+def _begin_run(
+    spool: Spool, cfg: PropagatorConfig, count: int | None, *, new: bool
+) -> tuple[Run | None, int | None]:
+    """The spool's run these events belong to (none when only resending, count=0), and the
+    number of events still to generate in it."""
+    if count == 0:
+        return None, count
+    events_file = str(Path(cfg.events_file).resolve())
+    run, resumed = spool.begin_run(count, cfg.api_endpoint, events_file, new=new)
+    if resumed and count is not None:
+        count = max(count - run.generated, 0)
+    return run, count
+
+
+def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; title, environ, streams
     cfg: PropagatorConfig,
     events: EventPool,
     *,
@@ -237,34 +251,51 @@ def propagate_events(
     seed: int | None,
     mode: DisplayMode,
     new_run: bool = False,
-    title: str = "eventctl propagate",
+    title: str = TITLE,
+    environ: Mapping[str, str] = os.environ,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
 ) -> Stats:
     """Resend what the spool holds as pending, then run the propagator until Ctrl-C/SIGTERM,
-    `count` or `duration` (count=0: only resend); show it on `mode`.
+    `count` or `duration` (count=0: only resend); show it on `mode`, on `stdout` and
+    `stderr` (the process's when not given). Secrets named by `cfg` are read from `environ`.
 
     Events are generated in a run (see spool.py): with `count`, the latest run when it is
     unfinished with the same count, endpoint and events file (unless `new_run`), which then
     generates only what it is missing."""
+    credentials = propagator_credentials(cfg, environ)
     spool = Spool.open(Path(cfg.spool_path))
     try:
-        run = None
-        if count != 0:
-            events_file = str(Path(cfg.events_file).resolve())
-            run, resumed = spool.begin_run(count, cfg.api_endpoint, events_file, new=new_run)
-            if resumed and count is not None:
-                count = max(count - run.generated, 0)
-        return _run_async(
-            _propagate(
-                cfg,
-                events,
-                count=count,
-                duration=duration,
-                seed=seed,
-                mode=mode,
-                title=title,
-                spool=spool,
-                run=run,
-            )
+        run, count = _begin_run(spool, cfg, count, new=new_run)
+        replay = [(entry.event_id, entry.event) for entry in spool.entries("pending")]
+        stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
+        display = make_display(
+            mode,
+            stats,
+            title=title,
+            stdout=sys.stdout if stdout is None else stdout,
+            stderr=sys.stderr if stderr is None else stderr,
         )
+        propagator = Propagator(
+            Plan(events, cfg.interval_seconds, count, duration),
+            delivery(cfg, propagator_transport(cfg), credentials),
+            spooling=Spooling(spool, cfg.spool_max_pending, replay),
+            runtime=Runtime(rng=random.Random(seed)),
+            observers=Observers(stats, display.record),
+        )
+        if run is not None and run.generated:
+            display.print(
+                f"resuming run {run.run_id} ({run.generated} of "
+                f"{run.target} generated, {len(replay)} pending); --new-run starts afresh"
+            )
+        stats = _run_async(_propagate(propagator, display))
+        summary = stats.summary(propagator.runtime.clock())
+        after = None if run is None else spool.run(run.run_id)
+        if after is not None:
+            summary.update(run=after.run_id, run_target=after.target, run_generated=after.generated)
+        display.summary(summary)
+        for line in spool_hints(stats, cfg, after):
+            display.print(line)
+        return stats
     finally:
         spool.close()

@@ -19,8 +19,13 @@ from eventctl.events import Event
 from eventctl.propagator.display import render
 from eventctl.propagator.propagator import (
     Answer,
+    Delivery,
+    Observers,
+    Outcome,
+    Plan,
     Propagator,
     Record,
+    Runtime,
     Stats,
     classify,
     retry_after_seconds,
@@ -56,25 +61,34 @@ class Peer:
         return [t for t, _, _ in self.requests]
 
 
-def make(
-    clock: VirtualClock,
-    peer: Peer,
-    *,
-    records: list[Record] | None = None,
-    **kwargs: object,
-) -> Propagator:
-    options: dict[str, object] = {"interval": 1.0, "rng": random.Random(1)}
-    options.update(kwargs)
-    return Propagator(
-        EVENTS,
-        ENDPOINT,
-        httpx.MockTransport(peer),
+WALL = datetime(2026, 11, 27, tzinfo=UTC)
+
+
+def virtual(clock: VirtualClock, rng: random.Random | None = None) -> Runtime:
+    """The runtime of these tests: the virtual clock, seeded randomness, a fixed wall clock."""
+    return Runtime(
         clock=clock,
         sleep=clock.sleep,
+        wall_clock=lambda: WALL,
+        rng=rng or random.Random(1),
         jitter_rng=random.Random(2),
-        wall_clock=lambda: datetime(2026, 11, 27, tzinfo=UTC),
-        on_record=None if records is None else records.append,
-        **options,  # type: ignore[arg-type]
+    )
+
+
+def make(
+    peer: Peer,
+    plan: Plan,
+    *,
+    records: list[Record] | None = None,
+    policy: RetryPolicy | None = None,
+    rng: random.Random | None = None,
+) -> Propagator:
+    """A propagator of `plan` that sends to `peer`, on the peer's virtual clock."""
+    return Propagator(
+        plan,
+        Delivery(ENDPOINT, httpx.MockTransport(peer), policy=policy or RetryPolicy()),
+        runtime=virtual(peer.clock, rng),
+        observers=Observers(on_record=None if records is None else records.append),
     )
 
 
@@ -86,7 +100,7 @@ async def test_ticks_are_drift_free_even_when_responses_are_slow() -> None:
         return httpx.Response(200, json={"status": "success"})
 
     peer = Peer(clock, slow)
-    stats = await clock.run(make(clock, peer, interval=0.7, count=10).run())
+    stats = await clock.run(make(peer, Plan(EVENTS, 0.7, count=10)).run())
     assert peer.times() == pytest.approx([k * 0.7 for k in range(10)])
     assert stats.delivered == 10
     assert stats.percentile(0.5) == pytest.approx(2.5)
@@ -97,14 +111,14 @@ async def test_a_seed_makes_the_choice_reproducible_and_uniform() -> None:
     for seed in (7, 7, 8):
         clock = VirtualClock()
         peer = Peer(clock)
-        await clock.run(make(clock, peer, count=30, rng=random.Random(seed)).run())
+        await clock.run(make(peer, Plan(EVENTS, 1.0, count=30), rng=random.Random(seed)).run())
         sequences.append([body["event_type"] for _, _, body in peer.requests])
     assert sequences[0] == sequences[1]
     assert sequences[0] != sequences[2]
 
     clock = VirtualClock()
     peer = Peer(clock)
-    await clock.run(make(clock, peer, count=2000, interval=0.001).run())
+    await clock.run(make(peer, Plan(EVENTS, 0.001, count=2000)).run())
     counts = Counter(body["event_type"] for _, _, body in peer.requests)
     assert set(counts) == {e.event_type for e in EVENTS}
     assert all(320 < n < 480 for n in counts.values()), counts
@@ -122,7 +136,7 @@ async def test_every_generated_event_has_its_own_id_kept_across_retries() -> Non
         return httpx.Response(200, json={"status": "success"})
 
     peer = Peer(clock, flaky)
-    stats = await clock.run(make(clock, peer, count=4).run())
+    stats = await clock.run(make(peer, Plan(EVENTS, 1.0, count=4)).run())
     assert len(attempts) == 4
     assert set(attempts.values()) == {3}
     assert (stats.generated, stats.delivered, stats.failed, stats.attempts) == (4, 4, 0, 12)
@@ -146,7 +160,9 @@ async def test_the_retry_schedule_follows_the_policy() -> None:
     peer = Peer(clock, down)
     records: list[Record] = []
     policy = RetryPolicy(attempts=4, base_seconds=1.0, max_seconds=3.0)
-    stats = await clock.run(make(clock, peer, records=records, count=1, policy=policy).run())
+    stats = await clock.run(
+        make(peer, Plan(EVENTS, 1.0, count=1), records=records, policy=policy).run()
+    )
     times = peer.times()
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 4
@@ -165,7 +181,7 @@ async def test_retry_after_is_honoured(status: int) -> None:
         return answers.pop(0)
 
     peer = Peer(clock, busy)
-    stats = await clock.run(make(clock, peer, count=1).run())
+    stats = await clock.run(make(peer, Plan(EVENTS, 1.0, count=1)).run())
     assert peer.times() == [0.0, 7.0]
     assert stats.delivered == 1
 
@@ -187,7 +203,7 @@ async def test_other_4xx_are_permanent_and_not_retried(status: int) -> None:
         return httpx.Response(status)
 
     peer = Peer(clock, refuse)
-    stats = await clock.run(make(clock, peer, count=3).run())
+    stats = await clock.run(make(peer, Plan(EVENTS, 1.0, count=3)).run())
     assert len(peer.requests) == 3
     assert (stats.failed, stats.delivered, stats.attempts) == (3, 0, 3)
 
@@ -200,14 +216,14 @@ async def test_408_429_and_5xx_are_retried(status: int) -> None:
     async def once(request: httpx.Request) -> httpx.Response:
         return answers.pop(0)
 
-    stats = await clock.run(make(clock, Peer(clock, once), count=1).run())
+    stats = await clock.run(make(Peer(clock, once), Plan(EVENTS, 1.0, count=1)).run())
     assert (stats.delivered, stats.attempts) == (1, 2)
 
 
 @pytest.mark.parametrize(
     ("error", "text"),
     [
-        (httpx.ConnectError("x", request=None), "x"),  # type: ignore[arg-type]
+        (httpx.ConnectError("x", request=None), "x"),
         (httpx.ReadTimeout("slow"), "timeout"),
         (httpx.RemoteProtocolError("gone"), "connection dropped"),
     ],
@@ -222,7 +238,9 @@ async def test_connection_errors_and_timeouts_are_retried(error: Exception, text
         return httpx.Response(200)
 
     records: list[Record] = []
-    stats = await clock.run(make(clock, Peer(clock, broken), records=records, count=1).run())
+    stats = await clock.run(
+        make(Peer(clock, broken), Plan(EVENTS, 1.0, count=1), records=records).run()
+    )
     assert (stats.delivered, stats.attempts) == (1, 2)
     assert records[0].outcome == "retrying"
     assert records[0].result == text
@@ -235,7 +253,9 @@ async def test_retries_end_in_failure_after_the_last_attempt() -> None:
         raise httpx.ConnectError("refused")
 
     policy = RetryPolicy(attempts=3, base_seconds=0.1, max_seconds=1)
-    stats = await clock.run(make(clock, Peer(clock, refused), count=2, policy=policy).run())
+    stats = await clock.run(
+        make(Peer(clock, refused), Plan(EVENTS, 1.0, count=2), policy=policy).run()
+    )
     assert (stats.generated, stats.failed, stats.delivered, stats.attempts) == (2, 2, 0, 6)
     assert not stats.all_delivered
 
@@ -243,7 +263,7 @@ async def test_retries_end_in_failure_after_the_last_attempt() -> None:
 async def test_duration_stops_generation() -> None:
     clock = VirtualClock()
     peer = Peer(clock)
-    stats = await clock.run(make(clock, peer, interval=0.5, duration=3.0).run())
+    stats = await clock.run(make(peer, Plan(EVENTS, 0.5, duration=3.0)).run())
     assert peer.times() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     assert stats.all_delivered
 
@@ -255,7 +275,7 @@ async def test_stop_gives_in_flight_events_a_grace_period_then_counts_them_pendi
         await clock.sleep(1000)
         return httpx.Response(200)
 
-    propagator = make(clock, Peer(clock, hang), interval=1.0)
+    propagator = make(Peer(clock, hang), Plan(EVENTS, 1.0))
 
     async def stop_later() -> None:
         await clock.sleep(4.5)
@@ -277,7 +297,11 @@ async def test_the_in_flight_cap_skips_ticks_and_says_so() -> None:
         await clock.sleep(10.5)
         return httpx.Response(200)
 
-    propagator = make(clock, Peer(clock, hang), interval=1.0, max_in_flight=3, count=6)
+    propagator = Propagator(
+        Plan(EVENTS, 1.0, count=6),
+        Delivery(ENDPOINT, httpx.MockTransport(Peer(clock, hang)), max_in_flight=3),
+        runtime=virtual(clock),
+    )
     snapshots: list[tuple[int, bool]] = []
 
     async def watch() -> None:
@@ -307,12 +331,13 @@ def test_the_display_renders_the_state_to_text() -> None:
     stats = Stats(ENDPOINT, 2.0, 100, started_at=10.0)
     assert "endpoint" in render_text(stats, 10.0)
     stats.generated, stats.delivered, stats.failed, stats.retrying, stats.in_flight = 7, 5, 1, 1, 1
-    for i, outcome in enumerate(["delivered", "retrying", "failed"]):
+    outcomes: list[Outcome] = ["delivered", "retrying", "failed"]
+    for i, outcome in enumerate(outcomes):
         latency = 0.004 if outcome == "delivered" else None
         status = 200 + i * 150
         record = Record(
             outcome, f"id{i}", f"order.created.{i}", 1, 10.0 + i, status, latency=latency
-        )  # type: ignore[arg-type]
+        )
         stats.recent.append(record)
         stats.last = record
     stats.latencies.extend([0.002, 0.004, 0.010])
@@ -343,7 +368,7 @@ def down_until(clock: VirtualClock, back_at: float) -> Handler:
 async def test_the_default_policy_rides_out_a_consumer_down_for_a_minute() -> None:
     clock = VirtualClock()
     peer = Peer(clock, down_until(clock, 60.0))
-    stats = await clock.run(make(clock, peer, count=20, interval=0.1).run())
+    stats = await clock.run(make(peer, Plan(EVENTS, 0.1, count=20)).run())
     assert (stats.delivered, stats.failed) == (20, 0)
     # the capped backoff (10 s) brings every event back within 10 s of the consumer
     assert max(peer.times()) <= 70.0
@@ -355,7 +380,9 @@ async def test_retries_stop_when_the_time_budget_is_spent_not_the_attempts() -> 
     peer = Peer(clock, down_until(clock, 1e9))
     records: list[Record] = []
     policy = RetryPolicy(attempts=1000, base_seconds=1.0, max_seconds=8.0, max_elapsed_seconds=30)
-    stats = await clock.run(make(clock, peer, records=records, count=1, policy=policy).run())
+    stats = await clock.run(
+        make(peer, Plan(EVENTS, 1.0, count=1), records=records, policy=policy).run()
+    )
     times = peer.times()
     assert stats.failed == 1
     # the last attempt is made when the budget ends, not later and not much earlier
@@ -368,7 +395,7 @@ async def test_attempts_still_bound_the_retries_when_set_lower() -> None:
     clock = VirtualClock()
     peer = Peer(clock, down_until(clock, 1e9))
     policy = RetryPolicy(attempts=3, base_seconds=1.0, max_seconds=8.0, max_elapsed_seconds=600)
-    stats = await clock.run(make(clock, peer, count=1, policy=policy).run())
+    stats = await clock.run(make(peer, Plan(EVENTS, 1.0, count=1), policy=policy).run())
     assert (stats.failed, len(peer.times())) == (1, 3)
     assert peer.times()[-1] < 7
 
@@ -376,7 +403,7 @@ async def test_attempts_still_bound_the_retries_when_set_lower() -> None:
 async def test_abort_cuts_the_grace_period_short() -> None:
     clock = VirtualClock()
     peer = Peer(clock, down_until(clock, 1e9))
-    run = make(clock, peer, count=3, interval=0.1)
+    run = make(peer, Plan(EVENTS, 0.1, count=3))
 
     async def interrupt_twice() -> None:
         await clock.sleep(1.0)

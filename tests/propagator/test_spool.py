@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from eventctl.events import Event
-from eventctl.propagator.propagator import Propagator
+from eventctl.propagator.propagator import Delivery, Plan, Propagator, Runtime, Spooling
 from eventctl.propagator.spool import Spool
 from eventctl.retry import RetryPolicy
 from eventctl.store import Incoming, Store
@@ -24,19 +24,19 @@ EVENTS = [Event("a", "1"), Event("b", "2")]
 
 
 def propagator(
-    clock: VirtualClock, handler: httpx.MockTransport, spool: Spool, **kw: object
+    clock: VirtualClock,
+    handler: httpx.MockTransport,
+    spooling: Spooling,
+    plan: Plan | None = None,
+    *,
+    policy: RetryPolicy | None = None,
 ) -> Propagator:
-    options: dict[str, object] = {"interval": 1.0, "count": 5}
-    options.update(kw)
+    """A propagator of `plan` (default: five events, one a second) spooled by `spooling`."""
     return Propagator(
-        EVENTS,
-        "http://consumer.test/event",
-        handler,
-        clock=clock,
-        sleep=clock.sleep,
-        rng=random.Random(1),
-        spool=spool,
-        **options,  # type: ignore[arg-type]
+        plan or Plan(EVENTS, 1.0, count=5),
+        Delivery("http://consumer.test/event", handler, policy=policy or RetryPolicy()),
+        spooling=spooling,
+        runtime=Runtime(clock=clock, sleep=clock.sleep, rng=random.Random(1)),
     )
 
 
@@ -47,7 +47,7 @@ def ok(request: httpx.Request) -> httpx.Response:
 async def test_every_generated_event_is_recorded_and_settled(tmp_path: Path) -> None:
     spool = Spool.open(tmp_path / "spool.db")
     clock = VirtualClock()
-    await clock.run(propagator(clock, httpx.MockTransport(ok), spool).run())
+    await clock.run(propagator(clock, httpx.MockTransport(ok), Spooling(spool)).run())
     counts = spool.counts()
     assert counts == {"pending": 0, "delivered": 5, "failed": 0}
     assert all(e.attempts == 1 and e.last_result == "200" for e in spool.entries())
@@ -60,7 +60,11 @@ async def test_failures_stay_in_the_spool_as_failed(tmp_path: Path) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         return httpx.Response(422)
 
-    await clock.run(propagator(clock, httpx.MockTransport(refuse), spool, count=2).run())
+    await clock.run(
+        propagator(
+            clock, httpx.MockTransport(refuse), Spooling(spool), Plan(EVENTS, 1.0, count=2)
+        ).run()
+    )
     failed = spool.entries("failed")
     assert len(failed) == 2
     assert failed[0].last_result == "422"
@@ -85,7 +89,12 @@ async def test_pending_events_are_resent_first_with_their_ids(tmp_path: Path) ->
     clock = VirtualClock()
     replay = [(e.event_id, e.event) for e in spool.entries("pending")]
     stats = await clock.run(
-        propagator(clock, httpx.MockTransport(record), spool, count=3, replay=replay).run()
+        propagator(
+            clock,
+            httpx.MockTransport(record),
+            Spooling(spool, replay=replay),
+            Plan(EVENTS, 1.0, count=3),
+        ).run()
     )
     assert seen[:2] == ["old-1", "old-2"]
     assert len(seen) == 5
@@ -101,7 +110,12 @@ async def test_a_full_spool_pauses_generation_and_says_so(tmp_path: Path) -> Non
         await clock.sleep(5)
         return httpx.Response(200)
 
-    run = propagator(clock, httpx.MockTransport(slow), spool, count=6, spool_max_pending=2)
+    run = propagator(
+        clock,
+        httpx.MockTransport(slow),
+        Spooling(spool, max_pending=2),
+        Plan(EVENTS, 1.0, count=6),
+    )
     flags: list[bool] = []
 
     async def watch() -> None:
@@ -128,7 +142,13 @@ async def test_retrying_events_keep_one_spool_row(tmp_path: Path) -> None:
 
     policy = RetryPolicy(3, 0.1, 1)
     await clock.run(
-        propagator(clock, httpx.MockTransport(flaky), spool, count=1, policy=policy).run()
+        propagator(
+            clock,
+            httpx.MockTransport(flaky),
+            Spooling(spool),
+            Plan(EVENTS, 1.0, count=1),
+            policy=policy,
+        ).run()
     )
     [entry] = spool.entries()
     assert (entry.state, entry.attempts) == ("delivered", 2)
@@ -188,8 +208,12 @@ async def test_ticks_found_due_together_are_spooled_in_one_transaction(tmp_path:
     async def oversleep(seconds: float) -> None:
         await clock.sleep(seconds + 0.0095)  # every wake-up finds about ten ticks due
 
-    run = propagator(clock, httpx.MockTransport(record), spool, interval=0.001, count=40)
-    run.sleep = oversleep
+    run = Propagator(
+        Plan(EVENTS, 0.001, count=40),
+        Delivery("http://consumer.test/event", httpx.MockTransport(record)),
+        spooling=Spooling(spool),
+        runtime=Runtime(clock=clock, sleep=oversleep, rng=random.Random(1)),
+    )
     stats = await clock.run(run.run())
     entries = spool.entries()
     assert stats.generated == stats.delivered == 40
