@@ -83,33 +83,33 @@ class ConsumerConfig:
     database_url: str = _option("sqlite:///events.db", _database_url, "where events are stored")
     host: str = _option("127.0.0.1", None, "address to listen on")
     max_body_bytes: int = _option(1_048_576, _positive, "largest request body accepted")
-    log_level: str = _option("warning", _log_level, "server log level")
+    log_level: str = _option("warning", _log_level, "server log level: " + ", ".join(LOG_LEVELS))
     max_batch: int = _option(1000, _positive, "most events in one POST /events")
     commit_max_events: int = _option(1000, _positive, "most events in one commit")
-    commit_max_wait_ms: float = _option(0.0, _non_negative, "wait for more events before a commit")
+    commit_max_wait_ms: float = _option(0.0, _non_negative, "milliseconds to wait for more events before a commit")
     max_queued_events: int = _option(10_000, _positive, "events waiting for a commit before 503")
     workers: int = _option(1, _positive, "worker processes")
     fail_rate: float = _option(0.0, _fraction, "fault drill: share of ingest requests refused")
     fail_status: int = _option(503, _error_status, "fault drill: status of a refused request")
     latency_seconds: float = _option(
-        0.0, _non_negative, "fault drill: delay before ingest", "--latency"
+        0.0, _non_negative, "fault drill: delay of every ingest request, e.g. 50ms", "--latency"
     )
     metrics: bool | None = _option(None, None, "serve /metrics (default: when bound to loopback)")
     webhook_secrets_file: str = _option("", None, "file of whsec_ secrets to verify signatures")
     webhook_tolerance_seconds: float = _option(300.0, _positive, "accepted webhook-timestamp skew")
     auth_token_file: str = _option("", None, "file holding the bearer token to require")
-    max_header_bytes: int = _option(16_384, _positive, "largest request line plus headers (431)")
-    max_headers: int = _option(100, _positive, "most header fields in one request (431)")
+    max_header_bytes: int = _option(16_384, _positive, "largest request line plus headers; more is 431")
+    max_headers: int = _option(100, _positive, "most header fields in one request; more is 431")
     header_timeout_seconds: float = _option(
-        10.0, _positive, "time to send a complete request head", "--header-timeout"
+        10.0, _positive, "seconds to send a complete request head", "--header-timeout"
     )
     body_timeout_seconds: float = _option(
-        30.0, _positive, "time to send a request body (408)", "--body-timeout"
+        30.0, _positive, "seconds to send a request body; slower is 408", "--body-timeout"
     )
     keep_alive_seconds: float = _option(
-        5.0, _positive, "idle time before a connection is closed", "--keep-alive"
+        5.0, _positive, "seconds an idle connection stays open", "--keep-alive"
     )
-    max_connections: int = _option(1000, _positive, "open connections per worker before 503")
+    max_connections: int = _option(1000, _positive, "open connections per worker; more are refused with 503")
     allowed_hosts: str = _option(
         "", None, "comma-separated Host names accepted besides loopback ones"
     )
@@ -133,12 +133,12 @@ class PropagatorConfig:
     events_file: str = _option(DEFAULT_EVENTS_FILE, None, "JSON list of events to choose from")
     max_in_flight: int = _option(100, _positive, "most events unsettled at once")
     retry_attempts: int = _option(100, _positive, "attempts per event before it fails")
-    retry_base_seconds: float = _option(0.2, _positive, "first retry delay, doubled each time")
-    retry_max_seconds: float = _option(10.0, _positive, "longest retry delay")
+    retry_base_seconds: float = _option(0.2, _positive, "first retry delay in seconds, doubled each time")
+    retry_max_seconds: float = _option(10.0, _positive, "longest retry delay in seconds")
     retry_max_elapsed_seconds: float = _option(
-        120.0, _positive, "time an event is retried for, from its first attempt"
+        120.0, _positive, "seconds an event is retried for, from its first attempt"
     )
-    request_timeout_seconds: float = _option(5.0, _positive, "timeout of one request", "--timeout")
+    request_timeout_seconds: float = _option(5.0, _positive, "seconds to wait for one answer", "--timeout")
     spool_path: str = _option(
         ".eventctl/spool.db", None, "the record of generated events", "--spool"
     )

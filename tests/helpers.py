@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import socket
@@ -83,6 +85,30 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def invoke(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run `eventctl ARGS` in this process, through Typer's CliRunner, with an Environment of
+    its own (streams, variables): for commands that only read and for usage errors. Answers
+    like `run_cli`; an exception that escaped the command fails the test."""
+    from typer.testing import CliRunner
+
+    from eventctl.cli import app
+    from eventctl.cli.environment import Environment
+
+    environ = env or cli_env()
+    streams = Environment(
+        stdin=io.StringIO(stdin), stdout=io.StringIO(), stderr=io.StringIO(), environ=environ
+    )
+    with contextlib.chdir(cwd or ROOT):
+        result = CliRunner().invoke(app, list(args), obj=streams, prog_name="eventctl")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    stdout = streams.stdout.getvalue() + result.stdout  # type: ignore[attr-defined]
+    stderr = streams.stderr.getvalue() + result.stderr  # type: ignore[attr-defined]
+    return subprocess.CompletedProcess(["eventctl", *args], result.exit_code, stdout, stderr)
 
 
 def send_once(

@@ -14,32 +14,33 @@ JSON text keeps non-ASCII characters as they are, except the few a terminal woul
 from __future__ import annotations
 
 import csv
-import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from eventctl.textsafe import json_text
 
 
-def document(value: Any) -> None:
-    """One JSON document on stdout."""
-    sys.stdout.write(json_text(value, indent=2) + "\n")
+def document(file: TextIO, value: Any) -> None:
+    """One JSON document."""
+    file.write(json_text(value, indent=2) + "\n")
 
 
-def line(value: Any) -> None:
-    """One NDJSON line on stdout, flushed (a reader may be waiting for it)."""
-    sys.stdout.write(json_text(value) + "\n")
-    sys.stdout.flush()
+def line(file: TextIO, value: Any) -> None:
+    """One NDJSON line, flushed (a reader may be waiting for it)."""
+    file.write(json_text(value) + "\n")
+    file.flush()
 
 
-def lines(values: Iterable[Any]) -> None:
+def lines(file: TextIO, values: Iterable[Any]) -> None:
     for value in values:
-        sys.stdout.write(json_text(value) + "\n")
-    sys.stdout.flush()
+        file.write(json_text(value) + "\n")
+    file.flush()
 
 
-def csv_rows(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], *, header: bool) -> None:
-    writer = csv.DictWriter(sys.stdout, fieldnames=list(fields))
+def csv_rows(
+    file: TextIO, rows: Iterable[Mapping[str, Any]], fields: Sequence[str], *, header: bool
+) -> None:
+    writer = csv.DictWriter(file, fieldnames=list(fields))
     if header:
         writer.writeheader()
     writer.writerows(rows)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from eventctl.cli import app
 from eventctl.errors import ExitCode
-from tests.helpers import Server, cli_env, free_port, run_cli
+from tests.helpers import Server, cli_env, free_port, invoke, run_cli
 
 EVENT = {"event_type": "order.created", "event_payload": '{"order_id": 7}'}
 
@@ -50,7 +50,7 @@ def test_serve_stores_what_list_events_shows(server: Server) -> None:
             assert response.status_code == 200
             assert response.json() == {"status": "success"}
             sent.append((response.headers["Event-Id"], event))
-    result = run_cli("list-events", "--json", "--database-url", server.database_url)
+    result = invoke("list-events", "--json", "--database-url", server.database_url)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [
@@ -60,7 +60,7 @@ def test_serve_stores_what_list_events_shows(server: Server) -> None:
     assert all(r["received_at"].endswith("Z") for r in rows)
 
     only = json.loads(
-        run_cli(
+        invoke(
             "list-events",
             "--json",
             "--type",
@@ -73,16 +73,16 @@ def test_serve_stores_what_list_events_shows(server: Server) -> None:
     )
     assert [r["event_payload"] for r in only] == ["payload 4", "payload 2"]
 
-    table = run_cli("list-events", "--database-url", server.database_url)
+    table = invoke("list-events", "--database-url", server.database_url)
     assert table.returncode == 0
     assert "payload 4" in table.stdout
     assert "type.1" in table.stdout
 
-    recent = run_cli(
+    recent = invoke(
         "list-events", "--json", "--since", "10m", "--database-url", server.database_url
     )
     assert len(json.loads(recent.stdout)) == 5
-    future = run_cli(
+    future = invoke(
         "list-events",
         "--json",
         "--since",
@@ -128,24 +128,24 @@ def test_serve_reads_the_default_config_file_and_environment(tmp_path: Path) -> 
 
 def test_empty_database_prints_a_friendly_line(sqlite_url: str, tmp_path: Path) -> None:
     Server(sqlite_url, tmp_path).stop()
-    result = run_cli("list-events", "--database-url", sqlite_url)
+    result = invoke("list-events", "--database-url", sqlite_url)
     assert result.returncode == 0
     assert result.stdout == ""
     assert "No events yet." in result.stderr
-    as_json = run_cli("list-events", "--json", "--database-url", sqlite_url)
+    as_json = invoke("list-events", "--json", "--database-url", sqlite_url)
     assert json.loads(as_json.stdout) == []
 
 
 def test_list_events_on_a_missing_database_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "missing.db"
-    result = run_cli("list-events", "--database-url", f"sqlite:///{path}")
+    result = invoke("list-events", "--database-url", f"sqlite:///{path}")
     assert result.returncode == ExitCode.DATABASE
     assert_one_line_error(result.stderr, "does not exist")
     assert not path.exists()
 
 
 def test_bad_since_is_a_usage_error(sqlite_url: str, tmp_path: Path) -> None:
-    result = run_cli("list-events", "--since", "yesterday", "--database-url", sqlite_url)
+    result = invoke("list-events", "--since", "yesterday", "--database-url", sqlite_url)
     assert result.returncode == ExitCode.USAGE
     assert "not a time" in result.stderr
 
@@ -162,19 +162,19 @@ def test_config_errors_exit_3_with_one_line(tmp_path: Path, text: str, fragment:
     config = tmp_path / "consumer.yaml"
     config.write_text(text)
     for command in ("serve", "list-events"):
-        result = run_cli(command, "--config", str(config))
+        result = invoke(command, "--config", str(config))
         assert result.returncode == ExitCode.CONFIG
         assert_one_line_error(result.stderr, str(config), fragment)
 
 
 def test_a_missing_config_file_that_was_named_is_an_error(tmp_path: Path) -> None:
-    result = run_cli("serve", "--config", str(tmp_path / "nope.yaml"))
+    result = invoke("serve", "--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == ExitCode.CONFIG
     assert_one_line_error(result.stderr, "nope.yaml: config file not found")
 
 
 def test_a_bad_environment_variable_exits_3(tmp_path: Path) -> None:
-    result = run_cli("serve", env=cli_env(EVENTCTL_PORT="eighty"), cwd=tmp_path)
+    result = invoke("serve", env=cli_env(EVENTCTL_PORT="eighty"), cwd=tmp_path)
     assert result.returncode == ExitCode.CONFIG
     assert_one_line_error(result.stderr, "EVENTCTL_PORT: must be an integer")
 
@@ -197,8 +197,8 @@ def test_a_database_that_cannot_be_created_exits_5(tmp_path: Path) -> None:
 
 
 def test_a_bad_flag_exits_2() -> None:
-    assert run_cli("serve", "--port", "many").returncode == ExitCode.USAGE
-    assert run_cli("list-events", "--limit", "0").returncode == ExitCode.USAGE
+    assert invoke("serve", "--port", "many").returncode == ExitCode.USAGE
+    assert invoke("list-events", "--limit", "0").returncode == ExitCode.USAGE
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

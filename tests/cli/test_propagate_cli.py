@@ -20,6 +20,7 @@ from tests.helpers import (
     Server,
     cli_env,
     free_port,
+    invoke,
     raw_in_json,
     run_cli,
     send_once,
@@ -182,7 +183,7 @@ def test_a_bad_events_file_names_file_and_index_and_sends_nothing(tmp_path: Path
     assert_one_line_error(result.stderr, f"{bad}[5]: event_type must be a string")
     for content in ("[]", "{}"):
         bad.write_text(content)
-        assert run_cli("propagate", "--events-file", str(bad)).returncode == ExitCode.INPUT
+        assert invoke("propagate", "--events-file", str(bad)).returncode == ExitCode.INPUT
 
 
 @pytest.mark.parametrize(
@@ -308,20 +309,20 @@ def test_the_sample_events_are_the_repositorys_events_file() -> None:
 
 
 def test_send_once_exit_2_on_usage_errors() -> None:
-    assert run_cli("send-once", "--type", "only").returncode == ExitCode.USAGE
-    assert run_cli("send-once", "--file", "x.json", "--type", "t").returncode == ExitCode.USAGE
+    assert invoke("send-once", "--type", "only").returncode == ExitCode.USAGE
+    assert invoke("send-once", "--file", "x.json", "--type", "t").returncode == ExitCode.USAGE
 
 
 def test_send_once_exit_3_on_bad_config(tmp_path: Path) -> None:
     config = tmp_path / "p.yaml"
     config.write_text("interval_seconds: never\n")
-    result = run_cli("send-once", "--config", str(config))
+    result = invoke("send-once", "--config", str(config))
     assert result.returncode == ExitCode.CONFIG
     assert_one_line_error(result.stderr, "interval_seconds: must be a number")
 
 
 def test_send_once_exit_4_on_an_invalid_event_before_sending(tmp_path: Path) -> None:
-    result = run_cli(
+    result = invoke(
         "send-once",
         "--type",
         "",
@@ -334,7 +335,7 @@ def test_send_once_exit_4_on_an_invalid_event_before_sending(tmp_path: Path) -> 
     assert_one_line_error(result.stderr, "event_type must not be empty")
     path = tmp_path / "bad.json"
     path.write_text('{"event_type": "t", "event_payload": 3}')
-    result = run_cli("send-once", "--file", str(path))
+    result = invoke("send-once", "--file", str(path))
     assert result.returncode == ExitCode.INPUT
     assert_one_line_error(result.stderr, f"{path}: event_payload must be a string")
 
@@ -505,7 +506,7 @@ def test_retry_max_elapsed_seconds_follows_the_precedence(tmp_path: Path) -> Non
     assert loaded({}, None) == 30
     assert loaded({"EVENTCTL_RETRY_MAX_ELAPSED_SECONDS": "45"}, None) == 45
     assert loaded({"EVENTCTL_RETRY_MAX_ELAPSED_SECONDS": "45"}, 5) == 5
-    bad = run_cli("propagate", "--retry-max-elapsed-seconds", "0", "--count", "1")
+    bad = invoke("propagate", "--retry-max-elapsed-seconds", "0", "--count", "1")
     assert bad.returncode == ExitCode.CONFIG
     assert "--retry-max-elapsed-seconds: must be a number greater than 0" in bad.stderr
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from eventctl.cli import sparkline
+from eventctl.cli.read import sparkline
 from eventctl.errors import ExitCode
 from eventctl.events import Event
 from eventctl.store import Incoming, Store
@@ -23,8 +23,8 @@ from tests.helpers import (
     HOSTILE_SHOWN,
     ROOT,
     cli_env,
+    invoke,
     raw_in_json,
-    run_cli,
     spawn,
     unsafe_characters,
 )
@@ -49,7 +49,7 @@ def filled(database_url: str) -> str:
 
 
 def listed(*args: str) -> list[dict[str, str]]:
-    result = run_cli("list-events", "--output", "json", *args)
+    result = invoke("list-events", "--output", "json", *args)
     assert result.returncode == 0, result.stderr
     rows: list[dict[str, str]] = json.loads(result.stdout)
     return rows
@@ -88,13 +88,13 @@ def test_filters_combine(filled: str) -> None:
 
 
 def test_ndjson_and_csv_outputs(filled: str) -> None:
-    ndjson = run_cli("list-events", "--database-url", filled, "--limit", "2", "--output", "ndjson")
+    ndjson = invoke("list-events", "--database-url", filled, "--limit", "2", "--output", "ndjson")
     assert [json.loads(line)["event_id"] for line in ndjson.stdout.splitlines()] == ["e29", "e28"]
-    as_csv = run_cli("list-events", "--database-url", filled, "--limit", "2", "--output", "csv")
+    as_csv = invoke("list-events", "--database-url", filled, "--limit", "2", "--output", "csv")
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
     assert [r["event_id"] for r in rows] == ["e29", "e28"]
     assert set(rows[0]) == {"id", "event_id", "event_type", "event_payload", "received_at"}
-    bad = run_cli("list-events", "--database-url", filled, "--output", "xml")
+    bad = invoke("list-events", "--database-url", filled, "--output", "xml")
     assert bad.returncode == ExitCode.USAGE
 
 
@@ -125,7 +125,7 @@ def test_follow_prints_new_rows_as_they_are_stored(filled: str) -> None:
 
 
 def test_stats_counts_and_rates(filled: str) -> None:
-    result = run_cli("stats", "--database-url", filled, "--since", "1h", "--json")
+    result = invoke("stats", "--database-url", filled, "--since", "1h", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["total"] == 30
@@ -136,10 +136,10 @@ def test_stats_counts_and_rates(filled: str) -> None:
     }
     assert sum(report["per_minute"]) == 30
     assert len(report["per_minute"]) == 60
-    table = run_cli("stats", "--database-url", filled)
+    table = invoke("stats", "--database-url", filled)
     assert "order" in table.stdout
     assert "per minute, last 60 min (peak" in table.stdout
-    empty = run_cli("stats", "--database-url", filled, "--since", "2999-01-01T00:00:00Z")
+    empty = invoke("stats", "--database-url", filled, "--since", "2999-01-01T00:00:00Z")
     assert "No events since" in empty.stderr
 
 
@@ -153,7 +153,7 @@ def test_the_table_fits_an_80_column_terminal_without_losing_id_or_type(sqlite_u
     payload = json.dumps({"order_id": "ord_5531", "note": "x" * 200})
     store.insert([Incoming("e1", Event("shipment.dispatched", payload), datetime.now(UTC))])
     store.close()
-    result = run_cli(
+    result = invoke(
         "list-events", "--database-url", sqlite_url, env=cli_env(COLUMNS="80", TERM="dumb")
     )
     assert result.returncode == 0, result.stderr
@@ -268,7 +268,7 @@ def test_follow_prints_new_rows_under_the_one_header(filled: str) -> None:
 
 
 def test_the_stats_sparkline_fits_80_columns(filled: str) -> None:
-    result = run_cli("stats", "--database-url", filled, env=cli_env(COLUMNS="80", TERM="dumb"))
+    result = invoke("stats", "--database-url", filled, env=cli_env(COLUMNS="80", TERM="dumb"))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
