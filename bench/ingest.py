@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENT = {
@@ -185,28 +185,40 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(
-    port: int,
-    path: str,
-    body: bytes,
-    connections: int,
-    duration: float,
-    cpu: int | None,
-    workdir: Path,
-) -> dict[str, float]:
-    script = workdir / f"post-{port}.lua"
-    script.write_text(LUA.format(body=json.dumps(body.decode())))
+class Load(NamedTuple):
+    """One run of a load driver: `connections` sending `body` to `path` for `duration` s,
+    the driver pinned to `cpu`."""
+
+    port: int
+    path: str
+    body: bytes
+    connections: int
+    duration: float
+    cpu: int | None
+
+
+class Bench(NamedTuple):
+    """What every point of a bench run shares."""
+
+    driver: str
+    args: argparse.Namespace
+    workdir: Path
+
+
+def run_wrk(load: Load, workdir: Path) -> dict[str, float]:
+    script = workdir / f"post-{load.port}.lua"
+    script.write_text(LUA.format(body=json.dumps(load.body.decode())))
     argv = [
         "wrk",
         "-t1",
-        f"-c{connections}",
-        f"-d{duration:g}s",
+        f"-c{load.connections}",
+        f"-d{load.duration:g}s",
         "--latency",
         "-s",
         str(script),
-        f"http://127.0.0.1:{port}{path}",
+        f"http://127.0.0.1:{load.port}{load.path}",
     ]
-    out = subprocess.run(pinned(cpu, argv), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(pinned(load.cpu, argv), capture_output=True, text=True, check=True).stdout
     result = {
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
@@ -269,21 +281,19 @@ async def _drive(
     }
 
 
-def run_driver(
-    port: int, path: str, body: bytes, connections: int, duration: float, cpu: int | None
-) -> dict[str, float]:
+def run_driver(load: Load) -> dict[str, float]:
     """The bundled driver in its own (pinned) process, so it never shares the server's core."""
     argv = [
         sys.executable,
         __file__,
         "--drive",
-        str(port),
-        path,
-        body.decode(),
-        str(connections),
-        str(duration),
+        str(load.port),
+        load.path,
+        load.body.decode(),
+        str(load.connections),
+        str(load.duration),
     ]
-    out = subprocess.run(pinned(cpu, argv), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(pinned(load.cpu, argv), capture_output=True, text=True, check=True).stdout
     result: dict[str, float] = json.loads(out)
     return result
 
@@ -377,9 +387,7 @@ def main() -> None:
                 for target, conns, point in run_round(
                     points if round_number % 2 == 0 else points[::-1],
                     servers,
-                    driver,
-                    args,
-                    workdir,
+                    Bench(driver, args, workdir),
                 ):
                     rounds[(target, conns)].append(point)
                     print(
@@ -423,11 +431,7 @@ def main() -> None:
 
 
 def run_round(
-    points: list[tuple[str, int]],
-    servers: dict[str, tuple[int, int, Path | None]],
-    driver: str,
-    args: argparse.Namespace,
-    workdir: Path,
+    points: list[tuple[str, int]], servers: dict[str, tuple[int, int, Path | None]], bench: Bench
 ) -> Iterator[tuple[str, int, dict[str, Any]]]:
     """Each point in turn; with --together, `eventctl` and `before` at the same time."""
     done: set[tuple[str, int]] = set()
@@ -435,42 +439,33 @@ def run_round(
         if (target, conns) in done:
             continue
         pair = [(target, conns)]
-        if args.together and target in ("eventctl", "before"):
+        if bench.args.together and target in ("eventctl", "before"):
             pair = [("eventctl", conns), ("before", conns)]
         with ThreadPoolExecutor(len(pair)) as pool:
-            futures = [
-                pool.submit(measure, name, c, servers[name], driver, args, workdir)
-                for name, c in pair
-            ]
+            futures = [pool.submit(measure, name, c, servers[name], bench) for name, c in pair]
             results = [future.result() for future in futures]
         for (name, c), point in zip(pair, results, strict=True):
             done.add((name, c))
             yield name, c, point
 
 
+def drive(bench: Bench, load: Load) -> dict[str, float]:
+    return run_wrk(load, bench.workdir) if bench.driver == "wrk" else run_driver(load)
+
+
 def measure(
-    target: str,
-    conns: int,
-    running: tuple[int, int, Path | None],
-    driver: str,
-    args: argparse.Namespace,
-    workdir: Path,
+    target: str, conns: int, running: tuple[int, int, Path | None], bench: Bench
 ) -> dict[str, Any]:
+    args = bench.args
     path, body = body_for(target)
     pid, port, db = running
     # warm up, then count the rows committed during the measured run
-    if driver == "wrk":
-        run_wrk(port, path, body, conns, 1, args.client_cpu, workdir)
-    else:
-        run_driver(port, path, body, conns, 1, args.client_cpu)
+    drive(bench, Load(port, path, body, conns, 1, args.client_cpu))
     before = count_rows(db)
     cpu_before = cpu_seconds(pid)
-    if driver == "wrk":
-        point: dict[str, Any] = run_wrk(
-            port, path, body, conns, args.duration, args.client_cpu, workdir
-        )
-    else:
-        point = run_driver(port, path, body, conns, args.duration, args.client_cpu)
+    point: dict[str, Any] = drive(
+        bench, Load(port, path, body, conns, args.duration, args.client_cpu)
+    )
     cpu_used = cpu_seconds(pid) - cpu_before
     committed = count_rows(db) - before
     per_request = BATCH_SIZE if target == "batch" else 1
