@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from eventctl.errors import ConfigError
 
@@ -68,11 +69,18 @@ MAX_TIMESTAMP_DIGITS = 18
 """More digits are more than 3 billion years from now: refused before any arithmetic."""
 
 
+class WebhookHeaders(NamedTuple):
+    """A request's three Standard Webhooks headers as received (latin-1 text), None where
+    absent: `webhook-id`, `webhook-timestamp`, `webhook-signature`."""
+
+    message_id: str | None
+    timestamp: str | None
+    signatures: str | None
+
+
 def check_signature(
     keys: Sequence[bytes],
-    message_id: str | None,
-    timestamp: str | None,
-    signatures: str | None,
+    headers: WebhookHeaders,
     body: bytes,
     *,
     now: float,
@@ -80,12 +88,13 @@ def check_signature(
 ) -> None:
     """Accept the request if any `v1` signature matches any key; else SignatureError.
 
-    Any value of the three headers (as latin-1 text) gives a SignatureError at worst: the
-    timestamp must be ASCII digits (int() would also take signs, underscores and other
-    scripts' digits) and is signed as an integer, as the reference implementations do.
+    Any value of the three headers gives a SignatureError at worst: the timestamp must be
+    ASCII digits (int() would also take signs, underscores and other scripts' digits) and
+    is signed as an integer, as the reference implementations do.
     """
-    message_id = (message_id or "").strip(" \t")
-    timestamp = (timestamp or "").strip(" \t")
+    message_id = (headers.message_id or "").strip(" \t")
+    timestamp = (headers.timestamp or "").strip(" \t")
+    signatures = headers.signatures
     if not message_id or not timestamp or not signatures or not signatures.strip():
         raise SignatureError("webhook-id, webhook-timestamp and webhook-signature are required")
     if not message_id.isascii():

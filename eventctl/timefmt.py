@@ -7,8 +7,13 @@ import re
 from datetime import UTC, datetime, timedelta
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+_UNIT = "[mM][sS]|[sSmMhHdDwW]"
+DURATION_PATTERN = rf"^\s*(?:{_NUMBER}|(?:{_NUMBER}(?:{_UNIT}))+)\s*$"
+"""What parse_duration takes (Python `re` syntax, as the OpenAPI document states it): ASCII
+digits, seconds alone or parts with units in any case, whitespace around."""
+_DURATION = re.compile(DURATION_PATTERN)
+_PART = re.compile(rf"({_NUMBER})({_UNIT})")
 
 
 class DurationTooLong(ValueError):
@@ -22,23 +27,17 @@ def _shown(text: str) -> str:
 def parse_duration(text: str) -> float:
     """Seconds in `text`: a plain number of seconds, or parts like `1h30m`, `250ms`, `2d`
     (units in any case; ASCII digits only, no signs or exponents)."""
-    text = text.strip().lower()
-    if _NUMBER.fullmatch(text):
-        seconds = float(text)
-        if seconds == math.inf:
-            raise DurationTooLong(f"not a duration: {_shown(text)} (too long)")
-        return seconds
-    pos = 0
+    shown = _shown(text.strip().lower())
+    if not _DURATION.fullmatch(text):
+        raise ValueError(f"not a duration: {shown} (try 30s, 10m, 2h or 1h30m)")
     seconds = 0.0
-    for match in _PART.finditer(text):
-        if match.start() != pos:
-            break
-        seconds += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if pos == 0 or pos != len(text):
-        raise ValueError(f"not a duration: {_shown(text)} (try 30s, 10m, 2h or 1h30m)")
+    parts = _PART.findall(text)
+    for number, unit in parts:
+        seconds += float(number) * _UNITS[unit.lower()]
+    if not parts:
+        seconds = float(text)
     if seconds == math.inf:
-        raise DurationTooLong(f"not a duration: {_shown(text)} (too long)")
+        raise DurationTooLong(f"not a duration: {shown} (too long)")
     return seconds
 
 

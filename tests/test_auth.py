@@ -15,6 +15,7 @@ import pytest
 from eventctl.auth import (
     Credentials,
     SignatureError,
+    WebhookHeaders,
     check_signature,
     read_secrets,
     sign,
@@ -39,9 +40,7 @@ def test_the_specification_test_vector() -> None:
     assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
     check_signature(
         [key],
-        "msg_p5jXN8AQM9LWM0D4loKWxJek",
-        "1614265330",
-        "v1,bm9wZQ== " + signature,
+        WebhookHeaders("msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", "v1,bm9wZQ== " + signature),
         b'{"test": 2432232314}',
         now=1614265330 + 10,
         tolerance=300,
@@ -68,8 +67,11 @@ def test_verification_refuses_what_does_not_match(change: dict[str, object], mes
         "now": 1614265330,
     }
     arguments.update(change)
+    headers = WebhookHeaders(
+        *(arguments.pop(name) for name in ("message_id", "timestamp", "signatures"))  # type: ignore[arg-type]
+    )
     with pytest.raises(SignatureError, match=message):
-        check_signature([signing_key(SPEC_SECRET, "t")], tolerance=300, **arguments)  # type: ignore[arg-type]
+        check_signature([signing_key(SPEC_SECRET, "t")], headers, tolerance=300, **arguments)  # type: ignore[arg-type]
 
 
 def test_secrets_come_from_the_environment_and_files(tmp_path: Path) -> None:
@@ -209,9 +211,7 @@ def test_verify_refuses_any_odd_value_with_signature_error(
     with pytest.raises(SignatureError):
         check_signature(
             [signing_key(SPEC_SECRET, "t")],
-            message_id,
-            timestamp,
-            signatures,
+            WebhookHeaders(message_id, timestamp, signatures),
             VECTOR_BODY,
             now=1614265330.5,
             tolerance=300,

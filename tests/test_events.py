@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import sys
 import unicodedata
@@ -8,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from eventctl.consumer.openapi import EVENT
 from eventctl.errors import InvalidEvent
-from eventctl.events import Event, unique_keys, validate_event
+from eventctl.events import (
+    EVENT_TYPE_PATTERN,
+    MAX_EVENT_TYPE_LENGTH,
+    NO_NUL_PATTERN,
+    Event,
+    unique_keys,
+    validate_event,
+)
 from eventctl.propagator.templates import load_events_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,3 +177,26 @@ def test_duplicate_keys_in_the_events_file_name_file_index_and_field(tmp_path: P
     path.write_text('[{"event_type": "a", "event_type": "b", "event_payload": "x"}]')
     with pytest.raises(InvalidEvent, match=r"\[0\]: event_type is given more than once"):
         load_events_file(path)
+
+
+def test_the_openapi_event_schema_states_the_validators_rules() -> None:
+    properties = EVENT["properties"]
+    assert properties["event_type"]["pattern"] is EVENT_TYPE_PATTERN
+    assert properties["event_type"]["maxLength"] == MAX_EVENT_TYPE_LENGTH
+    assert properties["event_payload"]["pattern"] is NO_NUL_PATTERN
+
+
+def test_validate_event_takes_an_event_type_exactly_when_the_pattern_matches_it() -> None:
+    rng = random.Random(3)
+    pieces = ["a", "é", " ", "\t", "\n", "\x00", "\x1f", "\x7f", "\x85", "\x9f", "\u00a0"]
+    pieces += ["\u200b", "\u2028", "\u2029", "\u3000", "\ufeff", "\U000e0001", "👩\u200d💻"]
+    for _ in range(20000):
+        event_type = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        try:
+            validate_event({"event_type": event_type, "event_payload": ""})
+        except InvalidEvent:
+            valid = False
+        else:
+            valid = True
+        # a JSON Schema pattern's $ is the end of the text (ECMA 262), as in fullmatch
+        assert valid == bool(re.fullmatch(EVENT_TYPE_PATTERN, event_type)), repr(event_type)

@@ -1,14 +1,18 @@
-"""Durations and points in time, and the OpenAPI pattern that documents them."""
+"""Durations and points in time, and the pattern that both parses and documents them."""
 
 from __future__ import annotations
 
+import random
 import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from eventctl.consumer.openapi import DURATION_PATTERN
-from eventctl.timefmt import parse_duration, parse_since
+from eventctl.config import ConsumerConfig
+from eventctl.consumer.app import create_app
+from eventctl.store import Store
+from eventctl.timefmt import DURATION_PATTERN, DurationTooLong, parse_duration, parse_since
+from tests.helpers import in_process
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -59,3 +63,36 @@ def test_points_in_time() -> None:
     assert parse_since("9999-12-31T23:59:59-14:00", NOW) == datetime.max.replace(tzinfo=UTC)
     with pytest.raises(ValueError, match="not a time: 'yesterday'"):
         parse_since("yesterday", NOW)
+
+
+def accepts(text: str) -> bool:
+    try:
+        parse_duration(text)
+    except DurationTooLong:
+        return True
+    except ValueError:
+        return False
+    return True
+
+
+def test_the_pattern_is_exactly_what_parse_duration_takes() -> None:
+    rng = random.Random(7)
+    alphabet = "0123456789.msMShHdDwWy \t\n\u00a0\u2003\u0663+-e_"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 7))) for _ in range(20000)]
+    for text in texts:
+        assert accepts(text) == bool(re.search(DURATION_PATTERN, text)), repr(text)
+    assert sum(map(accepts, texts)) > 500  # the alphabet makes durations often enough
+
+
+@pytest.mark.anyio
+async def test_the_openapi_document_states_the_parsers_pattern(sqlite_url: str) -> None:
+    store = Store.open(sqlite_url, create=True)
+    try:
+        async with in_process(create_app(ConsumerConfig(), store)) as client:
+            document = (await client.get("/openapi.json")).json()
+    finally:
+        store.close()
+    parameters = {p["name"]: p for p in document["paths"]["/events"]["get"]["parameters"]}
+    for name in ("since", "until"):
+        forms = parameters[name]["schema"]["anyOf"]
+        assert {"type": "string", "pattern": DURATION_PATTERN} in forms

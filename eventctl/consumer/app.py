@@ -2,8 +2,10 @@
 
 `POST /event` and `POST /events` are plain ASGI handlers reached before Starlette's router
 (the hot path: no Request/Response objects); everything else is ordinary Starlette. Every
-answer other than 2xx has the same JSON shape (see docs/http-api.md):
-    {"status": "error", "code": "...", "message": "...", "errors": [{"field": ..., ...}]}
+answer other than 2xx is a problem of the catalog (problems.py), raised as
+`problems.X.error(message, ...)` and answered in its one JSON shape (see docs/http-api.md).
+The module reads top-down: helpers, the ingest handlers, the other routes, then
+`create_app`, which only wires them (tests/consumer/test_layout.py checks the order).
 """
 
 from __future__ import annotations
@@ -31,10 +33,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
-from eventctl.auth import Credentials, SignatureError, check_signature, token_matches
+from eventctl.auth import (
+    Credentials,
+    SignatureError,
+    WebhookHeaders,
+    check_signature,
+    token_matches,
+)
 from eventctl.config import ConsumerConfig, metrics_enabled
+from eventctl.consumer import problems
 from eventctl.consumer.metrics import CONTENT_TYPE, Metrics
 from eventctl.consumer.openapi import LIST_PARAMETERS, SUMMARY_PARAMETERS, document
+from eventctl.consumer.problems import ApiError
 from eventctl.consumer.rules import (
     CURSOR_PATTERN,
     CURSOR_PREFIX,
@@ -60,7 +70,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 EVENT_ID_HEADER = "Event-Id"
 REPLAYED_HEADER = "Idempotent-Replayed"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-RETRY_AFTER_SECONDS = 1
 READY_TIMEOUT_SECONDS = 3.0
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 CURSOR = re.compile(CURSOR_PATTERN)
@@ -69,44 +78,13 @@ SUCCESS_BODY = b'{"status":"success"}'
 JSON_HEADER = (b"content-type", b"application/json")
 
 
-class ApiError(Exception):
-    """An HTTP error answered in the one error shape."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        field: str | None = None,
-        errors: list[dict[str, Any]] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.errors = errors or ([{"field": field, "message": message}] if field else [])
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "status": "error",
-            "code": self.code,
-            "message": self.message,
-            "errors": self.errors,
-        }
-
-
 def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 def misdirected() -> ApiError:
-    return ApiError(
-        421,
-        "misdirected_request",
-        "this server does not answer for the host named in the Host header (see allowed_hosts)",
+    return problems.MISDIRECTED_REQUEST.error(
+        "this server does not answer for the host named in the Host header (see allowed_hosts)"
     )
 
 
@@ -212,13 +190,13 @@ def _require_json(content_type: bytes) -> None:
     media_type = content_type.split(b";", 1)[0].strip().lower()
     if media_type != b"application/json":
         shown = media_type.decode("latin-1") or "none"
-        raise ApiError(
-            415, "unsupported_media_type", f"Content-Type must be application/json, not {shown}"
+        raise problems.UNSUPPORTED_MEDIA_TYPE.error(
+            f"Content-Type must be application/json, not {shown}"
         )
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    return problems.PAYLOAD_TOO_LARGE.error(f"request body is larger than {limit} bytes")
 
 
 async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
@@ -235,7 +213,7 @@ async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> by
     while message.get("more_body", False):
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ApiError(400, "malformed_json", "the client went away mid-body")
+            raise problems.MALFORMED_JSON.error("the client went away mid-body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -249,10 +227,10 @@ def _parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "UTF-8" in str(exc):
-            raise ApiError(400, "malformed_json", "request body is not valid UTF-8") from None
+            raise problems.MALFORMED_JSON.error("request body is not valid UTF-8") from None
         if "depth limit" in str(exc):
-            raise ApiError(400, "malformed_json", "request body is nested too deeply") from None
-        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+            raise problems.MALFORMED_JSON.error("request body is nested too deeply") from None
+        raise problems.MALFORMED_JSON.error(f"request body is not valid JSON: {exc}") from None
 
 
 def _idempotency_key(raw: bytes | None) -> str | None:
@@ -260,9 +238,7 @@ def _idempotency_key(raw: bytes | None) -> str | None:
         return None
     key = raw.decode("latin-1")
     if not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise ApiError(
-            400,
-            "invalid_header",
+        raise problems.INVALID_HEADER.error(
             f"{IDEMPOTENCY_HEADER} must be 1-255 printable ASCII characters",
             field=IDEMPOTENCY_HEADER,
         )
@@ -274,154 +250,6 @@ def _invalid(exc: InvalidEvent, index: int | None = None) -> dict[str, Any]:
     if index is not None:
         error["index"] = index
     return error
-
-
-class Ingest:
-    """The ASGI handler of `POST /event` (one event) or `POST /events` (a JSON array)."""
-
-    def __init__(
-        self,
-        config: ConsumerConfig,
-        writer: Writer,
-        metrics: Metrics | None,
-        credentials: Credentials,
-        hosts: HostGuard,
-        *,
-        batch: bool,
-    ) -> None:
-        self.config = config
-        self.credentials = credentials
-        self.hosts = hosts
-        self.writer = writer
-        self.metrics = metrics
-        self.batch = batch
-        path = "/events" if batch else "/event"
-        self.timer = metrics.request_seconds.labels(path) if metrics else None
-        self.drills = config.fail_rate > 0 or config.latency_seconds > 0
-        self.random = random.Random()
-
-    async def _drill(self) -> None:
-        """Fault drills (off by default): a delay, then a refusal for a share of requests."""
-        if self.config.latency_seconds:
-            await asyncio.sleep(self.config.latency_seconds)
-        if self.random.random() < self.config.fail_rate:
-            status = self.config.fail_status
-            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in (429, 503) else {}
-            raise ApiError(status, "injected_fault", "refused by --fail-rate", headers=headers)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        try:
-            status, body, headers = await self._handle(scope, receive)
-        except ApiError as exc:
-            status = exc.status
-            body = json.dumps(exc.body()).encode()
-            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-            if self.metrics:
-                self.metrics.rejected.labels(str(status), exc.code).inc()
-        except Exception:
-            log.exception("unexpected error on POST %s", scope["path"])
-            status, body, headers = 500, _INTERNAL_ERROR, []
-            if self.metrics:
-                self.metrics.rejected.labels("500", "internal_error").inc()
-        headers.append(JSON_HEADER)
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        if self.timer:
-            self.timer.observe(time.perf_counter() - started)
-
-    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
-        content_type, length, raw_key, host = _headers(scope)
-        if not self.hosts.allows(host):
-            raise misdirected()
-        if self.drills:
-            await self._drill()
-        credentials = self.credentials
-        if credentials.token and not token_matches(
-            credentials.token, _header(scope, b"authorization")
-        ):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "a valid Authorization: Bearer token is required",
-                headers={"WWW-Authenticate": 'Bearer realm="eventctl"'},
-            )
-        _require_json(content_type)
-        body = await _read_body(receive, length, self.config.max_body_bytes)
-        key = _idempotency_key(raw_key)
-        if credentials.keys:
-            message_id = _header(scope, b"webhook-id")
-            try:
-                check_signature(
-                    credentials.keys,
-                    message_id,
-                    _header(scope, b"webhook-timestamp"),
-                    _header(scope, b"webhook-signature"),
-                    body,
-                    now=time.time(),
-                    tolerance=self.config.webhook_tolerance_seconds,
-                )
-            except SignatureError as exc:
-                raise ApiError(401, "invalid_signature", str(exc)) from None
-            key = key or _idempotency_key(message_id.encode() if message_id else None)
-        data = _parse_json(body)
-        if self.batch:
-            return await self._many(data, key, body)
-        return await self._one(data, key, body)
-
-    async def _one(self, data: Any, key: str | None, body: bytes) -> tuple[int, bytes, list[Any]]:
-        if not isinstance(data, dict):
-            raise ApiError(400, "malformed_json", "request body must be a JSON object")
-        try:
-            event = validate_event(data)
-            if not _keys_once(body, 1):
-                event = validate_event(_parse_unique(body))
-        except InvalidEvent as exc:
-            raise ApiError(422, "invalid_event", str(exc), errors=[_invalid(exc)]) from None
-        event_id = key or new_event_id()
-        if self.metrics:
-            self.metrics.received.inc()
-        stored = await _write(
-            self.writer, [Incoming(event_id, event, datetime.now(UTC))], batch=False
-        )
-        headers = [(b"event-id", event_id.encode())]
-        if not stored:
-            headers.append((b"idempotent-replayed", b"true"))
-        return 200, SUCCESS_BODY, headers
-
-    async def _many(self, data: Any, key: str | None, body: bytes) -> tuple[int, bytes, list[Any]]:
-        if not isinstance(data, list):
-            raise ApiError(400, "malformed_json", "request body must be a JSON array of events")
-        limit = self.config.max_batch
-        if not 1 <= len(data) <= limit:
-            raise ApiError(
-                422,
-                "invalid_batch",
-                f"a batch holds 1 to {limit} events, not {len(data)}",
-            )
-        events, errors = _validate_all(data)
-        if not errors and not _keys_once(body, len(data)):
-            events, errors = _validate_all(_parse_unique(body))
-        if errors:
-            first = errors[0]
-            raise ApiError(
-                422,
-                "invalid_event",
-                f"{len(errors)} of {len(data)} events are invalid; nothing was stored "
-                f"(first: [{first['index']}] {first['message']})",
-                errors=errors,
-            )
-        now = datetime.now(UTC)
-        batch_id = key or new_event_id()
-        records = [Incoming(f"{batch_id}/{i}", event, now) for i, event in enumerate(events)]
-        if self.metrics:
-            self.metrics.received.inc(len(records))
-        stored = await _write(self.writer, records, batch=True)
-        headers = [(b"events-stored", str(len(stored)).encode())]
-        if not stored:
-            headers.append((b"idempotent-replayed", b"true"))
-        return 200, b'{"status":"success","count":%d}' % len(records), headers
 
 
 def _validate_all(data: list[Any]) -> tuple[list[Event], list[dict[str, Any]]]:
@@ -458,19 +286,18 @@ def _parse_unique(body: bytes) -> Any:
     return json.loads(body.decode(), object_pairs_hook=unique_keys)
 
 
-_INTERNAL_ERROR = json.dumps(
-    ApiError(500, "internal_error", "internal server error").body()
+INTERNAL_ERROR_BODY = json.dumps(
+    problems.INTERNAL_ERROR.error("internal server error").body()
 ).encode()
 
 
 async def _write(writer: Writer, records: list[Incoming], *, batch: bool) -> set[str]:
     """Commit through the writer; map its refusals to ApiError (a batch's conflict names the
     event's index)."""
-    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     try:
         return await writer.write(records)
     except Overloaded as exc:
-        raise ApiError(503, "overloaded", f"try again later: {exc}", headers=retry) from None
+        raise problems.OVERLOADED.error(f"try again later: {exc}") from None
     except IdempotencyConflict as exc:
         reuse = f"reuse an {IDEMPOTENCY_HEADER} only to retry the same event"
         error: dict[str, Any] = {"field": IDEMPOTENCY_HEADER}
@@ -480,11 +307,236 @@ async def _write(writer: Writer, records: list[Incoming], *, batch: bool) -> set
         else:
             message = f"{exc}; nothing was stored ({reuse})"
         error["message"] = message
-        raise ApiError(422, "idempotency_key_reused", message, errors=[error]) from None
+        raise problems.IDEMPOTENCY_KEY_REUSED.error(message, errors=[error]) from None
     except DatabaseError as exc:
-        raise ApiError(
-            503, "database_unavailable", f"events not stored: {exc}", headers=retry
-        ) from None
+        raise problems.DATABASE_UNAVAILABLE.error(f"events not stored: {exc}") from None
+
+
+class Ingest:
+    """A plain-ASGI ingest handler: the checks every ingest request passes (Host, drill,
+    token, media type, size, Idempotency-Key, signature, JSON), then `_store`, which the
+    endpoint's subclass defines."""
+
+    path: str
+
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        writer: Writer,
+        metrics: Metrics | None,
+        credentials: Credentials,
+        hosts: HostGuard,
+    ) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.hosts = hosts
+        self.writer = writer
+        self.metrics = metrics
+        self.timer = metrics.request_seconds.labels(self.path) if metrics else None
+        self.drills = config.fail_rate > 0 or config.latency_seconds > 0
+        self.random = random.Random()
+
+    async def _drill(self) -> None:
+        """Fault drills (off by default): a delay, then a refusal for a share of requests."""
+        if self.config.latency_seconds:
+            await asyncio.sleep(self.config.latency_seconds)
+        if self.random.random() < self.config.fail_rate:
+            fault = problems.INJECTED_FAULT.at(self.config.fail_status)
+            raise fault.error("refused by --fail-rate")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        try:
+            status, body, headers = await self._handle(scope, receive)
+        except ApiError as exc:
+            status = exc.status
+            body = json.dumps(exc.body()).encode()
+            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            if self.metrics:
+                self.metrics.rejected.labels(str(status), exc.code).inc()
+        except Exception:
+            log.exception("unexpected error on POST %s", scope["path"])
+            status, body, headers = problems.INTERNAL_ERROR.status, INTERNAL_ERROR_BODY, []
+            if self.metrics:
+                self.metrics.rejected.labels(str(status), problems.INTERNAL_ERROR.code).inc()
+        headers.append(JSON_HEADER)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if self.timer:
+            self.timer.observe(time.perf_counter() - started)
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
+        content_type, length, raw_key, host = _headers(scope)
+        if not self.hosts.allows(host):
+            raise misdirected()
+        if self.drills:
+            await self._drill()
+        credentials = self.credentials
+        if credentials.token and not token_matches(
+            credentials.token, _header(scope, b"authorization")
+        ):
+            raise problems.UNAUTHORIZED.error("a valid Authorization: Bearer token is required")
+        _require_json(content_type)
+        body = await _read_body(receive, length, self.config.max_body_bytes)
+        key = _idempotency_key(raw_key)
+        if credentials.keys:
+            message_id = _header(scope, b"webhook-id")
+            webhook = WebhookHeaders(
+                message_id,
+                _header(scope, b"webhook-timestamp"),
+                _header(scope, b"webhook-signature"),
+            )
+            try:
+                check_signature(
+                    credentials.keys,
+                    webhook,
+                    body,
+                    now=time.time(),
+                    tolerance=self.config.webhook_tolerance_seconds,
+                )
+            except SignatureError as exc:
+                raise problems.INVALID_SIGNATURE.error(str(exc)) from None
+            key = key or _idempotency_key(message_id.encode() if message_id else None)
+        return await self._store(_parse_json(body), key, body)
+
+    async def _store(self, data: Any, key: str | None, body: bytes) -> tuple[int, bytes, list[Any]]:
+        """Validate the parsed body `data` and store it under `key` (or a new id): the
+        answer's status, body and headers."""
+        raise NotImplementedError
+
+
+class IngestEvent(Ingest):
+    """`POST /event`: one event."""
+
+    path = "/event"
+
+    async def _store(self, data: Any, key: str | None, body: bytes) -> tuple[int, bytes, list[Any]]:
+        if not isinstance(data, dict):
+            raise problems.MALFORMED_JSON.error("request body must be a JSON object")
+        try:
+            event = validate_event(data)
+            if not _keys_once(body, 1):
+                event = validate_event(_parse_unique(body))
+        except InvalidEvent as exc:
+            raise problems.INVALID_EVENT.error(str(exc), errors=[_invalid(exc)]) from None
+        event_id = key or new_event_id()
+        if self.metrics:
+            self.metrics.received.inc()
+        stored = await _write(
+            self.writer, [Incoming(event_id, event, datetime.now(UTC))], batch=False
+        )
+        headers = [(b"event-id", event_id.encode())]
+        if not stored:
+            headers.append((b"idempotent-replayed", b"true"))
+        return 200, SUCCESS_BODY, headers
+
+
+class IngestBatch(Ingest):
+    """`POST /events`: a JSON array of events, stored all or nothing."""
+
+    path = "/events"
+
+    async def _store(self, data: Any, key: str | None, body: bytes) -> tuple[int, bytes, list[Any]]:
+        if not isinstance(data, list):
+            raise problems.MALFORMED_JSON.error("request body must be a JSON array of events")
+        limit = self.config.max_batch
+        if not 1 <= len(data) <= limit:
+            raise problems.INVALID_BATCH.error(
+                f"a batch holds 1 to {limit} events, not {len(data)}"
+            )
+        events, errors = _validate_all(data)
+        if not errors and not _keys_once(body, len(data)):
+            events, errors = _validate_all(_parse_unique(body))
+        if errors:
+            first = errors[0]
+            raise problems.INVALID_EVENT.error(
+                f"{len(errors)} of {len(data)} events are invalid; nothing was stored "
+                f"(first: [{first['index']}] {first['message']})",
+                errors=errors,
+            )
+        now = datetime.now(UTC)
+        batch_id = key or new_event_id()
+        records = [Incoming(f"{batch_id}/{i}", event, now) for i, event in enumerate(events)]
+        if self.metrics:
+            self.metrics.received.inc(len(records))
+        stored = await _write(self.writer, records, batch=True)
+        headers = [(b"events-stored", str(len(stored)).encode())]
+        if not stored:
+            headers.append((b"idempotent-replayed", b"true"))
+        return 200, b'{"status":"success","count":%d}' % len(records), headers
+
+
+def _inline_hashes(page: bytes, tag: bytes) -> str:
+    """CSP sources for the page's inline <script> or <style> elements: their sha256."""
+    found = re.findall(rb"<%s>(.*?)</%s>" % (tag, tag), page, re.DOTALL)
+    digests = (base64.b64encode(hashlib.sha256(text).digest()).decode() for text in found)
+    return " ".join(f"'sha256-{digest}'" for digest in digests) or "'none'"
+
+
+def page_security_headers(page: bytes) -> dict[str, str]:
+    """The web page may run its own inline script and style, show this origin's images (its
+    favicon), and talk to this origin only."""
+    policy = (
+        "default-src 'none'",
+        f"script-src {_inline_hashes(page, b'script')}",
+        f"style-src {_inline_hashes(page, b'style')}",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+    return {
+        "Content-Security-Policy": "; ".join(policy),
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+    }
+
+
+def raise_bad_parameter(name: str, problem: str) -> NoReturn:
+    raise problems.INVALID_PARAMETER.error(f"{name} {problem}", field=name)
+
+
+def _only_declared(params: Mapping[str, str], declared: Sequence[Mapping[str, Any]]) -> None:
+    """400 for the first query parameter that the endpoint's OpenAPI parameters lack."""
+    allowed = {parameter["name"] for parameter in declared}
+    if unknown := sorted(set(params) - allowed):
+        raise_bad_parameter(unknown[0], f"is not a parameter (use {', '.join(sorted(allowed))})")
+
+
+def _text_parameter(text: str, name: str) -> str:
+    if "\x00" in text:
+        raise_bad_parameter(name, "must not contain NUL characters")
+    return text
+
+
+def _int_parameter(text: str, name: str, low: int, high: int) -> int:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise_bad_parameter(name, f"must be an integer from {low} to {high}, not {text!r}")
+    return int(text)
+
+
+def _time_parameter(text: str | None, name: str, now: datetime) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_since(text, now)
+    except ValueError as exc:
+        raise_bad_parameter(name, str(exc).replace("not a time: ", "must be a time: "))
+
+
+def encode_cursor(last_id: int) -> str:
+    """A cursor: the page continues below this row id. Versioned, so that paging can change
+    without breaking a client that only passes cursors back."""
+    return f"{CURSOR_PREFIX}{last_id}"
+
+
+def decode_cursor(cursor: str) -> int:
+    if CURSOR.fullmatch(cursor):
+        return int(cursor.removeprefix(CURSOR_PREFIX))
+    raise_bad_parameter("cursor", "is not a cursor from a previous page")
 
 
 def _read_routes(store: Store) -> list[Route]:
@@ -563,7 +615,7 @@ def _read_routes(store: Store) -> list[Route]:
         event_id = _text_parameter(request.path_params["event_id"], "event_id")
         event = await anyio.to_thread.run_sync(store.event, event_id)
         if event is None:
-            raise ApiError(404, "not_found", f"no event with event_id {event_id}")
+            raise problems.NOT_FOUND.error(f"no event with event_id {event_id}")
         return JSONResponse(event.to_json())
 
     page = (resources.files("eventctl.consumer") / "web" / "index.html").read_bytes()
@@ -590,78 +642,6 @@ def _read_routes(store: Store) -> list[Route]:
         Route("/events/summary", summary, methods=["GET"]),
         Route("/events/{event_id:path}", get_event, methods=["GET"]),
     ]
-
-
-def _inline_hashes(page: bytes, tag: bytes) -> str:
-    """CSP sources for the page's inline <script> or <style> elements: their sha256."""
-    found = re.findall(rb"<%s>(.*?)</%s>" % (tag, tag), page, re.DOTALL)
-    digests = (base64.b64encode(hashlib.sha256(text).digest()).decode() for text in found)
-    return " ".join(f"'sha256-{digest}'" for digest in digests) or "'none'"
-
-
-def page_security_headers(page: bytes) -> dict[str, str]:
-    """The web page may run its own inline script and style, show this origin's images (its
-    favicon), and talk to this origin only."""
-    policy = (
-        "default-src 'none'",
-        f"script-src {_inline_hashes(page, b'script')}",
-        f"style-src {_inline_hashes(page, b'style')}",
-        "img-src 'self'",
-        "connect-src 'self'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
-    )
-    return {
-        "Content-Security-Policy": "; ".join(policy),
-        "X-Content-Type-Options": "nosniff",
-        "X-Frame-Options": "DENY",
-        "Referrer-Policy": "no-referrer",
-    }
-
-
-def _only_declared(params: Mapping[str, str], declared: Sequence[Mapping[str, Any]]) -> None:
-    """400 for the first query parameter that the endpoint's OpenAPI parameters lack."""
-    allowed = {parameter["name"] for parameter in declared}
-    if unknown := sorted(set(params) - allowed):
-        raise_bad_parameter(unknown[0], f"is not a parameter (use {', '.join(sorted(allowed))})")
-
-
-def raise_bad_parameter(name: str, problem: str) -> NoReturn:
-    raise ApiError(400, "invalid_parameter", f"{name} {problem}", field=name)
-
-
-def _text_parameter(text: str, name: str) -> str:
-    if "\x00" in text:
-        raise_bad_parameter(name, "must not contain NUL characters")
-    return text
-
-
-def _int_parameter(text: str, name: str, low: int, high: int) -> int:
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-        raise_bad_parameter(name, f"must be an integer from {low} to {high}, not {text!r}")
-    return int(text)
-
-
-def _time_parameter(text: str | None, name: str, now: datetime) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return parse_since(text, now)
-    except ValueError as exc:
-        raise_bad_parameter(name, str(exc).replace("not a time: ", "must be a time: "))
-
-
-def encode_cursor(last_id: int) -> str:
-    """A cursor: the page continues below this row id. Versioned, so that paging can change
-    without breaking a client that only passes cursors back."""
-    return f"{CURSOR_PREFIX}{last_id}"
-
-
-def decode_cursor(cursor: str) -> int:
-    if CURSOR.fullmatch(cursor):
-        return int(cursor.removeprefix(CURSOR_PREFIX))
-    raise_bad_parameter("cursor", "is not a cursor from a previous page")
 
 
 def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
@@ -749,11 +729,12 @@ def _health_routes(store: Store, writer: Writer, metrics: Metrics | None) -> lis
                 ):
                     await writer.probe()
                 await anyio.to_thread.run_sync(store.ping, abandon_on_cancel=True)
+        # no Retry-After: readiness is a state to watch, not a request to retry
         except (DatabaseError, Overloaded) as exc:
-            return error_response(ApiError(503, "database_unavailable", str(exc)))
+            return error_response(problems.DATABASE_UNAVAILABLE.error(str(exc), retry=False))
         except TimeoutError:
             message = "the database did not answer"
-            return error_response(ApiError(503, "database_unavailable", message))
+            return error_response(problems.DATABASE_UNAVAILABLE.error(message, retry=False))
         return JSONResponse({"status": "ok"})
 
     routes = [
@@ -798,22 +779,19 @@ def _error_handlers(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(routes, request.scope))
-        message = _http_message(routes, request, exc)
-        return await api_error(request, ApiError(exc.status_code, code, message, headers=headers))
+        problem = problems.http_problem(exc.status_code)
+        error = problem.error(_http_message(routes, request, exc), headers=headers)
+        return await api_error(request, error)
 
     async def database_error(request: Request, exc: Exception) -> Response:
-        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        return await api_error(
-            request, ApiError(503, "database_unavailable", str(exc), headers=retry)
-        )
+        return await api_error(request, problems.DATABASE_UNAVAILABLE.error(str(exc)))
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(ApiError(500, "internal_error", "internal server error"))
+        return error_response(problems.INTERNAL_ERROR.error("internal server error"))
 
     return {
         ApiError: api_error,
@@ -845,17 +823,17 @@ def create_app(
         on_commit=metrics.on_commit if metrics else None,
     )
     hosts = HostGuard(config)
-    one = Ingest(config, writer, metrics, credentials, hosts, batch=False)
-    many = Ingest(config, writer, metrics, credentials, hosts, batch=True)
+    one = IngestEvent(config, writer, metrics, credentials, hosts)
+    many = IngestBatch(config, writer, metrics, credentials, hosts)
     routes = [
-        Route("/event", one, methods=["POST"]),
-        Route("/events", many, methods=["POST"]),
+        Route(one.path, one, methods=["POST"]),
+        Route(many.path, many, methods=["POST"]),
         *_read_routes(store),
         *_health_routes(store, writer, metrics),
     ]
     routes = _with_openapi(routes, config, credentials, checks_host=not hosts.any)
     return ConsumerApp(
-        {"/event": one, "/events": many},
+        {one.path: one, many.path: many},
         hosts,
         metrics,
         routes=routes,

@@ -21,13 +21,11 @@ read the answer instead of a connection reset.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
 from asyncio import TimerHandle
 from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import httptools
@@ -35,11 +33,21 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from eventctl.consumer import problems
+from eventctl.consumer.problems import Problem
+
 log = logging.getLogger("eventctl.http")
+
+REFUSALS = (
+    problems.MALFORMED_REQUEST,
+    problems.REQUEST_TIMEOUT,
+    problems.HEADERS_TOO_LARGE,
+    problems.TOO_MANY_CONNECTIONS,
+)
+"""What the HTTP layer may answer on any path, before the app sees the request."""
 
 LINGER_SECONDS = 2.0
 STREAM_GRACE_SECONDS = 0.5
-RETRY_AFTER_SECONDS = 1
 FD_RESERVE = 256
 """File descriptors kept for everything but client connections: the listening socket,
 database files of the writer and reader threads, logs."""
@@ -90,21 +98,6 @@ class ServerConfig(uvicorn.Config):
         self.limits = limits
 
 
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> bytes:
-    """A complete HTTP/1.1 answer in the API's error shape, closing the connection."""
-    body = json.dumps({"status": "error", "code": code, "message": message, "errors": []}).encode()
-    lines = [
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-        "content-type: application/json",
-        f"content-length: {len(body)}",
-        "connection: close",
-        *(f"{name}: {value}" for name, value in (headers or {}).items()),
-    ]
-    return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
-
-
 class _TooManyHeaders(Exception):
     pass
 
@@ -131,11 +124,8 @@ class LimitedProtocol(HttpToolsProtocol):
             self.transport = transport
             self._closing = True
             transport.write(
-                error_response(
-                    503,
-                    "too_many_connections",
-                    f"the server has {len(self.connections)} connections open; try again later",
-                    {"retry-after": str(RETRY_AFTER_SECONDS)},
+                problems.TOO_MANY_CONNECTIONS.answer(
+                    f"the server has {len(self.connections)} connections open; try again later"
                 )
             )
             transport.close()
@@ -219,13 +209,13 @@ class LimitedProtocol(HttpToolsProtocol):
             message = f"a request may have at most {self.limits.max_headers} header fields"
         else:
             message = f"the {what} must be at most {self.limits.max_header_bytes} bytes"
-        self._refuse(431, "headers_too_large", message)
+        self._refuse(problems.HEADERS_TOO_LARGE, message)
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(400, "malformed_request", msg)
+        self._refuse(problems.MALFORMED_REQUEST, msg)
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer `status` (unless an answer has begun), then close after a linger."""
+    def _refuse(self, problem: Problem, message: str) -> None:
+        """Answer `problem` (unless an answer has begun), then close after a linger."""
         self._cancel()
         cycle = self.cycle
         answering = False
@@ -234,7 +224,7 @@ class LimitedProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
         if not answering:
-            self.transport.write(error_response(status, code, message))
+            self.transport.write(problem.answer(message))
         self._closing = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -286,7 +276,7 @@ class LimitedProtocol(HttpToolsProtocol):
             return
         if self._head_bytes:
             seconds = self.limits.header_timeout
-            self._refuse(408, "request_timeout", f"the request head took over {seconds:g} s")
+            self._refuse(problems.REQUEST_TIMEOUT, f"the request head took over {seconds:g} s")
         else:
             self.transport.close()
 
@@ -295,7 +285,7 @@ class LimitedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         seconds = self.limits.body_timeout
-        self._refuse(408, "request_timeout", f"the request body took over {seconds:g} s")
+        self._refuse(problems.REQUEST_TIMEOUT, f"the request body took over {seconds:g} s")
 
     def shutdown(self) -> None:
         """Graceful shutdown: as uvicorn's, but a response still streaming (an SSE stream,

@@ -3,14 +3,16 @@
 `document()` walks the app's real routes: a route without a description here is an error, so
 the document cannot miss an endpoint, and it only lists what this server answers (`/metrics`
 when metrics are on, 401s when credentials are required, the drill's status when a drill is
-on). Limits, parameter names and error codes come from the modules that enforce them;
-tests/consumer/test_openapi.py runs schemathesis against the live app to prove the two agree.
+on). Each operation names the problems it can answer, and their statuses, codes, headers
+and descriptions come from the catalog (problems.py); limits and patterns come from the
+modules that enforce them (rules.py, events.py, timefmt.py, the config). So the document
+restates no rule; tests/consumer/test_openapi.py runs schemathesis against the live app to
+prove the two agree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute, Route
@@ -18,28 +20,23 @@ from starlette.routing import BaseRoute, Route
 from eventctl import __version__
 from eventctl.auth import Credentials
 from eventctl.config import ConsumerConfig
+from eventctl.consumer import problems
+from eventctl.consumer.httpserver import REFUSALS
+from eventctl.consumer.problems import Problem
 from eventctl.consumer.rules import (
     CURSOR_PATTERN,
     DEFAULT_PAGE,
     IDEMPOTENCY_KEY_PATTERN,
     MAX_PAGE,
     MAX_ROW_ID,
+    ROW_ID_HEADER_PATTERN,
     SummaryLimits,
 )
-from eventctl.events import CONTROL_CHARACTERS, FORMAT_CHARACTERS, MAX_EVENT_TYPE_LENGTH
+from eventctl.events import EVENT_TYPE_PATTERN, MAX_EVENT_TYPE_LENGTH, NO_NUL_PATTERN
+from eventctl.timefmt import DURATION_PATTERN
 
 JSON = "application/json"
 Schema = dict[str, Any]
-
-# The same rules as events.validate_event, as JSON Schema (Python `re` syntax, which both
-# schemathesis and jsonschema use): no control characters, and not blank (some character that
-# is neither whitespace nor a format character).
-EVENT_TYPE_PATTERN = (
-    f"^[^{CONTROL_CHARACTERS}]*[^{CONTROL_CHARACTERS}\\s{FORMAT_CHARACTERS}]"
-    f"[^{CONTROL_CHARACTERS}]*$"
-)
-NO_NUL_PATTERN = r"^[^\x00]*$"
-DURATION_PATTERN = r"^\s*([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?([mM][sS]|[sSmMhHdDwW]))+)\s*$"
 
 EVENT: Schema = {
     "type": "object",
@@ -76,7 +73,7 @@ STORED_EVENT: Schema = {
 }
 
 
-def _error(codes: Sequence[str]) -> Schema:
+def _error(codes: Iterable[str]) -> Schema:
     return {
         "type": "object",
         "required": ["status", "code", "message", "errors"],
@@ -111,30 +108,31 @@ RETRY_AFTER = _header_schema(
 )
 
 
-@dataclass
-class Answers:
-    """The responses of one operation, error codes grouped by status."""
+def _problem_headers(problem: Problem) -> dict[str, Schema]:
+    headers = {name: _header_schema(value) for name, value in problem.headers}
+    if problem.retry_after:
+        headers["Retry-After"] = RETRY_AFTER
+    return headers
 
-    ok: Schema
-    errors: dict[int, list[str]] = field(default_factory=dict)
-    headers: dict[int, dict[str, Schema]] = field(default_factory=dict)
 
-    def add(self, status: int, *codes: str, headers: dict[str, Schema] | None = None) -> None:
-        self.errors.setdefault(status, []).extend(codes)
+def responses(ok: Schema, answered: Iterable[Problem]) -> dict[str, Any]:
+    """An operation's responses: `ok` as 200, and the `answered` problems grouped by status,
+    each status with its codes, their descriptions and their headers."""
+    by_status: dict[int, dict[str, Problem]] = {}
+    for problem in answered:
+        by_status.setdefault(problem.status, {})[problem.code] = problem
+    out: dict[str, Any] = {"200": ok}
+    for status in sorted(by_status):
+        found = [by_status[status][code] for code in sorted(by_status[status])]
+        answer: dict[str, Any] = {
+            "description": "; ".join(f"{p.code}: {p.description}" for p in found),
+            "content": {JSON: {"schema": _error(p.code for p in found)}},
+        }
+        headers = {name: h for p in found for name, h in _problem_headers(p).items()}
         if headers:
-            self.headers.setdefault(status, {}).update(headers)
-
-    def render(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"200": self.ok}
-        for status in sorted(self.errors):
-            answer: dict[str, Any] = {
-                "description": ", ".join(sorted(set(self.errors[status]))),
-                "content": {JSON: {"schema": _error(self.errors[status])}},
-            }
-            if status in self.headers:
-                answer["headers"] = self.headers[status]
-            out[str(status)] = answer
-        return out
+            answer["headers"] = headers
+        out[str(status)] = answer
+    return out
 
 
 def _json_ok(description: str, schema: Schema, headers: dict[str, Schema] | None = None) -> Schema:
@@ -268,6 +266,10 @@ SUMMARY: Schema = {
 }
 
 
+READ_PROBLEMS = (problems.INVALID_PARAMETER, problems.DATABASE_UNAVAILABLE)
+"""What a read endpoint can answer: a bad parameter, a database that fails."""
+
+
 class Spec:
     """What the document says of one server: its config and credentials decide the details."""
 
@@ -278,34 +280,28 @@ class Spec:
         self.credentials = credentials
         self.checks_host = checks_host
 
-    def _answers(self, ok: Schema) -> Answers:
-        """The answers of an operation, starting with those that can come on any request: the
-        HTTP layer's (eventctl/httpserver.py) and the Host check's."""
-        answers = Answers(ok)
-        answers.add(400, "malformed_request")
-        answers.add(408, "request_timeout")
-        if self.checks_host:
-            answers.add(421, "misdirected_request")
-        answers.add(431, "headers_too_large")
-        answers.add(503, "too_many_connections", headers={"Retry-After": RETRY_AFTER})
-        return answers
-
-    def _fault(self, answers: Answers) -> None:
-        if self.config.fail_rate > 0:
-            status = self.config.fail_status
-            headers = {"Retry-After": RETRY_AFTER} if status in (429, 503) else None
-            answers.add(status, "injected_fault", headers=headers)
+    def _responses(self, ok: Schema, *answered: Problem) -> dict[str, Any]:
+        """The responses of an operation that answers `ok` or one of the `answered` problems,
+        or one of those any request can get: the HTTP layer's (httpserver.py) and the Host
+        check's."""
+        anywhere = [*REFUSALS, *([problems.MISDIRECTED_REQUEST] if self.checks_host else [])]
+        return responses(ok, [*anywhere, *answered])
 
     def _ingest(self, ok: Schema, body: Schema, summary: str, batch: bool) -> dict[str, Any]:
-        answers = self._answers(ok)
-        answers.add(400, "malformed_json", "invalid_header")
-        answers.add(413, "payload_too_large")
-        answers.add(415, "unsupported_media_type")
-        answers.add(
-            422, "invalid_event", "idempotency_key_reused", *(["invalid_batch"] if batch else [])
-        )
-        answers.add(503, "overloaded", "database_unavailable", headers={"Retry-After": RETRY_AFTER})
-        self._fault(answers)
+        answered = [
+            problems.MALFORMED_JSON,
+            problems.INVALID_HEADER,
+            problems.PAYLOAD_TOO_LARGE,
+            problems.UNSUPPORTED_MEDIA_TYPE,
+            problems.INVALID_EVENT,
+            problems.IDEMPOTENCY_KEY_REUSED,
+            problems.OVERLOADED,
+            problems.DATABASE_UNAVAILABLE,
+        ]
+        if batch:
+            answered.append(problems.INVALID_BATCH)
+        if self.config.fail_rate > 0:
+            answered.append(problems.INJECTED_FAULT.at(self.config.fail_status))
         parameters: list[Schema] = [
             {
                 "name": "Idempotency-Key",
@@ -317,14 +313,10 @@ class Spec:
         ]
         operation: dict[str, Any] = {"summary": summary, "parameters": parameters}
         if self.credentials.token:
-            answers.add(
-                401,
-                "unauthorized",
-                headers={"WWW-Authenticate": _header_schema('Bearer realm="eventctl"')},
-            )
+            answered.append(problems.UNAUTHORIZED)
             operation["security"] = [{"bearer": []}]
         if self.credentials.keys:
-            answers.add(401, "invalid_signature")
+            answered.append(problems.INVALID_SIGNATURE)
             for name, meaning in (
                 ("webhook-id", "the message id (the event id unless Idempotency-Key is sent)"),
                 ("webhook-timestamp", "Unix seconds, within the tolerance of the server's clock"),
@@ -344,7 +336,7 @@ class Spec:
             "description": f"at most {self.config.max_body_bytes} bytes",
             "content": {JSON: {"schema": body}},
         }
-        operation["responses"] = answers.render()
+        operation["responses"] = self._responses(ok, *answered)
         return operation
 
     def post_event(self) -> dict[str, Any]:
@@ -401,35 +393,27 @@ class Spec:
             },
             "additionalProperties": False,
         }
-        answers = self._answers(_json_ok("a page of events, newest first", page))
-        answers.add(400, "invalid_parameter")
-        answers.add(503, "database_unavailable")
+        ok = _json_ok("a page of events, newest first", page)
         return {
             "summary": "Stored events, filtered and paged",
             "parameters": LIST_PARAMETERS,
-            "responses": answers.render(),
+            "responses": self._responses(ok, *READ_PROBLEMS),
         }
 
     def summary(self) -> dict[str, Any]:
         ok = _json_ok("totals, per-type counts and a time series, from one snapshot", SUMMARY)
-        answers = self._answers(ok)
-        answers.add(400, "invalid_parameter")
-        answers.add(503, "database_unavailable")
         return {
             "summary": "Counts over every stored event, and per bucket of a recent window",
             "parameters": SUMMARY_PARAMETERS,
-            "responses": answers.render(),
+            "responses": self._responses(ok, *READ_PROBLEMS),
         }
 
     def favicon(self) -> dict[str, Any]:
         ok = _text_ok("the web page's icon", "image/svg+xml")
-        return {"summary": "The web page's icon", "responses": self._answers(ok).render()}
+        return {"summary": "The web page's icon", "responses": self._responses(ok)}
 
     def get_event(self) -> dict[str, Any]:
-        answers = self._answers(_json_ok("the event", STORED_EVENT))
-        answers.add(400, "invalid_parameter")
-        answers.add(404, "not_found")
-        answers.add(503, "database_unavailable")
+        ok = _json_ok("the event", STORED_EVENT)
         return {
             "summary": "One stored event",
             "parameters": [
@@ -440,7 +424,7 @@ class Spec:
                     "schema": {"type": "string", "minLength": 1},
                 }
             ],
-            "responses": answers.render(),
+            "responses": self._responses(ok, *READ_PROBLEMS, problems.NOT_FOUND),
         }
 
     def stream(self) -> dict[str, Any]:
@@ -464,9 +448,6 @@ class Spec:
             "description": "newly stored events, oldest first, from the given position on",
             "content": {"text/event-stream": {"schema": message}},
         }
-        answers = self._answers(ok)
-        answers.add(400, "invalid_parameter")
-        answers.add(503, "database_unavailable")
         position = {"type": "integer", "minimum": 0, "maximum": MAX_ROW_ID}
         return {
             "summary": "Newly stored events, live",
@@ -479,10 +460,10 @@ class Spec:
                     "name": "Last-Event-ID",
                     "in": "header",
                     "description": "resume right after this row id",
-                    "schema": {"type": "string", "pattern": r"^\d{1,18}$"},
+                    "schema": {"type": "string", "pattern": ROW_ID_HEADER_PATTERN},
                 },
             ],
-            "responses": answers.render(),
+            "responses": self._responses(ok, *READ_PROBLEMS),
         }
 
     def index(self) -> dict[str, Any]:
@@ -497,24 +478,26 @@ class Spec:
             )
         }
         ok["headers"] = headers
-        return {"summary": "The live web page", "responses": self._answers(ok).render()}
+        return {"summary": "The live web page", "responses": self._responses(ok)}
 
     def healthz(self) -> dict[str, Any]:
         ok = _json_ok("the process is up", {"const": {"status": "ok"}})
-        return {"summary": "Liveness", "responses": self._answers(ok).render()}
+        return {"summary": "Liveness", "responses": self._responses(ok)}
 
     def readyz(self) -> dict[str, Any]:
-        answers = self._answers(_json_ok("the database answers", {"const": {"status": "ok"}}))
-        answers.add(503, "database_unavailable")
-        return {"summary": "Readiness", "responses": answers.render()}
+        ok = _json_ok("the database answers", {"const": {"status": "ok"}})
+        return {
+            "summary": "Readiness",
+            "responses": self._responses(ok, problems.DATABASE_UNAVAILABLE),
+        }
 
     def metrics(self) -> dict[str, Any]:
         ok = _text_ok("Prometheus text format", "text/plain")
-        return {"summary": "Prometheus metrics", "responses": self._answers(ok).render()}
+        return {"summary": "Prometheus metrics", "responses": self._responses(ok)}
 
     def openapi(self) -> dict[str, Any]:
         ok = _json_ok("this document", {"type": "object"})
-        return {"summary": "This OpenAPI document", "responses": self._answers(ok).render()}
+        return {"summary": "This OpenAPI document", "responses": self._responses(ok)}
 
 
 OPERATIONS: dict[tuple[str, str], Callable[[Spec], dict[str, Any]]] = {

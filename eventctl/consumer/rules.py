@@ -11,6 +11,9 @@ CURSOR_PATTERN = r"^c1\.\d{1,18}$"
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 MAX_ROW_ID = 2**63 - 1
+ROW_ID_HEADER_PATTERN = rf"^\d{{1,{len(str(MAX_ROW_ID)) - 1}}}$"
+"""A Last-Event-ID as the document states it: digits too few to pass MAX_ROW_ID (the
+handler takes any row id up to MAX_ROW_ID; a pattern cannot say "at most" of a number)."""
 
 
 class SummaryLimits:
