@@ -20,7 +20,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import peewee
@@ -104,6 +104,17 @@ class StoredEvent:
         }
 
 
+class EventFilter(TypedDict, total=False):
+    """Which events a read returns (`Store.events`, `Follower`), each filter optional:
+    these event types, received_at in [since, until), a payload substring (case-sensitive).
+    GET /events, GET /events/stream and list-events pass them by these names."""
+
+    types: Sequence[str]
+    since: datetime | None
+    until: datetime | None
+    q: str | None
+
+
 FOLLOW_BATCH = 500
 FOLLOW_POLL_SECONDS = 0.25
 
@@ -114,7 +125,7 @@ class Follower:
     `Store.events`. The one way `GET /events/stream` and `list-events --follow` read new
     rows; each caller waits FOLLOW_POLL_SECONDS after an empty batch in its own way."""
 
-    def __init__(self, store: Store, last_id: int, **filters: Any) -> None:
+    def __init__(self, store: Store, last_id: int, **filters: Unpack[EventFilter]) -> None:
         self.store = store
         self.last_id = last_id
         self.filters = filters
@@ -645,20 +656,21 @@ class Store:
         self,
         *,
         limit: int,
-        types: Sequence[str] = (),
-        since: datetime | None = None,
-        until: datetime | None = None,
-        q: str | None = None,
         before_id: int | None = None,
         after_id: int | None = None,
         oldest_first: bool = False,
+        **filters: Unpack[EventFilter],
     ) -> list[StoredEvent]:
-        """Up to `limit` events, newest first (or oldest first), filtered by any of: event
-        types, received_at in [since, until), a payload substring (case-sensitive), and
-        `id` below `before_id` / above `after_id` (for stable paging and following)."""
+        """Up to `limit` events that pass `filters` (see EventFilter), newest first (or
+        oldest first), with `id` below `before_id` / above `after_id` (for stable paging
+        and following)."""
         model = self.model
         order = model.id.asc() if oldest_first else model.id.desc()
         query = model.select().order_by(order).limit(limit)
+        types = filters.get("types")
+        since = filters.get("since")
+        until = filters.get("until")
+        q = filters.get("q")
         if types:
             query = query.where(model.event_type.in_(list(types)))
         if since is not None:

@@ -7,7 +7,7 @@ import pytest
 
 from eventctl.errors import DatabaseError, IdempotencyConflict
 from eventctl.events import Event
-from eventctl.store import FOLLOW_BATCH, Follower, Incoming, Store, describe_url
+from eventctl.store import FOLLOW_BATCH, EventFilter, Follower, Incoming, Store, describe_url
 from tests.helpers import postgres_url
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -91,6 +91,24 @@ def test_a_follower_reads_each_new_matching_row_once_oldest_first(store: Store) 
     assert follower.next_batch() == []
     store.insert([incoming("later", "even"), incoming("other", "odd")])
     assert [e.event_id for e in follower.next_batch()] == ["later"]
+
+
+def test_one_filter_for_a_page_and_for_a_follower(store: Store) -> None:
+    rows = [
+        Incoming(f"e{i}", Event("odd" if i % 2 else "even", f"n{i % 3}"), T0 + timedelta(minutes=i))
+        for i in range(12)
+    ]
+    store.insert(rows)
+    filters: EventFilter = {
+        "types": ["even"],
+        "since": T0 + timedelta(minutes=2),
+        "until": T0 + timedelta(minutes=11),
+        "q": "n1",
+    }
+    matching = ["e10", "e4"]  # even, minutes 2 to 10, payload n1
+    assert [e.event_id for e in store.events(limit=50, **filters)] == matching
+    assert [e.event_id for e in store.events(limit=50, before_id=10, **filters)] == ["e4"]
+    assert [e.event_id for e in Follower(store, 0, **filters).next_batch()] == matching[::-1]
 
 
 def test_a_large_batch_is_one_transaction(store: Store) -> None:

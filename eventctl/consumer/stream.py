@@ -13,6 +13,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 import anyio
@@ -121,6 +122,16 @@ RECONNECT = RetryPolicy(base_seconds=1.0, max_seconds=5.0)
 """How `follow_stream` waits before reconnecting: 0.5-1 s, then doubling up to 2.5-5 s."""
 
 
+@dataclass(frozen=True)
+class Reconnect:
+    """How `follow_stream` waits between connections: the delays of `policy`, drawn from
+    `rng`, waited by `sleep` (tests pass their own to wait for nothing)."""
+
+    policy: RetryPolicy = RECONNECT
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], None] = time.sleep
+
+
 def stream_url(base: str) -> str:
     """The stream's URL from a consumer's base URL (or the stream's own); ConfigError if it
     is not an http:// or https:// URL."""
@@ -140,15 +151,14 @@ def follow_stream(
     on_data: Callable[[str], None],
     on_notice: Callable[[str], None],
     *,
-    policy: RetryPolicy = RECONNECT,
-    rng: random.Random | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    reconnect: Reconnect | None = None,
 ) -> NoReturn:
     """Read the stream at `url` forever: `on_data` gets each message's data, `on_notice`
-    a line about the connection. After a disconnect it reconnects with `Last-Event-ID`, so
-    nothing is missed or repeated. A refusal (an answer other than 200) is an EventctlError.
+    a line about the connection. After a disconnect it reconnects with `Last-Event-ID`
+    (waiting as `reconnect` says), so nothing is missed or repeated. A refusal (an answer
+    other than 200) is an EventctlError.
     """
-    rng = rng or random.Random()
+    reconnect = reconnect or Reconnect()
     timeout = httpx.Timeout(10, read=30)
     params = {"type": list(types)}
     last_id: str | None = None
@@ -174,6 +184,6 @@ def follow_stream(
         except httpx.DecodingError as exc:
             reason = str(exc)
         attempt += 1
-        delay = policy.delay(attempt, rng)
+        delay = reconnect.policy.delay(attempt, reconnect.rng)
         on_notice(f"{reason}; reconnecting in {delay:.1f}s")
-        sleep(delay)
+        reconnect.sleep(delay)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -16,8 +17,9 @@ from typing import IO
 import httpx
 import pytest
 
-from eventctl.consumer.stream import parse_sse, sse_lines
-from eventctl.errors import ExitCode
+from eventctl.consumer.stream import Reconnect, follow_stream, parse_sse, sse_lines, stream_url
+from eventctl.errors import EventctlError, ExitCode
+from eventctl.retry import RetryPolicy
 from tests.helpers import (
     HOSTILE,
     ROOT,
@@ -395,6 +397,46 @@ def test_tail_survives_streams_that_break_off_do_not_decode_end_early_or_carry_j
     assert junk
     assert unsafe_characters(junk[0]) == []
     assert "\\x1b[2J" in junk[0]
+
+
+class Stop(Exception):
+    pass
+
+
+def test_follow_stream_resumes_and_waits_as_its_reconnect_says() -> None:
+    scripted = ScriptedServer(
+        [
+            SSE_HEAD + chunk(sse_event(1)) + b"0\r\n\r\n",
+            SSE_HEAD + chunk(sse_event(2)),
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy",
+        ]
+    )
+    data: list[str] = []
+    notices: list[str] = []
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    policy = RetryPolicy(base_seconds=2.0, max_seconds=8.0)
+    reconnect = Reconnect(policy=policy, rng=random.Random(5), sleep=sleep)
+    with pytest.raises(EventctlError, match="503 busy"):
+        follow_stream(
+            stream_url(scripted.url), ["t"], data.append, notices.append, reconnect=reconnect
+        )
+    expected = random.Random(5)
+    assert waits == [policy.delay(1, expected), policy.delay(1, expected)]
+    assert [json.loads(d)["event_id"] for d in data] == ["e1", "e2"]
+    assert notices == [
+        f"following {scripted.url}/events/stream; Ctrl-C stops",
+        f"the stream ended; reconnecting in {waits[0]:.1f}s",
+        f"connection dropped; reconnecting in {waits[1]:.1f}s",
+    ]
+    assert [r.lower().split(b"last-event-id: ")[1][:1] for r in scripted.requests[1:]] == [
+        b"1",
+        b"2",
+    ]
+    assert all(b"type=t" in request for request in scripted.requests)
 
 
 def test_tail_reports_an_error_answer_escaped_on_one_line() -> None:
