@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -19,7 +19,7 @@ import uvicorn
 from rich.console import Console
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from eventctl.auth import WEBHOOK_SECRETS_ENV, Credentials
+from eventctl.auth import AUTH_TOKEN_ENV, WEBHOOK_SECRETS_ENV, Credentials
 from eventctl.config import ConsumerConfig
 from eventctl.consumer.app import ConsumerApp, create_app
 from eventctl.consumer.httpserver import Limits, ServerConfig, fit_connections
@@ -65,10 +65,15 @@ PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """`values` in os.environ for the block, and what was there before afterwards."""
+def _environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """`values` in os.environ for the block (None: the variable is unset), and what was
+    there before afterwards."""
     saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         yield
     finally:
@@ -116,47 +121,83 @@ def _uvicorn_config(cfg: ConsumerConfig, app: Any, **kwargs: Any) -> uvicorn.Con
     )
 
 
-def consumer_credentials(cfg: ConsumerConfig) -> Credentials:
+CREDENTIAL_VARIABLES = (AUTH_TOKEN_ENV, WEBHOOK_SECRETS_ENV)
+"""The environment variables consumer_credentials reads."""
+
+
+def consumer_credentials(cfg: ConsumerConfig, environ: Mapping[str, str]) -> Credentials:
+    """The credentials `cfg` requires, read from its files and from `environ`."""
     return Credentials.load(
         token_file=cfg.auth_token_file,
         secrets_variable=WEBHOOK_SECRETS_ENV,
         secrets_file=cfg.webhook_secrets_file,
-        environ=os.environ,
+        environ=environ,
     )
 
 
-def consumer_server(cfg: ConsumerConfig, store: Store) -> uvicorn.Server:
-    app = create_app(cfg, store, credentials=consumer_credentials(cfg))
+def consumer_server(
+    cfg: ConsumerConfig, store: Store, *, environ: Mapping[str, str] = os.environ
+) -> uvicorn.Server:
+    """uvicorn serving the app of `cfg` and `store`, with credentials from `environ`."""
+    return _server(cfg, store, consumer_credentials(cfg, environ))
+
+
+def _server(cfg: ConsumerConfig, store: Store, credentials: Credentials) -> uvicorn.Server:
+    app = create_app(cfg, store, credentials=credentials)
     return uvicorn.Server(_uvicorn_config(cfg, app))
 
 
 def worker_app() -> ConsumerApp:
-    """The app of one `serve --workers N` process, built from the parent's config."""
+    """The app of one `serve --workers N` process, built from what the parent put in this
+    process's environment (see worker_environment)."""
     cfg = ConsumerConfig(**json.loads(os.environ[WORKER_CONFIG_ENV]))
     multiprocess = PROMETHEUS_ENV in os.environ
     return create_app(
         cfg,
         Store.open(cfg.database_url),
-        credentials=consumer_credentials(cfg),
+        credentials=consumer_credentials(cfg, os.environ),
         multiprocess_metrics=multiprocess,
     )
 
 
-def _serve_workers(cfg: ConsumerConfig, sock: socket.socket) -> None:
+def worker_environment(
+    cfg: ConsumerConfig, metrics_dir: str, environ: Mapping[str, str]
+) -> dict[str, str | None]:
+    """What the workers' environment must hold (None: must not hold): they are new
+    processes, so the config, the metrics directory and the credential variables of
+    `environ` reach them there."""
+    values: dict[str, str | None] = {
+        WORKER_CONFIG_ENV: json.dumps(asdict(cfg)),
+        PROMETHEUS_ENV: metrics_dir,
+    }
+    values.update({name: environ.get(name) for name in CREDENTIAL_VARIABLES})
+    return values
+
+
+def _serve_workers(cfg: ConsumerConfig, sock: socket.socket, environ: Mapping[str, str]) -> None:
     """N uvicorn worker processes sharing `sock`, supervised by uvicorn until a signal."""
-    with tempfile.TemporaryDirectory(prefix="eventctl-metrics-") as metrics_dir:
-        # The workers are new processes: the config reaches them through their environment.
-        worker_env = {WORKER_CONFIG_ENV: json.dumps(asdict(cfg)), PROMETHEUS_ENV: metrics_dir}
-        with _environment(worker_env):
-            config = _uvicorn_config(
-                cfg, "eventctl.consumer.server:worker_app", factory=True, workers=cfg.workers
-            )
-            Multiprocess(config, sockets=[sock]).run()
+    with (
+        tempfile.TemporaryDirectory(prefix="eventctl-metrics-") as metrics_dir,
+        _environment(worker_environment(cfg, metrics_dir, environ)),
+    ):
+        config = _uvicorn_config(
+            cfg, "eventctl.consumer.server:worker_app", factory=True, workers=cfg.workers
+        )
+        Multiprocess(config, sockets=[sock]).run()
 
 
-def serve(cfg: ConsumerConfig, sock: socket.socket, console: Console) -> None:
-    """Run the consumer on `sock` until SIGINT/SIGTERM; return after a graceful shutdown."""
+def serve(
+    cfg: ConsumerConfig,
+    sock: socket.socket,
+    console: Console,
+    *,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """Run the consumer on `sock` until SIGINT/SIGTERM; return after a graceful shutdown.
+    Credentials come from the config's files and from `environ`."""
     try:
+        # checked before any worker starts: a bad secret is one error, not one per worker
+        credentials = consumer_credentials(cfg, environ)
         store = Store.open(cfg.database_url, create=True)
     except EventctlError:
         sock.close()
@@ -172,9 +213,9 @@ def serve(cfg: ConsumerConfig, sock: socket.socket, console: Console) -> None:
     try:
         if cfg.workers > 1:
             store.close()
-            _serve_workers(cfg, sock)
+            _serve_workers(cfg, sock, environ)
         else:
-            server = consumer_server(cfg, store)
+            server = _server(cfg, store, credentials)
             # uvicorn restores the handlers it found and then re-raises the signal it
             # caught; with these no-op handlers in place, that re-raise ends in a return.
             with _ignoring_signals(signal.SIGINT, signal.SIGTERM):
