@@ -86,7 +86,9 @@ class ConsumerConfig:
     log_level: str = _option("warning", _log_level, "server log level: " + ", ".join(LOG_LEVELS))
     max_batch: int = _option(1000, _positive, "most events in one POST /events")
     commit_max_events: int = _option(1000, _positive, "most events in one commit")
-    commit_max_wait_ms: float = _option(0.0, _non_negative, "milliseconds to wait for more events before a commit")
+    commit_max_wait_ms: float = _option(
+        0.0, _non_negative, "milliseconds to wait for more events before a commit"
+    )
     max_queued_events: int = _option(10_000, _positive, "events waiting for a commit before 503")
     workers: int = _option(1, _positive, "worker processes")
     fail_rate: float = _option(0.0, _fraction, "fault drill: share of ingest requests refused")
@@ -98,7 +100,9 @@ class ConsumerConfig:
     webhook_secrets_file: str = _option("", None, "file of whsec_ secrets to verify signatures")
     webhook_tolerance_seconds: float = _option(300.0, _positive, "accepted webhook-timestamp skew")
     auth_token_file: str = _option("", None, "file holding the bearer token to require")
-    max_header_bytes: int = _option(16_384, _positive, "largest request line plus headers; more is 431")
+    max_header_bytes: int = _option(
+        16_384, _positive, "largest request line plus headers; more is 431"
+    )
     max_headers: int = _option(100, _positive, "most header fields in one request; more is 431")
     header_timeout_seconds: float = _option(
         10.0, _positive, "seconds to send a complete request head", "--header-timeout"
@@ -109,7 +113,9 @@ class ConsumerConfig:
     keep_alive_seconds: float = _option(
         5.0, _positive, "seconds an idle connection stays open", "--keep-alive"
     )
-    max_connections: int = _option(1000, _positive, "open connections per worker; more are refused with 503")
+    max_connections: int = _option(
+        1000, _positive, "open connections per worker; more are refused with 503"
+    )
     allowed_hosts: str = _option(
         "", None, "comma-separated Host names accepted besides loopback ones"
     )
@@ -133,12 +139,16 @@ class PropagatorConfig:
     events_file: str = _option(DEFAULT_EVENTS_FILE, None, "JSON list of events to choose from")
     max_in_flight: int = _option(100, _positive, "most events unsettled at once")
     retry_attempts: int = _option(100, _positive, "attempts per event before it fails")
-    retry_base_seconds: float = _option(0.2, _positive, "first retry delay in seconds, doubled each time")
+    retry_base_seconds: float = _option(
+        0.2, _positive, "first retry delay in seconds, doubled each time"
+    )
     retry_max_seconds: float = _option(10.0, _positive, "longest retry delay in seconds")
     retry_max_elapsed_seconds: float = _option(
         120.0, _positive, "seconds an event is retried for, from its first attempt"
     )
-    request_timeout_seconds: float = _option(5.0, _positive, "seconds to wait for one answer", "--timeout")
+    request_timeout_seconds: float = _option(
+        5.0, _positive, "seconds to wait for one answer", "--timeout"
+    )
     spool_path: str = _option(
         ".eventctl/spool.db", None, "the record of generated events", "--spool"
     )

@@ -5,16 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from dataclasses import replace
+from collections.abc import Callable
 
-from rich.console import Console
-
-from eventctl.config import ConsumerConfig, PropagatorConfig
+from eventctl.cli.environment import Environment
+from eventctl.config import ConsumerConfig
 from eventctl.consumer.server import consumer_server, local_url
 from eventctl.errors import EventctlError
 from eventctl.propagator.propagator import Stats
-from eventctl.propagator.run import DisplayMode, propagate_events
-from eventctl.propagator.templates import EventPool
 from eventctl.store import Store, describe_url
 
 STARTUP_TIMEOUT_SECONDS = 15.0
@@ -22,21 +19,17 @@ STARTUP_TIMEOUT_SECONDS = 15.0
 
 def run_up(
     ccfg: ConsumerConfig,
-    pcfg: PropagatorConfig,
-    events: EventPool,
     sock: socket.socket,
-    *,
-    count: int | None,
-    duration: float | None,
-    seed: int | None,
-    mode: DisplayMode,
-    new_run: bool = False,
+    interval: float,
+    propagate: Callable[[str], Stats],
+    env: Environment,
 ) -> Stats:
-    """The consumer on `sock` in a background thread, the propagator in front, both stopped
-    together; the port is free again when this returns."""
-    console = Console(stderr=True, highlight=False)
+    """The consumer on `sock` in a background thread, `propagate(endpoint)` in front (sending
+    every `interval` seconds), both stopped together; the port is free again when this
+    returns. Credentials come from the Environment's variables, the lines go to its stderr."""
+    console = env.console(stderr=True)
     store = Store.open(ccfg.database_url, create=True)
-    server = consumer_server(ccfg, store)
+    server = consumer_server(ccfg, store, environ=env.environ)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="eventctl-consumer", daemon=True
     )
@@ -47,23 +40,14 @@ def run_up(
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise EventctlError("the consumer did not start (see the log above)")
             time.sleep(0.01)
-        endpoint = local_url(sock, "/event")
         console.print(
             f"eventctl up: consumer on {local_url(sock)} "
             f"(database {describe_url(ccfg.database_url)}), "
-            f"sending every {pcfg.interval_seconds:g}s; Ctrl-C stops",
+            f"sending every {interval:g}s; Ctrl-C stops",
             markup=False,
             soft_wrap=True,
         )
-        stats = propagate_events(
-            replace(pcfg, api_endpoint=endpoint),
-            events,
-            count=count,
-            duration=duration,
-            seed=seed,
-            mode=mode,
-            new_run=new_run,
-        )
+        stats = propagate(local_url(sock, "/event"))
     finally:
         server.should_exit = True
         thread.join()

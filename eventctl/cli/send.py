@@ -100,7 +100,8 @@ def propagate(
     if not drain:
         cfg = with_events(cfg)
     events = EventPool([]) if drain else load_events_file(Path(cfg.events_file))
-    mode = DisplayMode.choose(quiet=quiet, json_log=json_log, tty=bool(current().stderr_isatty))
+    env = current()
+    mode = DisplayMode.choose(quiet=quiet, json_log=json_log, tty=bool(env.stderr_isatty))
     stats = propagate_events(
         cfg,
         events,
@@ -109,6 +110,9 @@ def propagate(
         seed=seed,
         mode=mode,
         new_run=new_run,
+        environ=env.environ,
+        stdout=env.stdout,
+        stderr=env.stderr,
     )
     if not stats.all_delivered:
         raise typer.Exit(ExitCode.UNDELIVERED)
@@ -210,7 +214,7 @@ def send_once(
         event_id=idempotency_key or new_event_id(),
         timeout=cfg.request_timeout_seconds,
         clock=time.monotonic,
-        credentials=propagator_credentials(cfg),
+        credentials=propagator_credentials(cfg, current().environ),
     )
     if as_json:
         outcome = {

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,6 +27,9 @@ from eventctl.cli.options import (
 from eventctl.config import ConsumerConfig as C
 from eventctl.errors import ExitCode
 from eventctl.propagator.templates import load_events_file
+
+if TYPE_CHECKING:
+    from eventctl.propagator.propagator import Stats
 
 
 @guarded
@@ -93,7 +97,8 @@ def serve_command(
         max_connections=max_connections,
         allowed_hosts=allowed_hosts,
     )
-    serve(cfg, listen(cfg.host, cfg.port), current().console(stderr=True))
+    env = current()
+    serve(cfg, listen(cfg.host, cfg.port), env.console(stderr=True), environ=env.environ)
 
 
 @guarded
@@ -109,14 +114,29 @@ def up(
     """Run the consumer and the propagator together, until Ctrl-C (or --count/--duration)."""
     from eventctl.cli.run import run_up
     from eventctl.consumer.server import listen
-    from eventctl.propagator.run import DisplayMode
+    from eventctl.propagator.run import DisplayMode, propagate_events
 
+    env = current()
     ccfg = consumer_config(None, port=port, database_url=database_url)
     pcfg = with_events(propagator_config(None, interval_seconds=interval))
     seconds = duration(duration_text)
     events = load_events_file(Path(pcfg.events_file))
-    mode = DisplayMode.choose(quiet=quiet, json_log=False, tty=bool(current().stderr_isatty))
+    mode = DisplayMode.choose(quiet=quiet, json_log=False, tty=bool(env.stderr_isatty))
+
+    def propagate(endpoint: str) -> Stats:
+        return propagate_events(
+            dataclasses.replace(pcfg, api_endpoint=endpoint),
+            events,
+            count=count,
+            duration=seconds,
+            seed=seed,
+            mode=mode,
+            environ=env.environ,
+            stdout=env.stdout,
+            stderr=env.stderr,
+        )
+
     sock = listen(ccfg.host, ccfg.port)
-    stats = run_up(ccfg, pcfg, events, sock, count=count, duration=seconds, seed=seed, mode=mode)
+    stats = run_up(ccfg, sock, pcfg.interval_seconds, propagate, env)
     if not stats.all_delivered:
         raise typer.Exit(ExitCode.UNDELIVERED)

@@ -120,6 +120,9 @@ def spool_retry(
         seed=None,
         mode=mode,
         title="eventctl spool retry",
+        environ=env.environ,
+        stdout=env.stdout,
+        stderr=env.stderr,
     )
     if not stats.all_delivered:
         raise typer.Exit(ExitCode.UNDELIVERED)
