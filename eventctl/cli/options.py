@@ -19,6 +19,7 @@ from eventctl.config import (
     DEFAULT_EVENTS_FILE,
     DEFAULT_PROPAGATOR_CONFIG,
     LOG_LEVELS,
+    C,
     ConsumerConfig,
     PropagatorConfig,
     flag_name,
@@ -124,24 +125,24 @@ TypesOption = Annotated[
 ]
 
 
-def consumer_config(config: Path | None, **overrides: Any) -> ConsumerConfig:
+def _config(cls: type[C], default: Path, config: Path | None, overrides: dict[str, Any]) -> C:
+    """`cls` from `config` (or `default`, if it exists), the Environment's variables and the
+    flags given."""
     return load_config(
-        ConsumerConfig,
-        config or DEFAULT_CONSUMER_CONFIG,
+        cls,
+        config or default,
         required=config is not None,
         environ=current().environ,
         overrides=overrides,
     )
+
+
+def consumer_config(config: Path | None, **overrides: Any) -> ConsumerConfig:
+    return _config(ConsumerConfig, DEFAULT_CONSUMER_CONFIG, config, overrides)
 
 
 def propagator_config(config: Path | None, **overrides: Any) -> PropagatorConfig:
-    return load_config(
-        PropagatorConfig,
-        config or DEFAULT_PROPAGATOR_CONFIG,
-        required=config is not None,
-        environ=current().environ,
-        overrides=overrides,
-    )
+    return _config(PropagatorConfig, DEFAULT_PROPAGATOR_CONFIG, config, overrides)
 
 
 def events_path(events_file: str) -> Path:
