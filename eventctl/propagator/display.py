@@ -35,6 +35,36 @@ def _elapsed(seconds: float) -> str:
     return f"{hours:d}:{minutes:02d}:{secs:02d}"
 
 
+def _counts(stats: Stats) -> Table:
+    """The row of counts: sent, resent, delivered and what became of the rest."""
+    counts = Table.grid(padding=(0, 3))
+    names: tuple[str, ...] = ("sent", "resent", "delivered", "retrying", "failed", "replayed")
+    values: tuple[int, ...] = (
+        stats.generated,
+        stats.resent,
+        stats.delivered,
+        stats.retrying,
+        stats.failed,
+        stats.replayed,
+    )
+    styles: tuple[str, ...] = ("", "", "green", "yellow", "red", "")
+    if stats.pacing is None:  # a replay skips no tick: it waits
+        names, values, styles = (
+            (*names, "skipped"),
+            (*values, stats.skipped_ticks),
+            (*styles, "yellow"),
+        )
+    else:
+        names = (*names[:-1], "already stored")
+    for _ in names:
+        counts.add_column(justify="right")
+    counts.add_row(*(Text(n, style="dim") for n in names))
+    counts.add_row(
+        *(Text(str(v), style=s if v else "") for v, s in zip(values, styles, strict=True))
+    )
+    return counts
+
+
 def render(stats: Stats, now: float, *, title: str = TITLE) -> RenderableType:
     """The live status of a run as a Rich renderable. Pure: same input, same output."""
     head = Table.grid(padding=(0, 2))
@@ -44,37 +74,22 @@ def render(stats: Stats, now: float, *, title: str = TITLE) -> RenderableType:
     head.add_column()
     in_flight = Text(f"{stats.in_flight} / {stats.max_in_flight}")
     if stats.capped:
-        in_flight.append("  cap hit: ticks skipped", style="bold yellow")
+        waiting = "waiting for room" if stats.pacing is not None else "ticks skipped"
+        in_flight.append(f"  cap hit: {waiting}", style="bold yellow")
     if stats.spool_full:
         in_flight.append("  spool full: generation paused", style="bold yellow")
     head.add_row(
         "endpoint", Text(visible(stats.endpoint)), "elapsed", _elapsed(now - stats.started_at)
     )
-    head.add_row(
-        "interval",
-        f"{stats.interval:g} s ({1 / stats.interval:g}/s)",
-        "in flight",
-        in_flight,
-    )
+    if stats.pacing is not None:
+        pace = ("pacing", stats.pacing)
+    elif stats.interval > 0:
+        pace = ("interval", f"{stats.interval:g} s ({1 / stats.interval:g}/s)")
+    else:
+        pace = ("interval", "none: flat out")
+    head.add_row(*pace, "in flight", in_flight)
 
-    counts = Table.grid(padding=(0, 3))
-    names = ("sent", "resent", "delivered", "retrying", "failed", "replayed", "skipped")
-    values = (
-        stats.generated,
-        stats.resent,
-        stats.delivered,
-        stats.retrying,
-        stats.failed,
-        stats.replayed,
-        stats.skipped_ticks,
-    )
-    styles = ("", "", "green", "yellow", "red", "", "yellow")
-    for _ in names:
-        counts.add_column(justify="right")
-    counts.add_row(*(Text(n, style="dim") for n in names))
-    counts.add_row(
-        *(Text(str(v), style=s if v else "") for v, s in zip(values, styles, strict=True))
-    )
+    counts = _counts(stats)
 
     last = stats.last
     latency = Table.grid(padding=(0, 2))
@@ -169,11 +184,15 @@ def summary_lines(summary: dict[str, Any], *, title: str = TITLE) -> list[str]:
     """
     resent = f"{summary['resent']} resent from the spool, " if summary["resent"] else ""
     elapsed = summary["elapsed_seconds"]
+    if "pacing" in summary:  # a replay: it skips no tick, and says "replayed" plainly
+        counted = f"{summary['replayed']} already stored"
+    else:
+        skipped = _plural(summary["skipped_ticks"], "tick")
+        counted = f"{summary['replayed']} replayed, {skipped} skipped"
     first = (
         f"{title}: {summary['generated']} sent, {resent}{summary['delivered']} "
         f"delivered, {summary['failed']} failed, {summary['pending']} pending "
-        f"in {elapsed:.1f}s ({_plural(summary['attempts'], 'attempt')}, "
-        f"{summary['replayed']} replayed, {_plural(summary['skipped_ticks'], 'tick')} skipped)"
+        f"in {elapsed:.1f}s ({_plural(summary['attempts'], 'attempt')}, {counted})"
     )
     second = [
         f"latency p50 {_summary_ms(summary['latency_p50_ms'])}, "

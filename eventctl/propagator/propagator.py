@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+import shlex
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -27,6 +28,7 @@ from eventctl.events import Event, new_event_id
 from eventctl.propagator.spool import Spool
 from eventctl.propagator.templates import EventPool
 from eventctl.retry import RetryPolicy, transport_error_text
+from eventctl.textsafe import json_text
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -105,6 +107,7 @@ class Stats:
     endpoint: str
     interval: float
     max_in_flight: int
+    pacing: str | None = None
     started_at: float = 0.0
     finished_at: float | None = None
     cpu_seconds: float = 0.0
@@ -173,20 +176,41 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class Scheduled(NamedTuple):
+    """One event of a replay: the id it goes out with, the event, when it is due (seconds
+    after the replay starts) and its position in the source (the spool's cursor)."""
+
+    event_id: str
+    event: Event
+    due: float
+    position: int
+
+
+Pages = Iterator[Sequence[Scheduled]]
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a run generates and when: one event picked from `events` per tick, tick k due
     `k * interval` seconds after the start, until `count` events or `duration` seconds (with
-    neither, until stop()). count=0 generates nothing: the run only resends what is pending."""
+    neither, until stop()). count=0 generates nothing: the run only resends what is pending.
 
-    events: Sequence[Event] | EventPool
-    interval: float
+    With `replay`, the run sends instead the events of these pages, in order, each when it
+    is due; a full in-flight cap delays them (a replay skips nothing)."""
+
+    events: Sequence[Event] | EventPool = ()
+    interval: float = 0.0
     count: int | None = None
     duration: float | None = None
+    replay: Pages | None = None
 
     def __post_init__(self) -> None:
-        if not self.events and self.count != 0:
+        if self.replay is None and not self.events and self.count != 0:
             raise ValueError("no events to send")
+
+
+async def _in_thread(read: Callable[[], Sequence[Scheduled]]) -> Sequence[Scheduled]:
+    return await asyncio.to_thread(read)
 
 
 @dataclass(frozen=True)
@@ -207,19 +231,20 @@ class Delivery:
 class Spooling:
     """The durable record of a run: each generated event is written to `spool` before it is
     sent and settled there after; generation pauses while `max_pending` events wait in it;
-    `replay` (what earlier runs left pending, with their ids) is resent before anything new."""
+    `resend` (what earlier runs left pending, with their ids) is sent before anything new."""
 
     spool: Spool
     max_pending: int = 10_000
-    replay: Sequence[tuple[str, Event]] = ()
+    resend: Sequence[tuple[str, Event]] = ()
 
 
 @dataclass(frozen=True)
 class Runtime:
     """What the propagator takes from the world, the process's own by default: the monotonic
     `clock` that schedules and its `sleep`, the CPU clock of the summary, the wall clock
-    (templates, signatures, Retry-After dates), the id of each new event, and the random
-    sources of the choice of events (`rng`, which --seed seeds) and of the retry jitter.
+    (templates, signatures, Retry-After dates), the id of each new event, the random
+    sources of the choice of events (`rng`, which --seed seeds) and of the retry jitter, and
+    how a replay's next page is read (in a thread, while the current one is sent).
     Tests replace them with a virtual clock and seeded sources, so that nothing really waits."""
 
     clock: Clock = time.monotonic
@@ -229,6 +254,9 @@ class Runtime:
     new_id: Callable[[], str] = new_event_id
     rng: random.Random = field(default_factory=random.Random)
     jitter_rng: random.Random = field(default_factory=random.Random)
+    read_page: Callable[[Callable[[], Sequence[Scheduled]]], Awaitable[Sequence[Scheduled]]] = (
+        _in_thread
+    )
 
 
 @dataclass(frozen=True)
@@ -274,6 +302,7 @@ class Propagator:
             delivery.endpoint, plan.interval, delivery.max_in_flight
         )
         self._stop = asyncio.Event()
+        self._room = asyncio.Event()
         self._abort = asyncio.Event()
         self._sleeper: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -281,6 +310,7 @@ class Propagator:
     def stop(self) -> None:
         """Stop generating; run() then gives in-flight events the grace period and returns."""
         self._stop.set()
+        self._room.set()
         if self._sleeper is not None:
             self._sleeper.cancel()
 
@@ -311,17 +341,29 @@ class Propagator:
         return self._stop.is_set()
 
     async def run(self, grace: float = 3.0) -> Stats:
-        """Resend the spool's `replay` first, then generate and deliver until done; return
-        the stats."""
-        stats, clock, interval = self.stats, self.runtime.clock, self.plan.interval
-        start = stats.started_at = clock()
+        """Resend what the spooling says first, then generate (or replay) and deliver until
+        done; return the stats."""
+        stats, clock = self.stats, self.runtime.clock
+        stats.started_at = clock()
         cpu_start = self.runtime.cpu_clock()
-        spool = None if self.spooling is None else self.spooling.spool
-        for event_id, event in () if self.spooling is None else self.spooling.replay:
+        for event_id, event in () if self.spooling is None else self.spooling.resend:
             if len(self._tasks) >= self.delivery.max_in_flight and await self._wait_for_slot():
                 break
             stats.resent += 1
             self._launch(event_id, event)
+        if self.plan.replay is not None:
+            await self._replay(self.plan.replay)
+        else:
+            await self._generate()
+        await self._settle(grace)
+        stats.finished_at = clock()
+        stats.cpu_seconds = self.runtime.cpu_clock() - cpu_start
+        return stats
+
+    async def _generate(self) -> None:
+        """The ticks of the plan, each due on time, until done or stopped."""
+        clock, interval = self.runtime.clock, self.plan.interval
+        spool = None if self.spooling is None else self.spooling.spool
         start = clock()
         tick = 0
         while not self._done(tick):
@@ -341,10 +383,58 @@ class Propagator:
                 spool.add_many(fresh)
             for event_id, event in fresh:
                 self._launch(event_id, event)
-        await self._settle(grace)
-        stats.finished_at = clock()
-        stats.cpu_seconds = self.runtime.cpu_clock() - cpu_start
-        return stats
+
+    async def _replay(self, pages: Pages) -> None:
+        """Send each page's events when due and there is room in flight, until the pages end
+        or stop(); the next page is read while this one is sent. Everything due together
+        goes in one spool commit, which also moves the run's cursor."""
+        clock, stats = self.runtime.clock, self.stats
+        spool = None if self.spooling is None else self.spooling.spool
+
+        def read() -> Sequence[Scheduled]:
+            return next(pages, ())
+
+        start = clock()
+        ahead = asyncio.ensure_future(self.runtime.read_page(read))
+        try:
+            while page := await ahead:
+                ahead = asyncio.ensure_future(self.runtime.read_page(read))
+                i = 0
+                while i < len(page):
+                    if await self._sleep_or_stop(start + page[i].due - clock()):
+                        return
+                    if await self._wait_for_room():
+                        return
+                    now = clock()
+                    room = self.delivery.max_in_flight - len(self._tasks)
+                    j = i + 1
+                    while j < len(page) and j - i < room and start + page[j].due <= now:
+                        j += 1
+                    batch = page[i:j]
+                    if spool is not None:
+                        spool.add_many(
+                            [(s.event_id, s.event) for s in batch], cursor=batch[-1].position
+                        )
+                    for item in batch:
+                        stats.lateness.append(now - start - item.due)
+                        self._launch(item.event_id, item.event)
+                    stats.generated += len(batch)
+                    i = j
+        finally:
+            ahead.cancel()
+
+    async def _wait_for_room(self) -> bool:
+        """Wait for a free place in flight (for an eighth of them, once the cap is full, so
+        that a replay running flat out commits its spool in batches); True if stopped."""
+        cap = self.delivery.max_in_flight
+        if len(self._tasks) >= cap:
+            self.stats.capped = True
+            most = cap - max(1, cap // 8)
+            while len(self._tasks) > most and not self._stop.is_set():
+                self._room.clear()
+                await self._room.wait()
+            self.stats.capped = False
+        return self._stop.is_set()
 
     def _done(self, tick: int) -> bool:
         plan = self.plan
@@ -388,7 +478,11 @@ class Propagator:
         self.stats.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._deliver(event_id, event))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._room.set()
 
     async def _settle(self, grace: float) -> None:
         """Wait for in-flight events: all of them, or (once stopped) for `grace` seconds."""
@@ -517,6 +611,21 @@ def request_headers(
         signed = signature_headers(credentials.keys[0], event_id, timestamp, body)
         headers.extend((name.encode(), value.encode()) for name, value in signed.items())
     return headers
+
+
+def curl_command(
+    url: str, credentials: Credentials, event_id: str, event: Event, now: Callable[[], datetime]
+) -> str:
+    """A `curl` command that POSTs `event` to `url` as the propagator would: its id as
+    Idempotency-Key, the bearer token and a signature (valid for the receiver's tolerance,
+    five minutes by default) when `credentials` have them. The body is JSON whose characters
+    a terminal would act on are escaped, and the signature covers exactly that body."""
+    body = json_text(event.to_json()).encode()
+    parts = ["curl", "-sS", shlex.quote(url)]
+    for name, value in request_headers(credentials, event_id, body, now):
+        parts += ["-H", shlex.quote(f"{name.decode()}: {value.decode()}")]
+    parts += ["--data-binary", shlex.quote(body.decode())]
+    return " ".join(parts)
 
 
 @dataclass(frozen=True)

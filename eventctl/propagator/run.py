@@ -15,8 +15,10 @@ import gc
 import os
 import random
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,10 +33,12 @@ from rich.console import Console
 
 from eventctl.auth import SIGNING_SECRET_ENV, Credentials
 from eventctl.config import PropagatorConfig
+from eventctl.errors import Unavailable
 from eventctl.propagator.display import TITLE, Display, JsonDisplay, LiveDisplay, LogDisplay
 from eventctl.propagator.propagator import (
     Delivery,
     Observers,
+    Pages,
     Plan,
     Propagator,
     Runtime,
@@ -267,7 +271,8 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
     spool = Spool.open(Path(cfg.spool_path))
     try:
         run, count = _begin_run(spool, cfg, count, new=new_run)
-        replay = [(entry.event_id, entry.event) for entry in spool.entries("pending")]
+        pending = spool.entries("pending", kind="propagate")
+        resend = [(entry.event_id, entry.event) for entry in pending]
         stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
         display = make_display(
             mode,
@@ -279,14 +284,14 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
         propagator = Propagator(
             Plan(events, cfg.interval_seconds, count, duration),
             delivery(cfg, propagator_transport(cfg), credentials),
-            spooling=Spooling(spool, cfg.spool_max_pending, replay),
+            spooling=Spooling(spool, cfg.spool_max_pending, resend),
             runtime=Runtime(rng=random.Random(seed)),
             observers=Observers(stats, display.record),
         )
         if run is not None and run.generated:
             display.print(
                 f"resuming run {run.run_id} ({run.generated} of "
-                f"{run.target} generated, {len(replay)} pending); --new-run starts afresh"
+                f"{run.target} generated, {len(resend)} pending); --new-run starts afresh"
             )
         stats = _run_async(_propagate(propagator, display))
         summary = stats.summary(propagator.runtime.clock())
@@ -299,3 +304,118 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
         return stats
     finally:
         spool.close()
+
+
+@dataclass(frozen=True)
+class ReplayJob:
+    """What `eventctl replay` asks the propagator to do: send the events of a source (named
+    `name`) to `cfg.api_endpoint`, paced as `pacing` says. `key` is the same for the same
+    source, selection, destination and ids, so a run killed before its end is found again.
+    `plan(upto, after)` gives (events selected, the snapshot's last position, the pages
+    after position `after`) of the snapshot ending at `upto` (None: the source as it is)."""
+
+    name: str
+    key: str
+    pacing: str
+    interval: float
+    plan: Callable[[int | None, int | None], tuple[int, int, Pages]]
+
+
+def check_reachable(url: str, timeout: float) -> None:
+    """Raise Unavailable unless a TCP connection to `url`'s host and port opens."""
+    parsed = httpx.URL(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise Unavailable(f"cannot connect to {url}: {reason}") from None
+
+
+def replay_events(  # noqa: PLR0913 - the job, display mode, --new-run, title, environ, streams
+    cfg: PropagatorConfig,
+    job: ReplayJob,
+    *,
+    mode: DisplayMode,
+    new_run: bool = False,
+    title: str = "eventctl replay",
+    environ: Mapping[str, str] = os.environ,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> Stats:
+    """Send `job`'s events to `cfg.api_endpoint` by the propagator's delivery: spooled
+    first, retried, signed, shown on `mode`. The replay is a run of the spool (kind
+    replay): the latest unfinished one with the job's key is resumed (unless `new_run`),
+    its pending events resent first and its source read on from the cursor."""
+    credentials = propagator_credentials(cfg, environ)
+    spool = Spool.open(Path(cfg.spool_path))
+    try:
+        latest = None if new_run else spool.latest_run("replay", job.key)
+        resumed = latest is not None and latest.unfinished
+        if latest is not None and resumed:
+            total, _, pages = job.plan(latest.upto, latest.cursor)
+            spool.resume(latest)
+            run = latest
+        else:
+            total, upto, pages = job.plan(None, None)
+            run = spool.new_run(
+                total, cfg.api_endpoint, job.name, kind="replay", run_key=job.key, upto=upto
+            )
+        pending = spool.entries("pending", run_id=run.run_id)
+        resend = [(entry.event_id, entry.event) for entry in pending]
+        stats = Stats(cfg.api_endpoint, job.interval, cfg.max_in_flight, pacing=job.pacing)
+        display = make_display(
+            mode,
+            stats,
+            title=title,
+            stdout=sys.stdout if stdout is None else stdout,
+            stderr=sys.stderr if stderr is None else stderr,
+        )
+        propagator = Propagator(
+            Plan(replay=pages),
+            delivery(cfg, propagator_transport(cfg), credentials),
+            spooling=Spooling(spool, cfg.spool_max_pending, resend),
+            observers=Observers(stats, display.record),
+        )
+        if resumed:
+            display.print(
+                f"resuming replay run {run.run_id} ({run.generated} of {run.target} sent, "
+                f"{len(resend)} pending); --new-run starts afresh"
+            )
+        else:
+            display.print(
+                f"replaying {total} events from {job.name} to {cfg.api_endpoint} (run {run.run_id})"
+            )
+        stats = _run_async(_propagate(propagator, display))
+        summary = stats.summary(propagator.runtime.clock())
+        after = spool.run(run.run_id)
+        assert after is not None
+        summary.update(
+            run=after.run_id,
+            run_target=after.target,
+            run_generated=after.generated,
+            pacing=job.pacing,
+        )
+        display.summary(summary)
+        for line in replay_hints(stats, cfg, after):
+            display.print(line)
+        return stats
+    finally:
+        spool.close()
+
+
+def replay_hints(stats: Stats, cfg: PropagatorConfig, run: Run) -> list[str]:
+    """After a replay's summary: how to finish it, and where its failures are."""
+    hints = []
+    if run.unfinished:
+        hints.append(
+            f"run {run.run_id}: {run.generated} of {run.target} sent, {run.pending} pending; "
+            "the same `eventctl replay` command resumes it"
+        )
+    if stats.failed:
+        hints.append(
+            f"{stats.failed} failed events are in the spool ({cfg.spool_path}, "
+            f"`eventctl spool list`); run the replay again to resend the run's events "
+            "(a consumer that honours ids stores each once)"
+        )
+    return hints

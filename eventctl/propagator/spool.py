@@ -8,6 +8,9 @@ It uses the standard library's sqlite3: it is a private queue, not the events st
 Each `propagate` that generates events does so in a *run* (an id, its `--count` target,
 endpoint and events file, a start time); every event remembers its run, so `verify` can
 check one run, and a run killed before its target is resumed rather than begun again.
+A `replay` run also keeps its source position (the cursor, written in the same transaction
+as the events it covers), so a replay killed and started again goes on where it stopped;
+its entries are resent only by the replay, never by `propagate`.
 """
 
 from __future__ import annotations
@@ -22,18 +25,23 @@ from eventctl.errors import EventctlError, ExitCode
 from eventctl.events import Event
 
 SETTLE_BATCH = 256
-SCHEMA = """
+SPOOL_TABLE = """
 CREATE TABLE IF NOT EXISTS spool (
-    event_id TEXT PRIMARY KEY,
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
     event_type TEXT NOT NULL,
     event_payload TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
     created_at REAL NOT NULL,
     settled_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_result TEXT
+    last_result TEXT,
+    run_id INTEGER REFERENCES runs (run_id)
 );
-CREATE INDEX IF NOT EXISTS spool_state ON spool (state, created_at);
+"""
+SCHEMA = (
+    SPOOL_TABLE
+    + """
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY AUTOINCREMENT,
     target INTEGER,
@@ -42,15 +50,59 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL NOT NULL
 );
 """
-# spools written before runs existed lack the column; their events belong to no run
+)
+INDEXES = """
+CREATE INDEX IF NOT EXISTS spool_state ON spool (state, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS spool_event ON spool (event_id, run_id);
+CREATE INDEX IF NOT EXISTS spool_run ON spool (run_id, state);
+"""
+# Older spools: events before runs existed lack run_id (and belong to no run); before
+# replay, event_id was the primary key, so one id could not be in two runs; runs lack the
+# columns of replay (kind, run_key, cursor: the last source position spooled, upto: the
+# source's last position when the run began).
 RUN_COLUMN = "ALTER TABLE spool ADD COLUMN run_id INTEGER REFERENCES runs (run_id)"
-RUN_INDEX = "CREATE INDEX IF NOT EXISTS spool_run ON spool (run_id, state)"
+RUN_COLUMNS = {
+    "kind": "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'propagate'",
+    "run_key": "ALTER TABLE runs ADD COLUMN run_key TEXT",
+    "cursor": "ALTER TABLE runs ADD COLUMN cursor INTEGER",
+    "upto": "ALTER TABLE runs ADD COLUMN upto INTEGER",
+}
+SPOOL_COLUMNS = (
+    "event_id, event_type, event_payload, state, created_at, settled_at, attempts, "
+    "last_result, run_id"
+)
 RUN_SELECT = (
     "SELECT r.run_id, r.target, r.endpoint, r.events_file, r.started_at, "
     "(SELECT count(*) FROM spool s WHERE s.run_id = r.run_id), "
-    "(SELECT count(*) FROM spool s WHERE s.run_id = r.run_id AND s.state = 'pending') "
+    "(SELECT count(*) FROM spool s WHERE s.run_id = r.run_id AND s.state = 'pending'), "
+    "r.kind, r.run_key, r.cursor, r.upto "
     "FROM runs r"
 )
+OF_KIND = (
+    "(run_id IS NULL AND ? = 'propagate' OR run_id IN (SELECT run_id FROM runs WHERE kind = ?))"
+)
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring a spool written by an older eventctl to this layout, its entries kept."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(spool)")}
+    if "run_id" not in columns:
+        connection.execute(RUN_COLUMN)
+    if "seq" not in columns:
+        with connection:
+            connection.execute("BEGIN")
+            connection.execute("ALTER TABLE spool RENAME TO spool_before_replay")
+            connection.execute(SPOOL_TABLE)
+            connection.execute(
+                f"INSERT INTO spool ({SPOOL_COLUMNS}) SELECT {SPOOL_COLUMNS} "
+                "FROM spool_before_replay ORDER BY rowid"
+            )
+            connection.execute("DROP TABLE spool_before_replay")
+    found = {row[1] for row in connection.execute("PRAGMA table_info(runs)")}
+    for name, sql in RUN_COLUMNS.items():
+        if name not in found:
+            connection.execute(sql)
+    connection.executescript(INDEXES)
 
 
 class SpoolError(EventctlError):
@@ -98,7 +150,10 @@ def _iso(unix_seconds: float) -> str:
 
 
 class Run(NamedTuple):
-    """One `propagate` run: what it was asked for, and how far it got."""
+    """One `propagate` or `replay` run: what it was asked for, and how far it got. A replay
+    run's `events_file` names its source, `target` is the number of events it selected,
+    `cursor` the source position of the last one spooled, `upto` the source's last position
+    when it began (a resumed replay reads no further)."""
 
     run_id: int
     target: int | None
@@ -107,6 +162,10 @@ class Run(NamedTuple):
     started_at: float
     generated: int
     pending: int
+    kind: str = "propagate"
+    run_key: str | None = None
+    cursor: int | None = None
+    upto: int | None = None
 
     @property
     def unfinished(self) -> bool:
@@ -137,10 +196,7 @@ class Spool:
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=5000")
             connection.executescript(SCHEMA)
-            columns = {row[1] for row in connection.execute("PRAGMA table_info(spool)")}
-            if "run_id" not in columns:
-                connection.execute(RUN_COLUMN)
-            connection.execute(RUN_INDEX)
+            _migrate(connection)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
         return cls(connection, path)
@@ -151,8 +207,10 @@ class Spool:
         ).fetchone()
         return int(n)
 
-    def _commit(self, inserts: list[tuple[str, str, str, float, int | None]]) -> None:
-        """One transaction: the new events and every settlement noted since."""
+    def _commit(
+        self, inserts: list[tuple[str, str, str, float, int | None]], cursor: int | None = None
+    ) -> None:
+        """One transaction: the new events, the run's cursor, every settlement noted since."""
         settled, self._settled = self._settled, []
         try:
             with self.connection:
@@ -162,6 +220,10 @@ class Spool:
                     "created_at, run_id) VALUES (?, ?, ?, 'pending', ?, ?)",
                     inserts,
                 )
+                if cursor is not None:
+                    self.connection.execute(
+                        "UPDATE runs SET cursor = ? WHERE run_id = ?", (cursor, self.run_id)
+                    )
                 self.connection.executemany(
                     "UPDATE spool SET state = ?, settled_at = ?, attempts = attempts + ?, "
                     "last_result = ? WHERE event_id = ? AND state = 'pending'",
@@ -174,12 +236,18 @@ class Spool:
         """Record a new event as pending; committed before this returns."""
         self.add_many([(event_id, event)], created_at)
 
-    def add_many(self, events: list[tuple[str, Event]], created_at: float | None = None) -> None:
+    def add_many(
+        self,
+        events: list[tuple[str, Event]],
+        created_at: float | None = None,
+        *,
+        cursor: int | None = None,
+    ) -> None:
         """Record new events as pending, in `run_id`'s run, in one transaction committed
-        before this returns."""
+        before this returns; with `cursor`, the run's source position in the same one."""
         at = created_at or time.time()
         run = self.run_id
-        self._commit([(i, e.event_type, e.event_payload, at, run) for i, e in events])
+        self._commit([(i, e.event_type, e.event_payload, at, run) for i, e in events], cursor)
         self.pending_count += len(events)
 
     def settle(self, event_id: str, state: str, attempts: int, result: str) -> None:
@@ -196,8 +264,11 @@ class Spool:
         if self._settled:
             self._commit([])
 
-    def entries(self, *states: str, run_id: int | None = None) -> list[Entry]:
-        """Entries in the given states (all when none), of one run or all, oldest first."""
+    def entries(
+        self, *states: str, run_id: int | None = None, kind: str | None = None
+    ) -> list[Entry]:
+        """Entries in the given states (all when none), of one run or all (or all runs of
+        one kind: `propagate` takes the events of no run too), oldest first."""
         self.flush()
         sql = (
             "SELECT event_id, event_type, event_payload, state, created_at, settled_at, "
@@ -209,6 +280,9 @@ class Spool:
         if run_id is not None:
             sql += " AND run_id = ?"
             params.append(run_id)
+        if kind is not None:
+            sql += f" AND {OF_KIND}"
+            params += [kind, kind]
         rows = self.connection.execute(sql + " ORDER BY created_at, rowid", params).fetchall()
         return [
             Entry(row[0], Event(row[1], row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
@@ -226,9 +300,17 @@ class Spool:
         row = self.connection.execute(RUN_SELECT + " WHERE r.run_id = ?", (run_id,)).fetchone()
         return None if row is None else Run(*row)
 
-    def latest_run(self) -> Run | None:
+    def latest_run(self, kind: str | None = None, run_key: str | None = None) -> Run | None:
+        """The latest run (of this kind, with this key, when given)."""
         self.flush()
-        row = self.connection.execute(RUN_SELECT + " ORDER BY r.run_id DESC LIMIT 1").fetchone()
+        sql, params = RUN_SELECT + " WHERE 1", []
+        if kind is not None:
+            sql += " AND r.kind = ?"
+            params.append(kind)
+        if run_key is not None:
+            sql += " AND r.run_key = ?"
+            params.append(run_key)
+        row = self.connection.execute(sql + " ORDER BY r.run_id DESC LIMIT 1", params).fetchone()
         return None if row is None else Run(*row)
 
     def begin_run(
@@ -237,7 +319,7 @@ class Spool:
         """The run new events go to, and whether it is resumed: the latest run when it is
         unfinished with this same target, endpoint and events file (unless `new`), else a
         new one. A run without a target (until Ctrl-C or --duration) is never resumed."""
-        latest = None if new else self.latest_run()
+        latest = None if new else self.latest_run("propagate")
         if (
             latest is not None
             and latest.unfinished
@@ -246,10 +328,24 @@ class Spool:
         ):
             self.run_id = latest.run_id
             return latest, True
+        return self.new_run(target, endpoint, events_file), False
+
+    def new_run(  # noqa: PLR0913 - the columns of a run
+        self,
+        target: int | None,
+        endpoint: str,
+        events_file: str,
+        *,
+        kind: str = "propagate",
+        run_key: str | None = None,
+        upto: int | None = None,
+    ) -> Run:
+        """Begin a new run, which the events added from now on belong to."""
         try:
             cursor = self.connection.execute(
-                "INSERT INTO runs (target, endpoint, events_file, started_at) VALUES (?, ?, ?, ?)",
-                (target, endpoint, events_file, time.time()),
+                "INSERT INTO runs (target, endpoint, events_file, started_at, kind, run_key, "
+                "upto) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (target, endpoint, events_file, time.time(), kind, run_key, upto),
             )
         except sqlite3.Error as exc:
             raise SpoolError(f"{self.path}: cannot write the spool: {exc}") from None
@@ -257,13 +353,20 @@ class Spool:
         self.run_id = cursor.lastrowid
         started = self.run(self.run_id)
         assert started is not None
-        return started, False
+        return started
+
+    def resume(self, run: Run) -> None:
+        """Add the events from now on to `run`."""
+        self.run_id = run.run_id
 
     def requeue_failed(self) -> int:
-        """Make failed events pending again; returns how many."""
+        """Make failed events of propagate runs pending again; returns how many. (A replay's
+        failed events are sent again by running the replay again.)"""
         self.flush()
         cursor = self.connection.execute(
-            "UPDATE spool SET state = 'pending', settled_at = NULL WHERE state = 'failed'"
+            "UPDATE spool SET state = 'pending', settled_at = NULL WHERE state = 'failed' "
+            f"AND {OF_KIND}",
+            ("propagate", "propagate"),
         )
         self.pending_count += cursor.rowcount
         return cursor.rowcount

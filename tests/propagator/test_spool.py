@@ -92,7 +92,7 @@ async def test_pending_events_are_resent_first_with_their_ids(tmp_path: Path) ->
         propagator(
             clock,
             httpx.MockTransport(record),
-            Spooling(spool, replay=replay),
+            Spooling(spool, resend=replay),
             Plan(EVENTS, 1.0, count=3),
         ).run()
     )
@@ -272,6 +272,42 @@ def test_a_spool_from_before_runs_is_upgraded_in_place(tmp_path: Path) -> None:
     spool = Spool.open(path)
     [entry] = spool.entries()
     assert (entry.event_id, entry.run_id, spool.latest_run()) == ("old", None, None)
+    spool.close()
+
+
+def test_a_spool_from_before_replay_is_upgraded_and_keeps_its_runs(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """CREATE TABLE spool (event_id TEXT PRIMARY KEY, event_type TEXT NOT NULL,
+            event_payload TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
+            settled_at REAL, attempts INTEGER NOT NULL DEFAULT 0, last_result TEXT,
+            run_id INTEGER);
+            CREATE TABLE runs (run_id INTEGER PRIMARY KEY AUTOINCREMENT, target INTEGER,
+            endpoint TEXT NOT NULL, events_file TEXT NOT NULL, started_at REAL NOT NULL);
+            INSERT INTO runs VALUES (1, 2, 'http://a/event', '/f', 1.0);
+            INSERT INTO spool VALUES ('e1', 't', 'p', 'delivered', 1.0, 2.0, 1, '200', 1);
+            INSERT INTO spool VALUES ('e2', 't', 'p', 'pending', 1.5, NULL, 0, NULL, 1);"""
+        )
+    db.close()
+    spool = Spool.open(path)
+    assert [(e.event_id, e.state, e.run_id) for e in spool.entries()] == [
+        ("e1", "delivered", 1),
+        ("e2", "pending", 1),
+    ]
+    old = spool.latest_run()
+    assert old is not None
+    assert (old.kind, old.generated, old.pending, old.unfinished) == ("propagate", 2, 1, True)
+    # since replay, one id may be in several runs: each replay of a stored event is recorded
+    replay = spool.new_run(1, "http://b/event", "db", kind="replay", run_key="k", upto=9)
+    spool.add_many([("e1", Event("t", "p"))], cursor=9)
+    assert spool.latest_run("replay", "k") == replay._replace(generated=1, pending=1, cursor=9)
+    # a replay's events are resent and retried by the replay, never by propagate
+    assert [e.event_id for e in spool.entries("pending", kind="propagate")] == ["e2"]
+    spool.settle("e1", "failed", 1, "500")
+    assert spool.requeue_failed() == 0
     spool.close()
 
 
