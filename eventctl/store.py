@@ -105,14 +105,16 @@ class StoredEvent:
 
 
 class EventFilter(TypedDict, total=False):
-    """Which events a read returns (`Store.events`, `Follower`), each filter optional:
-    these event types, received_at in [since, until), a payload substring (case-sensitive).
+    """Which events a read returns (`Store.events`, `Follower`, `Store.page`), each filter
+    optional: these event types, received_at in [since, until), a payload substring
+    (case-sensitive), these event ids.
     GET /events, GET /events/stream and list-events pass them by these names."""
 
     types: Sequence[str]
     since: datetime | None
     until: datetime | None
     q: str | None
+    event_ids: Sequence[str]
 
 
 FOLLOW_BATCH = 500
@@ -666,11 +668,22 @@ class Store:
         and following)."""
         model = self.model
         order = model.id.asc() if oldest_first else model.id.desc()
-        query = model.select().order_by(order).limit(limit)
+        query = self._where(model.select().order_by(order).limit(limit), filters)
+        if before_id is not None:
+            query = query.where(model.id < before_id)
+        if after_id is not None:
+            query = query.where(model.id > after_id)
+        with self._errors("cannot read events"):
+            self._current(writer=False)
+            return [_stored(row) for row in query]
+
+    def _where(self, query: Any, filters: EventFilter) -> Any:
+        model = self.model
         types = filters.get("types")
         since = filters.get("since")
         until = filters.get("until")
         q = filters.get("q")
+        event_ids = filters.get("event_ids")
         if types:
             query = query.where(model.event_type.in_(list(types)))
         if since is not None:
@@ -680,13 +693,73 @@ class Store:
         if q:
             position = peewee.fn.instr if self.is_sqlite else peewee.fn.strpos
             query = query.where(position(model.event_payload, q) > 0)
-        if before_id is not None:
-            query = query.where(model.id < before_id)
-        if after_id is not None:
-            query = query.where(model.id > after_id)
+        if event_ids:
+            query = query.where(model.event_id.in_(list(event_ids)))
+        return query
+
+    def page(
+        self,
+        *,
+        after_id: int,
+        upto_id: int,
+        limit: int,
+        times: bool = False,
+        **filters: Unpack[EventFilter],
+    ) -> list[tuple[int, str, str, str, datetime | None]]:
+        """(id, event_id, event_type, event_payload, received_at) of up to `limit` events
+        with after_id < id <= upto_id that pass `filters`, oldest first: a page of a
+        replay, read by primary key as plain tuples. received_at is None unless `times`."""
+        model = self.model
+        received = model.received_at if times else peewee.Value(None).alias("received_at")
+        query = self._where(
+            model.select(model.id, model.event_id, model.event_type, model.event_payload, received)
+            .where(model.id > after_id, model.id <= upto_id)
+            .order_by(model.id.asc())
+            .limit(limit),
+            filters,
+        )
         with self._errors("cannot read events"):
             self._current(writer=False)
-            return [_stored(row) for row in query]
+            rows = list(query.tuples())
+        if times:
+            return [(i, e, t, p, r.replace(tzinfo=UTC)) for i, e, t, p, r in rows]
+        return rows
+
+    def count_between(self, *, after_id: int, upto_id: int, **filters: Unpack[EventFilter]) -> int:
+        """How many events with after_id < id <= upto_id pass `filters`."""
+        model = self.model
+        query = self._where(model.select().where(model.id > after_id, model.id <= upto_id), filters)
+        with self._errors("cannot count events"):
+            self._current(writer=False)
+            return int(query.count())
+
+    def nth_newest_id(self, n: int, *, upto_id: int, **filters: Unpack[EventFilter]) -> int | None:
+        """The id of the n-th newest event with id <= upto_id that passes `filters`."""
+        model = self.model
+        query = self._where(
+            model.select(model.id)
+            .where(model.id <= upto_id)
+            .order_by(model.id.desc())
+            .offset(n - 1)
+            .limit(1),
+            filters,
+        )
+        with self._errors("cannot read events"):
+            self._current(writer=False)
+            value = query.scalar()
+        return None if value is None else int(value)
+
+    def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids are stored."""
+        model = self.model
+        found: set[str] = set()
+        with self._errors("cannot read events"):
+            self._current(writer=False)
+            for start in range(0, len(event_ids), INSERT_CHUNK):
+                chunk = list(event_ids[start : start + INSERT_CHUNK])
+                query = model.select(model.event_id).where(model.event_id.in_(chunk))
+                found.update(row.event_id for row in query)
+        return found
 
     def last_id(self) -> int:
         """The highest row id (0 for an empty table)."""

@@ -86,7 +86,8 @@ def compare(
     """Compare the events of `run` (default: the latest run; every event with `all_runs`,
     or when the spool has no runs) with the database's rows.
 
-    lost: acknowledged (delivered) but not in the database; duplicated: an event id stored
+    lost: acknowledged (delivered) but not in the database (looked up by id, so that an event
+    a replay sent with an id stored earlier is found); duplicated: an event id stored
     more than once; other: rows received since the first event checked that no run of the
     spool generated (send-once, curl, another sender), counted but never a problem; latency:
     from generation to the database's received_at.
@@ -109,6 +110,9 @@ def compare(
         if event_id in received:
             seen_twice.add(event_id)
         received[event_id] = received_at
+    # an event replayed with its own id may have been stored before this run began
+    unseen = [e.event_id for e in entries if e.state == "delivered" and e.event_id not in received]
+    stored_before = store.stored_ids(unseen) if unseen else set()
     generated = set()
     for entry in entries:
         generated.add(entry.event_id)
@@ -116,7 +120,9 @@ def compare(
         stored_at = received.get(entry.event_id)
         if entry.state == "delivered":
             report.acknowledged += 1
-            if stored_at is None:
+            if entry.event_id in stored_before:
+                report.stored += 1
+            elif stored_at is None:
                 report.lost.append(entry.event_id)
         else:
             report.pending += entry.state == "pending"

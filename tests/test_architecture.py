@@ -10,7 +10,18 @@ import pytest
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "eventctl"
-SHARED = {"auth", "config", "errors", "events", "retry", "store", "textsafe", "timefmt", "verify"}
+SHARED = {
+    "auth",
+    "config",
+    "errors",
+    "events",
+    "replay",
+    "retry",
+    "store",
+    "textsafe",
+    "timefmt",
+    "verify",
+}
 
 
 def imports(path: Path) -> set[str]:
@@ -42,7 +53,7 @@ def test_the_two_sides_never_import_each_other(side: str, other: str) -> None:
 
 
 def test_the_shared_modules_import_neither_side_nor_the_cli() -> None:
-    for name in SHARED - {"verify"}:
+    for name in SHARED - {"verify", "replay"}:
         path = PACKAGE / f"{name}.py"
         outside = {
             imported
@@ -52,8 +63,9 @@ def test_the_shared_modules_import_neither_side_nor_the_cli() -> None:
         assert not outside, f"{path.relative_to(ROOT)} imports {sorted(outside)}"
 
 
-def test_verify_reads_the_spool_but_never_the_consumer() -> None:
-    imported = imports(PACKAGE / "verify.py")
+@pytest.mark.parametrize("name", ["verify", "replay"])
+def test_verify_and_replay_read_the_propagator_but_never_the_consumer(name: str) -> None:
+    imported = imports(PACKAGE / f"{name}.py")
     assert not {name for name in imported if name.startswith("eventctl.consumer")}
     assert not {name for name in imported if name.startswith("eventctl.cli")}
 

@@ -13,7 +13,7 @@ import typer
 import typer.core
 
 from eventctl import __version__
-from eventctl.cli import read, send, serve, spool
+from eventctl.cli import read, replay, send, serve, spool
 from eventctl.cli.environment import Environment, bind
 
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
@@ -114,6 +114,7 @@ app.command()(read.tail)
 app.command()(read.stats)
 app.command()(send.propagate)
 app.command("send-once")(send.send_once)
+app.command()(replay.replay)
 app.command()(serve.up)
 spool_app = typer.Typer(
     help="Look at and retry the propagator's spool of generated events.",
