@@ -199,10 +199,10 @@ def summary_lines(summary: dict[str, Any], *, title: str = TITLE) -> list[str]:
         f"p99 {_summary_ms(summary['latency_p99_ms'])}"
     ]
     if summary["generated"] >= 2:
-        second.append(
-            f"achieved {summary['achieved_rate']:.1f}/s, "
-            f"lateness p99 {_summary_ms(summary['lateness_p99_ms'])}"
-        )
+        achieved = f"achieved {summary['achieved_rate']:.1f}/s"
+        if summary["lateness_p99_ms"] is not None:  # a replay flat out has nothing due later
+            achieved += f", lateness p99 {_summary_ms(summary['lateness_p99_ms'])}"
+        second.append(achieved)
     sent = summary["generated"] + summary["resent"]
     cpu = summary["cpu_per_event_us"]
     if cpu is not None and sent >= CPU_MIN_EVENTS and sent >= CPU_MIN_RATE * elapsed:

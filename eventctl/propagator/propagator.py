@@ -416,7 +416,8 @@ class Propagator:
                             [(s.event_id, s.event) for s in batch], cursor=batch[-1].position
                         )
                     for item in batch:
-                        stats.lateness.append(now - start - item.due)
+                        if item.due > 0:  # due at once (flat out, the first): never late
+                            stats.lateness.append(now - start - item.due)
                         self._launch(item.event_id, item.event)
                     stats.generated += len(batch)
                     i = j
