@@ -306,6 +306,10 @@ class Propagator:
         self._abort = asyncio.Event()
         self._sleeper: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # only a replay waits for room; propagate keeps the builtin, cheaper per event
+        self._on_done: Callable[[asyncio.Task[None]], None] = (
+            self._settled if plan.replay is not None else self._tasks.discard
+        )
 
     def stop(self) -> None:
         """Stop generating; run() then gives in-flight events the grace period and returns."""
@@ -479,7 +483,7 @@ class Propagator:
         self.stats.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._deliver(event_id, event))
         self._tasks.add(task)
-        task.add_done_callback(self._settled)
+        task.add_done_callback(self._on_done)
 
     def _settled(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
