@@ -11,7 +11,9 @@ the number of events, and a replay that is resumed reads the same snapshot again
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -19,15 +21,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 import orjson
 import peewee
 
-from eventctl.errors import EventctlError, ExitCode, InvalidEvent
+from eventctl.errors import DatabaseError, EventctlError, ExitCode, InvalidEvent
 from eventctl.events import Event, new_event_id, validate_event
 from eventctl.propagator.propagator import Pages, Scheduled
-from eventctl.store import EventFilter, Store, describe_url
+from eventctl.store import EventFilter, Store, describe_url, sqlite_path
 
 PAGE_SIZE = 1000
 STAGE_CHUNK = 1000
@@ -36,6 +38,7 @@ EXPORT_FIELDS = frozenset({"id", "event_id", "event_type", "event_payload", "rec
 SHOWN_IDS = 3
 
 Row = tuple[int, str, str, str, datetime | None]
+PacingKind = Literal["flat", "rate", "interval", "speed"]
 
 
 class ReplayInputError(EventctlError):
@@ -47,7 +50,8 @@ class ReplayInputError(EventctlError):
 @dataclass(frozen=True)
 class Selection:
     """Which stored events a replay sends, as `list-events` selects them; `limit`: the
-    newest N of them (still sent oldest first)."""
+    newest N of them (still sent oldest first). `since` and `until` are moments; the flags
+    as typed (`1h`, an ISO time) are `window_flags`, which the replay's key is made of."""
 
     types: tuple[str, ...] = ()
     since: datetime | None = None
@@ -55,6 +59,7 @@ class Selection:
     q: str | None = None
     event_ids: tuple[str, ...] = ()
     limit: int | None = None
+    window_flags: tuple[str | None, str | None] = (None, None)
 
     def filters(self) -> EventFilter:
         return {
@@ -66,14 +71,21 @@ class Selection:
         }
 
     def key(self) -> list[Any]:
-        return [
-            sorted(self.types),
-            None if self.since is None else self.since.isoformat(),
-            None if self.until is None else self.until.isoformat(),
-            self.q,
-            sorted(self.event_ids),
-            self.limit,
-        ]
+        return [sorted(self.types), *self.window_flags, self.q, sorted(self.event_ids), self.limit]
+
+    def window(self) -> str:
+        """since and until, as the run keeps them (JSON)."""
+        moments = (self.since, self.until)
+        return json.dumps([None if m is None else m.isoformat() for m in moments])
+
+    def in_window(self, window: str | None) -> Selection:
+        """This selection in a window kept by `window()` (None: as it is)."""
+        if window is None:
+            return self
+        since, until = (
+            None if m is None else datetime.fromisoformat(m) for m in json.loads(window)
+        )
+        return dataclasses.replace(self, since=since, until=until)
 
     def describe(self) -> str:
         parts = [f"--type {t}" for t in self.types]
@@ -92,7 +104,7 @@ class Pacing(NamedTuple):
     `rate` (events/s), every `interval` seconds, or at `speed` X: the recorded gaps between
     events divided by X. Due times count from the start, so nothing drifts."""
 
-    kind: Literal["flat", "rate", "interval", "speed"] = "flat"
+    kind: PacingKind = "flat"
     value: float = 0.0
 
     @property
@@ -165,29 +177,57 @@ class Replay:
         self.key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     @classmethod
-    def from_database(cls, database_url: str, selection: Selection, **kwargs: Any) -> Replay:
+    def from_database(
+        cls, database_url: str, selection: Selection, *, to: str, new_ids: bool = False
+    ) -> Replay:
         store = Store.open(database_url)
+        path = sqlite_path(database_url)
+        # the same file named from another directory is the same source
+        identity = database_url if path is None else f"sqlite:{path.resolve()}"
         name = describe_url(database_url)
-        return cls(store, selection, name=name, identity=database_url, **kwargs)
+        return cls(store, selection, name=name, identity=identity, to=to, new_ids=new_ids)
 
     @classmethod
     def from_file(
-        cls, path: Path, selection: Selection, *, needs_times: bool, **kwargs: Any
+        cls,
+        path: Path,
+        selection: Selection,
+        *,
+        needs_times: bool,
+        to: str,
+        new_ids: bool = False,
     ) -> Replay:
         """Stage the export `path` into a temporary SQLite file, checking every line."""
         try:
             found = path.stat()
+            staged = tempfile.TemporaryDirectory(prefix="eventctl-replay-")
         except OSError as exc:
-            raise ReplayInputError(f"{path}: cannot read: {exc.strerror}") from None
-        staged = tempfile.TemporaryDirectory(prefix="eventctl-replay-")
+            raise ReplayInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
         try:
             store = Store.open(f"sqlite:///{Path(staged.name) / 'events.db'}", create=True)
-            _stage(path, store, needs_ids=not kwargs.get("new_ids"), needs_times=needs_times)
+            _stage(path, store, needs_ids=not new_ids, needs_times=needs_times)
+        except peewee.PeeweeException as exc:
+            staged.cleanup()
+            raise DatabaseError(
+                f"{path}: cannot copy into a temporary file in {Path(staged.name).parent}: {exc}"
+            ) from None
         except BaseException:
             staged.cleanup()
             raise
         identity = f"{path.resolve()}:{found.st_size}:{found.st_mtime_ns}"
-        return cls(store, selection, name=str(path), identity=identity, staged=staged, **kwargs)
+        return cls(
+            store,
+            selection,
+            name=str(path),
+            identity=identity,
+            to=to,
+            new_ids=new_ids,
+            staged=staged,
+        )
+
+    def keep_window(self, window: str | None) -> None:
+        """Select in the time window a resumed run began with (None: keep this one)."""
+        self.selection = self.selection.in_window(window)
 
     def bounds(self, upto_id: int | None = None) -> Bounds:
         """The snapshot ending at `upto_id` (None: the last event stored now); raises
@@ -303,33 +343,38 @@ def _find_repeat(store: Store, fields: list[Any], chunk: list[tuple[str, tuple[A
 
 
 def _items(path: Path) -> Iterator[tuple[str, Any]]:
-    """(where, parsed value) of each event in an NDJSON file or a JSON array."""
+    """(where, parsed value) of each event in an NDJSON file or a JSON array (read whole).
+    Read front to back once, so a pipe (`--from-file /dev/stdin`) works too."""
     try:
-        file = path.open("rb")
+        with path.open("rb") as file:
+            yield from _parsed(path, file)
     except OSError as exc:
-        raise ReplayInputError(f"{path}: cannot read: {exc.strerror}") from None
-    with file:
-        start = file.read(4096).lstrip()
-        file.seek(0)
-        if start.startswith(b"["):
-            try:
-                values = orjson.loads(file.read())
-            except orjson.JSONDecodeError as exc:
-                raise ReplayInputError(
-                    f"{path} line {exc.lineno}: not valid JSON: {exc.msg}"
-                ) from None
-            if not isinstance(values, list):
-                raise ReplayInputError(f"{path}: not a JSON array of events")
-            for index, value in enumerate(values, 1):
-                yield f"{path} item {index}", value
-            return
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path} line {number}", orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise ReplayInputError(f"{path} line {number}: not valid JSON: {exc.msg}") from None
+        raise ReplayInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _parsed(path: Path, file: BinaryIO) -> Iterator[tuple[str, Any]]:
+    skipped = b""
+    while (byte := file.read(1)) and byte.isspace():
+        skipped += byte
+    if byte == b"[":
+        text = skipped + byte + file.read()
+        try:
+            values = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ReplayInputError(f"{path} line {exc.lineno}: not valid JSON: {exc.msg}") from None
+        if not isinstance(values, list):
+            raise ReplayInputError(f"{path}: not a JSON array of events")
+        for index, value in enumerate(values, 1):
+            yield f"{path} item {index}", value
+        return
+    first = skipped + byte + file.readline()
+    for number, line in enumerate(itertools.chain(first.splitlines(keepends=True), file), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path} line {number}", orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ReplayInputError(f"{path} line {number}: not valid JSON: {exc.msg}") from None
 
 
 def _export_row(where: str, item: Any, *, needs_ids: bool, needs_times: bool) -> tuple[Any, ...]:

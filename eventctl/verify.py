@@ -19,6 +19,7 @@ class Report:
     """Counts, and the first few ids of each kind of problem, for one run or all of them."""
 
     run_id: int | None = None
+    kind: str = "propagate"
     target: int | None = None
     runs: int = 0
     generated: int = 0
@@ -97,6 +98,7 @@ def compare(
     report = Report()
     if run is not None:
         report.run_id, report.target, report.runs = run.run_id, run.target, 1
+        report.kind = run.kind
     else:
         report.runs = len(spool.runs())
     entries = spool.entries(run_id=None if run is None else run.run_id)
@@ -111,7 +113,12 @@ def compare(
             seen_twice.add(event_id)
         received[event_id] = received_at
     # an event replayed with its own id may have been stored before this run began
-    unseen = [e.event_id for e in entries if e.state == "delivered" and e.event_id not in received]
+    replays = {r.run_id for r in spool.runs() if r.kind == "replay"}
+    unseen = [
+        e.event_id
+        for e in entries
+        if e.state == "delivered" and e.event_id not in received and e.run_id in replays
+    ]
     stored_before = store.stored_ids(unseen) if unseen else set()
     generated = set()
     for entry in entries:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from eventctl.errors import DatabaseError
 from eventctl.events import Event
 from eventctl.propagator.propagator import (
     Delivery,
@@ -306,3 +309,41 @@ def test_a_line_that_is_not_json_is_named(tmp_path: Path) -> None:
         Replay.from_file(path, Selection(), needs_times=False, to=TO)
     with pytest.raises(ReplayInputError, match="cannot read"):
         Replay.from_file(tmp_path / "missing.ndjson", Selection(), needs_times=False, to=TO)
+
+
+def test_the_key_is_made_of_the_flags_as_typed_and_the_window_is_kept() -> None:
+    an_hour_ago = Selection(since=T0, window_flags=("1h", None))
+    later = Selection(since=T0 + timedelta(minutes=5), window_flags=("1h", None))
+    assert an_hour_ago.key() == later.key()
+    assert later.in_window(an_hour_ago.window()) == dataclasses.replace(later, since=T0)
+    assert later.in_window(None) is later
+
+
+def test_an_export_can_come_through_a_pipe(tmp_path: Path) -> None:
+    read, write = os.pipe()
+    os.write(write, ("\n" + json.dumps(row(1)) + "\n" + json.dumps(row(2)) + "\n").encode())
+    os.close(write)
+    try:
+        replay = Replay.from_file(Path(f"/dev/fd/{read}"), Selection(), needs_times=False, to=TO)
+    finally:
+        os.close(read)
+    try:
+        assert [r[1] for page in replay.rows(replay.bounds()) for r in page] == ["x1", "x2"]
+    finally:
+        replay.close()
+
+
+@pytest.mark.anyio
+async def test_a_source_that_fails_stops_the_run_after_what_is_in_flight_settles() -> None:
+    clock = VirtualClock()
+    peer = Peer(clock)
+
+    def pages() -> Pages:
+        yield [Scheduled(f"e{i}", Event("t", "p"), 0.0, i + 1) for i in range(5)]
+        raise DatabaseError("events.db: cannot read events: disk I/O error")
+
+    propagator = replayer(clock, peer, pages())
+    with pytest.raises(DatabaseError, match="disk I/O error"):
+        await clock.run(propagator.run())
+    assert propagator.stats.delivered == 5
+    assert propagator.stats.in_flight == 0

@@ -37,20 +37,21 @@ DRY_RUN_SHOWN = 5
 
 
 def _pacing(rate: float | None, interval: float | None, speed: float | None) -> Pacing:
-    from eventctl.replay import Pacing
+    from eventctl.replay import Pacing, PacingKind
 
-    given = [
-        (name, value)
-        for name, value in (("rate", rate), ("interval", interval), ("speed", speed))
-        if value is not None
+    options: list[tuple[PacingKind, float | None]] = [
+        ("rate", rate),
+        ("interval", interval),
+        ("speed", speed),
     ]
+    given = [(kind, value) for kind, value in options if value is not None]
     if len(given) > 1:
         flags = " and ".join(f"--{name}" for name, _ in given)
         raise typer.BadParameter(f"give one of --rate, --interval, --speed, not {flags}")
     if not given:
         return Pacing()
     kind, value = given[0]
-    return Pacing(kind, value)  # type: ignore[arg-type]
+    return Pacing(kind, value)
 
 
 def _check_url(to: str) -> None:
@@ -186,6 +187,7 @@ def replay(
         q=q,
         event_ids=tuple(dict.fromkeys(event_ids or ())),
         limit=limit,
+        window_flags=(since, until),
     )
     cfg = propagator_config(
         config,
@@ -218,11 +220,14 @@ def replay(
         source.bounds()  # an unknown --id or an empty selection is said before the URL is tried
         check_reachable(destination, cfg.request_timeout_seconds)
 
-        def plan(upto: int | None, after: int | None) -> tuple[int, int, Pages]:
+        def plan(upto: int | None, after: int | None, window: str | None) -> tuple[int, int, Pages]:
+            source.keep_window(window)
             bounds = source.bounds(upto)
             return bounds.total, bounds.upto_id, source.pages(pacing, bounds, after)
 
-        job = ReplayJob(source.name, source.key, pacing.describe(), pacing.interval, plan)
+        job = ReplayJob(
+            source.name, source.key, pacing.describe(), pacing.interval, selection.window(), plan
+        )
         mode = DisplayMode.choose(quiet=quiet, json_log=json_log, tty=bool(env.stderr_isatty))
         stats = replay_events(
             cfg,

@@ -151,7 +151,7 @@ def verify(
 ) -> None:
     """Prove delivery: compare the spool's record of a run with what the database holds."""
     from eventctl.propagator.spool import Spool, SpoolError
-    from eventctl.store import Store
+    from eventctl.store import Store, describe_url
     from eventctl.verify import compare
 
     if run_id is not None and all_runs:
@@ -169,6 +169,17 @@ def verify(
             shown = f"runs {known[0]} to {known[-1]}" if known else "no runs"
             raise typer.BadParameter(
                 f"no run {run_id} in {spool_path} ({shown})", param_hint="--run"
+            )
+        checked = run or (None if all_runs else opened.latest_run())
+        if (
+            checked is not None
+            and checked.kind == "replay"
+            and checked.events_file == describe_url(ccfg.database_url)
+        ):
+            raise typer.BadParameter(
+                f"run {checked.run_id} replayed the events of this database; check it against "
+                "the receiver's database",
+                param_hint="--database-url",
             )
         store = Store.open(ccfg.database_url)
         try:
@@ -203,6 +214,15 @@ def _verify_lines(report: Any, result: dict[str, Any], spool_path: Path) -> list
     ]
     for kind in ("lost", "duplicated"):
         lines += [f"  {kind}: {visible(event_id)}" for event_id in result[f"{kind}_ids"]]
+    if report.kind == "replay":
+        if report.failed or report.pending or report.unfinished:
+            lines.append(
+                f"  {report.failed} failed, {report.pending} pending, "
+                f"{report.target - report.generated if report.target else 0} not yet sent: "
+                "the same `eventctl replay` command resumes an unfinished replay, or sends "
+                "a finished one again"
+            )
+        return lines
     if report.failed:
         lines.append(
             f"  {report.failed} failed: they are in {spool_path}; "

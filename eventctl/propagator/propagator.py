@@ -355,10 +355,17 @@ class Propagator:
                 break
             stats.resent += 1
             self._launch(event_id, event)
-        if self.plan.replay is not None:
-            await self._replay(self.plan.replay)
-        else:
-            await self._generate()
+        try:
+            if self.plan.replay is not None:
+                await self._replay(self.plan.replay)
+            else:
+                await self._generate()
+        except Exception:
+            # a source that cannot be read (or a spool that cannot be written) stops the run;
+            # what is in flight still gets the grace period, and the error goes up
+            self.stop()
+            await self._settle(grace)
+            raise
         await self._settle(grace)
         stats.finished_at = clock()
         stats.cpu_seconds = self.runtime.cpu_clock() - cpu_start
@@ -426,6 +433,8 @@ class Propagator:
                     stats.generated += len(batch)
                     i = j
         finally:
+            if ahead.done() and not ahead.cancelled():
+                ahead.exception()  # retrieved: a read that failed after a stop is not news
             ahead.cancel()
 
     async def _wait_for_room(self) -> bool:

@@ -273,6 +273,7 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
         run, count = _begin_run(spool, cfg, count, new=new_run)
         pending = spool.entries("pending", kind="propagate")
         resend = [(entry.event_id, entry.event) for entry in pending]
+        spool.track(pending)
         stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
         display = make_display(
             mode,
@@ -310,15 +311,18 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
 class ReplayJob:
     """What `eventctl replay` asks the propagator to do: send the events of a source (named
     `name`) to `cfg.api_endpoint`, paced as `pacing` says. `key` is the same for the same
-    source, selection, destination and ids, so a run killed before its end is found again.
-    `plan(upto, after)` gives (events selected, the snapshot's last position, the pages
-    after position `after`) of the snapshot ending at `upto` (None: the source as it is)."""
+    source, selection (its flags as typed: `--since 1h` is the same flag an hour later),
+    destination and ids, so a run killed before its end is found again. `window` is the
+    selection's time window as resolved now, kept with the run. `plan(upto, after, window)`
+    gives (events selected, the snapshot's last position, the pages after position `after`)
+    of the snapshot ending at `upto` (None: the source as it is), in `window` (None: now's)."""
 
     name: str
     key: str
     pacing: str
     interval: float
-    plan: Callable[[int | None, int | None], tuple[int, int, Pages]]
+    window: str
+    plan: Callable[[int | None, int | None, str | None], tuple[int, int, Pages]]
 
 
 def check_reachable(url: str, timeout: float) -> None:
@@ -353,16 +357,23 @@ def replay_events(  # noqa: PLR0913 - the job, display mode, --new-run, title, e
         latest = None if new_run else spool.latest_run("replay", job.key)
         resumed = latest is not None and latest.unfinished
         if latest is not None and resumed:
-            total, _, pages = job.plan(latest.upto, latest.cursor)
+            total, _, pages = job.plan(latest.upto, latest.cursor, latest.window)
             spool.resume(latest)
             run = latest
         else:
-            total, upto, pages = job.plan(None, None)
+            total, upto, pages = job.plan(None, None, None)
             run = spool.new_run(
-                total, cfg.api_endpoint, job.name, kind="replay", run_key=job.key, upto=upto
+                total,
+                cfg.api_endpoint,
+                job.name,
+                kind="replay",
+                run_key=job.key,
+                upto=upto,
+                window=job.window,
             )
         pending = spool.entries("pending", run_id=run.run_id)
         resend = [(entry.event_id, entry.event) for entry in pending]
+        spool.track(pending)
         stats = Stats(cfg.api_endpoint, job.interval, cfg.max_in_flight, pacing=job.pacing)
         display = make_display(
             mode,

@@ -59,13 +59,14 @@ CREATE INDEX IF NOT EXISTS spool_run ON spool (run_id, state);
 # Older spools: events before runs existed lack run_id (and belong to no run); before
 # replay, event_id was the primary key, so one id could not be in two runs; runs lack the
 # columns of replay (kind, run_key, cursor: the last source position spooled, upto: the
-# source's last position when the run began).
+# source's last position when the run began, window: its --since/--until as resolved then).
 RUN_COLUMN = "ALTER TABLE spool ADD COLUMN run_id INTEGER REFERENCES runs (run_id)"
 RUN_COLUMNS = {
     "kind": "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'propagate'",
     "run_key": "ALTER TABLE runs ADD COLUMN run_key TEXT",
     "cursor": "ALTER TABLE runs ADD COLUMN cursor INTEGER",
     "upto": "ALTER TABLE runs ADD COLUMN upto INTEGER",
+    "window": "ALTER TABLE runs ADD COLUMN window TEXT",
 }
 SPOOL_COLUMNS = (
     "event_id, event_type, event_payload, state, created_at, settled_at, attempts, "
@@ -75,7 +76,7 @@ RUN_SELECT = (
     "SELECT r.run_id, r.target, r.endpoint, r.events_file, r.started_at, "
     "(SELECT count(*) FROM spool s WHERE s.run_id = r.run_id), "
     "(SELECT count(*) FROM spool s WHERE s.run_id = r.run_id AND s.state = 'pending'), "
-    "r.kind, r.run_key, r.cursor, r.upto "
+    "r.kind, r.run_key, r.cursor, r.upto, r.window "
     "FROM runs r"
 )
 OF_KIND = (
@@ -166,6 +167,7 @@ class Run(NamedTuple):
     run_key: str | None = None
     cursor: int | None = None
     upto: int | None = None
+    window: str | None = None
 
     @property
     def unfinished(self) -> bool:
@@ -183,9 +185,12 @@ class Spool:
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self.connection = connection
         self.path = path
-        self.pending_count = self._count("pending")
+        self.pending_count = self._pending_of_propagate()
         self.run_id: int | None = None
-        self._settled: list[tuple[str, float, int, str, str]] = []
+        # the run of each event added (or to be resent) and not yet settled: one id may be
+        # pending in several runs (replays), and settling it must touch its own run only
+        self._runs: dict[str, int | None] = {}
+        self._settled: list[tuple[str, float, int, str, str, bool, int | None]] = []
 
     @classmethod
     def open(cls, path: Path) -> Spool:
@@ -201,9 +206,12 @@ class Spool:
             raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
         return cls(connection, path)
 
-    def _count(self, state: str) -> int:
+    def _pending_of_propagate(self) -> int:
+        """Pending events that count against propagate's spool_max_pending (a replay's
+        are sent by the replay alone)."""
         (n,) = self.connection.execute(
-            "SELECT count(*) FROM spool WHERE state = ?", (state,)
+            f"SELECT count(*) FROM spool WHERE state = 'pending' AND {OF_KIND}",
+            ("propagate", "propagate"),
         ).fetchone()
         return int(n)
 
@@ -226,7 +234,8 @@ class Spool:
                     )
                 self.connection.executemany(
                     "UPDATE spool SET state = ?, settled_at = ?, attempts = attempts + ?, "
-                    "last_result = ? WHERE event_id = ? AND state = 'pending'",
+                    "last_result = ? WHERE event_id = ? AND state = 'pending' "
+                    "AND (? OR run_id IS ?)",
                     settled,
                 )
         except sqlite3.Error as exc:
@@ -248,13 +257,21 @@ class Spool:
         at = created_at or time.time()
         run = self.run_id
         self._commit([(i, e.event_type, e.event_payload, at, run) for i, e in events], cursor)
+        self._runs.update((i, run) for i, _ in events)
         self.pending_count += len(events)
+
+    def track(self, entries: list[Entry]) -> None:
+        """Remember the runs of pending entries about to be resent, so that each settles in
+        its own run."""
+        self._runs.update((e.event_id, e.run_id) for e in entries)
 
     def settle(self, event_id: str, state: str, attempts: int, result: str) -> None:
         """Note a pending event as delivered or failed. Settlements are committed with the
         next `add` (or `flush`): losing them to a crash only means the event is sent again,
         and the consumer stores a resent id once."""
-        self._settled.append((state, time.time(), attempts, result, event_id))
+        anywhere = event_id not in self._runs  # not added here: the pending row of any run
+        run = self._runs.pop(event_id, None)
+        self._settled.append((state, time.time(), attempts, result, event_id, anywhere, run))
         self.pending_count -= 1
         if len(self._settled) >= SETTLE_BATCH:
             self.flush()
@@ -339,13 +356,14 @@ class Spool:
         kind: str = "propagate",
         run_key: str | None = None,
         upto: int | None = None,
+        window: str | None = None,
     ) -> Run:
         """Begin a new run, which the events added from now on belong to."""
         try:
             cursor = self.connection.execute(
                 "INSERT INTO runs (target, endpoint, events_file, started_at, kind, run_key, "
-                "upto) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (target, endpoint, events_file, time.time(), kind, run_key, upto),
+                "upto, window) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (target, endpoint, events_file, time.time(), kind, run_key, upto, window),
             )
         except sqlite3.Error as exc:
             raise SpoolError(f"{self.path}: cannot write the spool: {exc}") from None

@@ -87,6 +87,9 @@ def test_captured_events_replayed_to_a_second_consumer(
     assert sorted(rows_of(b.database_url)) == sorted(original)  # same ids, types, payloads
     checked = run_cli("verify", "--json", "--database-url", b.database_url)
     assert json.loads(checked.stdout)["verdict"] == "OK", checked.stdout
+    against_source = run_cli("verify", "--database-url", a.database_url)
+    assert against_source.returncode == ExitCode.USAGE
+    assert "check it against the receiver's database" in against_source.stderr
 
     again = replay("--database-url", a.database_url, "--to", b.url + "/event", "--speed", "10")
     assert again.returncode == 0, again.stderr
@@ -142,6 +145,8 @@ def test_a_replay_killed_with_9_resumes_without_sending_twice(
             "--rate",
             "1500",
             "--quiet",
+            "--since",
+            "1000d",  # an age: the restarted replay must still find its run, and its window
         ]
         args += ["--new-ids"] if new_ids else []
         first = Proc(tmp_path, "first", *args)

@@ -311,6 +311,38 @@ def test_a_spool_from_before_replay_is_upgraded_and_keeps_its_runs(tmp_path: Pat
     spool.close()
 
 
+def test_an_id_pending_in_two_runs_settles_in_its_own(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    first = spool.new_run(1, "http://a/event", "db", kind="replay", run_key="a")
+    spool.add_many([("x", Event("t", "p"))])
+    second = spool.new_run(1, "http://b/event", "db", kind="replay", run_key="b")
+    spool.add_many([("x", Event("t", "p"))])
+    spool.settle("x", "delivered", 1, "200")
+    spool.flush()
+    states = {e.run_id: e.state for e in spool.entries()}
+    assert states == {first.run_id: "pending", second.run_id: "delivered"}
+    spool.close()
+    # a later process resends the first run's pending entry and settles it there alone
+    spool = Spool.open(tmp_path / "spool.db")
+    pending = spool.entries("pending", run_id=first.run_id)
+    spool.track(pending)
+    spool.settle("x", "failed", 3, "503")
+    spool.flush()
+    assert {e.run_id: e.state for e in spool.entries()} == {
+        first.run_id: "failed",
+        second.run_id: "delivered",
+    }
+    spool.close()
+
+
+def test_pending_replay_events_do_not_fill_propagate_s_spool(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.db")
+    spool.new_run(3, "http://a/event", "db", kind="replay", run_key="a")
+    spool.add_many([(f"r{i}", Event("t", "p")) for i in range(3)])
+    spool.close()
+    assert Spool.open(tmp_path / "spool.db").pending_count == 0
+
+
 def test_verify_checks_the_latest_run_and_other_senders_are_not_unexpected(
     tmp_path: Path, sqlite_url: str
 ) -> None:
