@@ -201,3 +201,30 @@ def test_the_sample_panel_and_summary_are_what_the_tool_draws(doc: str) -> None:
     assert sample[: len(panel)] == panel
     after = [line for line in sample[len(panel) :] if line != "^C"]
     assert after[:2] == summary
+
+
+def test_a_replay_says_its_pacing_and_already_stored_and_skips_no_tick() -> None:
+    summary = summary_of(
+        generated=500, delivered=500, attempts=500, replayed=500, elapsed_seconds=0.1,
+        achieved_rate=5000.0, lateness_p50_ms=None, lateness_p99_ms=None, pacing="flat out",
+    )  # fmt: skip
+    first, second = summary_lines(summary, title="eventctl replay")
+    assert first == (
+        "eventctl replay: 500 sent, 500 delivered, 0 failed, 0 pending in 0.1s "
+        "(500 attempts, 500 already stored)"
+    )
+    assert "achieved 5000.0/s" in second
+    assert "lateness" not in second  # flat out, nothing was due later
+    stats = Stats("http://x/event", 0.0, 100, pacing="--speed 10: recorded gaps / 10")
+    stats.capped = True
+    console = Console(file=StringIO(), width=100, color_system=None)
+    console.print(render(stats, 0.0, title="eventctl replay"))
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "pacing" in shown
+    assert "--speed 10: recorded gaps / 10" in shown
+    assert "cap hit: waiting for room" in shown
+    assert "already stored" in shown
+    assert "skipped" not in shown
+    flat = Console(file=StringIO(), width=100, color_system=None)
+    flat.print(render(Stats("http://x/event", 0.0, 100), 0.0))
+    assert "none: flat out" in flat.file.getvalue()  # type: ignore[attr-defined]
