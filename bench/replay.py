@@ -97,9 +97,7 @@ def find(pattern: str, text: str) -> str:
     return found.group(1)
 
 
-def measure(
-    name: str, args: list[str], port: int, cpu: int, workdir: Path
-) -> dict[str, Any]:
+def measure(name: str, args: list[str], port: int, cpu: int, workdir: Path) -> dict[str, Any]:
     before = answered(port)
     stderr, elapsed, rss = run_measured(args, cpu, workdir / f"spool-{time.monotonic_ns()}.db")
     row = {

@@ -124,6 +124,40 @@ TypesOption = Annotated[
     ),
 ]
 
+ConsumerConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--consumer-config",
+        help=f"Where database_url comes from (default: {DEFAULT_CONSUMER_CONFIG})",
+        dir_okay=False,
+    ),
+]
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="Only events received since an ISO time or an age (10m, 2h, 1d).",
+        metavar="WHEN",
+    ),
+]
+UntilOption = Annotated[
+    str | None,
+    typer.Option(
+        "--until", help="Only events received before an ISO time or an age.", metavar="WHEN"
+    ),
+]
+PayloadTextOption = Annotated[
+    str | None, typer.Option("--q", help="Only events whose payload contains this text.")
+]
+MaxInFlightOption = Annotated[int | None, config_option(PropagatorConfig, "max_in_flight")]
+RetryAttemptsOption = Annotated[int | None, config_option(PropagatorConfig, "retry_attempts")]
+RetryMaxElapsedOption = Annotated[
+    float | None, config_option(PropagatorConfig, "retry_max_elapsed_seconds")
+]
+JsonLogOption = Annotated[
+    bool, typer.Option("--json-log", help="One JSON object per attempt on stdout (NDJSON).")
+]
+
 
 def _config(cls: type[C], default: Path, config: Path | None, overrides: dict[str, Any]) -> C:
     """`cls` from `config` (or `default`, if it exists), the Environment's variables and the

@@ -20,7 +20,10 @@ from eventctl.cli.options import (
     OUTPUTS,
     ConfigOption,
     DatabaseUrlOption,
+    PayloadTextOption,
+    SinceOption,
     TypesOption,
+    UntilOption,
     complete_outputs,
     consumer_config,
     when,
@@ -37,20 +40,9 @@ def list_events(
     database_url: DatabaseUrlOption = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many events.")] = 20,
     event_types: TypesOption = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            help="Only events received since an ISO time or an age (10m, 2h, 1d).",
-            metavar="WHEN",
-        ),
-    ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(help="Only events received before an ISO time or an age.", metavar="WHEN"),
-    ] = None,
-    q: Annotated[
-        str | None, typer.Option("--q", help="Only events whose payload contains this text.")
-    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    q: PayloadTextOption = None,
     output: Annotated[
         str,
         typer.Option(

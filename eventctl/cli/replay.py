@@ -12,18 +12,25 @@ import typer
 from eventctl.cli import output as out
 from eventctl.cli.environment import current, guarded
 from eventctl.cli.options import (
+    ConsumerConfigOption,
     DatabaseUrlOption,
+    JsonLogOption,
+    MaxInFlightOption,
+    PayloadTextOption,
     PropagatorConfigOption,
     QuietOption,
+    RetryAttemptsOption,
+    RetryMaxElapsedOption,
+    SinceOption,
     SpoolOption,
     TimeoutOption,
     TypesOption,
+    UntilOption,
     config_option,
     consumer_config,
     propagator_config,
     when,
 )
-from eventctl.config import DEFAULT_CONSUMER_CONFIG
 from eventctl.config import PropagatorConfig as P
 from eventctl.errors import ExitCode
 from eventctl.textsafe import visible
@@ -78,27 +85,12 @@ def replay(
             dir_okay=False,
         ),
     ] = None,
-    consumer_config_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--consumer-config",
-            help=f"Where database_url comes from (default: {DEFAULT_CONSUMER_CONFIG})",
-            dir_okay=False,
-        ),
-    ] = None,
+    consumer_config_path: ConsumerConfigOption = None,
     database_url: DatabaseUrlOption = None,
     event_types: TypesOption = None,
-    since: Annotated[
-        str | None,
-        typer.Option(help="Only events received since an ISO time or an age.", metavar="WHEN"),
-    ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(help="Only events received before an ISO time or an age.", metavar="WHEN"),
-    ] = None,
-    q: Annotated[
-        str | None, typer.Option("--q", help="Only events whose payload contains this text.")
-    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    q: PayloadTextOption = None,
     event_ids: Annotated[
         list[str] | None,
         typer.Option("--id", help="Only the event with this event_id (repeatable).", metavar="ID"),
@@ -144,16 +136,12 @@ def replay(
         typer.Option("--new-run", help="Start afresh even if this replay was interrupted."),
     ] = False,
     config: PropagatorConfigOption = None,
-    max_in_flight: Annotated[int | None, config_option(P, "max_in_flight")] = None,
-    retry_attempts: Annotated[int | None, config_option(P, "retry_attempts")] = None,
-    retry_max_elapsed_seconds: Annotated[
-        float | None, config_option(P, "retry_max_elapsed_seconds")
-    ] = None,
+    max_in_flight: MaxInFlightOption = None,
+    retry_attempts: RetryAttemptsOption = None,
+    retry_max_elapsed_seconds: RetryMaxElapsedOption = None,
     timeout: TimeoutOption = None,
     quiet: QuietOption = False,
-    json_log: Annotated[
-        bool, typer.Option("--json-log", help="One JSON object per attempt on stdout (NDJSON).")
-    ] = False,
+    json_log: JsonLogOption = False,
     spool: SpoolOption = None,
     signing_secret_file: Annotated[str | None, config_option(P, "signing_secret_file")] = None,
     auth_token_file: Annotated[str | None, config_option(P, "auth_token_file")] = None,

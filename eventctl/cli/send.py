@@ -16,8 +16,12 @@ from eventctl.cli.options import (
     EndpointOption,
     EventsFileOption,
     IntervalOption,
+    JsonLogOption,
+    MaxInFlightOption,
     PropagatorConfigOption,
     QuietOption,
+    RetryAttemptsOption,
+    RetryMaxElapsedOption,
     SeedOption,
     SpoolOption,
     TimeoutOption,
@@ -43,18 +47,14 @@ def propagate(
     count: CountOption = None,
     duration_text: DurationOption = None,
     seed: SeedOption = None,
-    max_in_flight: Annotated[int | None, config_option(P, "max_in_flight")] = None,
-    retry_attempts: Annotated[int | None, config_option(P, "retry_attempts")] = None,
+    max_in_flight: MaxInFlightOption = None,
+    retry_attempts: RetryAttemptsOption = None,
     retry_base_seconds: Annotated[float | None, config_option(P, "retry_base_seconds")] = None,
     retry_max_seconds: Annotated[float | None, config_option(P, "retry_max_seconds")] = None,
-    retry_max_elapsed_seconds: Annotated[
-        float | None, config_option(P, "retry_max_elapsed_seconds")
-    ] = None,
+    retry_max_elapsed_seconds: RetryMaxElapsedOption = None,
     timeout: TimeoutOption = None,
     quiet: QuietOption = False,
-    json_log: Annotated[
-        bool, typer.Option("--json-log", help="One JSON object per attempt on stdout (NDJSON).")
-    ] = False,
+    json_log: JsonLogOption = False,
     rate: Annotated[
         float | None,
         typer.Option(help="Events per second, instead of --interval (open model).", min=0.001),

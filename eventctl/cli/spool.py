@@ -13,6 +13,7 @@ from rich.text import Text
 from eventctl.cli import output as out
 from eventctl.cli.environment import current, guarded
 from eventctl.cli.options import (
+    ConsumerConfigOption,
     DatabaseUrlOption,
     EndpointOption,
     PropagatorConfigOption,
@@ -21,7 +22,6 @@ from eventctl.cli.options import (
     consumer_config,
     propagator_config,
 )
-from eventctl.config import DEFAULT_CONSUMER_CONFIG
 from eventctl.errors import ExitCode
 from eventctl.propagator.templates import EventPool
 from eventctl.textsafe import visible
@@ -132,14 +132,7 @@ def spool_retry(
 def verify(
     config: PropagatorConfigOption = None,
     spool: SpoolOption = None,
-    consumer_config_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--consumer-config",
-            help=f"Where database_url comes from (default: {DEFAULT_CONSUMER_CONFIG})",
-            dir_okay=False,
-        ),
-    ] = None,
+    consumer_config_path: ConsumerConfigOption = None,
     database_url: DatabaseUrlOption = None,
     run_id: Annotated[
         int | None, typer.Option("--run", help="Check this run (default: the latest).", min=1)

@@ -34,6 +34,7 @@ from rich.console import Console
 from eventctl.auth import SIGNING_SECRET_ENV, Credentials
 from eventctl.config import PropagatorConfig
 from eventctl.errors import Unavailable
+from eventctl.events import Event
 from eventctl.propagator.display import TITLE, Display, JsonDisplay, LiveDisplay, LogDisplay
 from eventctl.propagator.propagator import (
     Delivery,
@@ -45,7 +46,7 @@ from eventctl.propagator.propagator import (
     Spooling,
     Stats,
 )
-from eventctl.propagator.spool import Run, Spool
+from eventctl.propagator.spool import Entry, Run, Spool
 from eventctl.propagator.templates import EventPool
 from eventctl.propagator.transport import LeanTransport
 from eventctl.retry import RetryPolicy
@@ -84,11 +85,17 @@ class DisplayMode(enum.Enum):
 
 
 def make_display(
-    mode: DisplayMode, stats: Stats, *, title: str, stdout: TextIO, stderr: TextIO
+    mode: DisplayMode,
+    stats: Stats,
+    *,
+    title: str,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
 ) -> Display:
     """The display of `mode`: the live view, log lines and the summary on `stderr`, NDJSON
-    on `stdout`."""
-    console = Console(file=stderr, highlight=False)
+    on `stdout` (the process's streams when not given)."""
+    stdout = sys.stdout if stdout is None else stdout
+    console = Console(file=sys.stderr if stderr is None else stderr, highlight=False)
     if mode is DisplayMode.LIVE:
         return LiveDisplay(stats, console, stats.started_at, title=title)
     if mode is DisplayMode.LOG:
@@ -232,6 +239,13 @@ def _run_async(coroutine: Coroutine[Any, Any, Stats]) -> Stats:
     return stats
 
 
+def _resend(spool: Spool, pending: list[Entry]) -> list[tuple[str, Event]]:
+    """What a run sends first: these pending entries, with their ids, each to settle in its
+    own run."""
+    spool.track(pending)
+    return [(entry.event_id, entry.event) for entry in pending]
+
+
 def _begin_run(
     spool: Spool, cfg: PropagatorConfig, count: int | None, *, new: bool
 ) -> tuple[Run | None, int | None]:
@@ -271,17 +285,9 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
     spool = Spool.open(Path(cfg.spool_path))
     try:
         run, count = _begin_run(spool, cfg, count, new=new_run)
-        pending = spool.entries("pending", kind="propagate")
-        resend = [(entry.event_id, entry.event) for entry in pending]
-        spool.track(pending)
+        resend = _resend(spool, spool.entries("pending", kind="propagate"))
         stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
-        display = make_display(
-            mode,
-            stats,
-            title=title,
-            stdout=sys.stdout if stdout is None else stdout,
-            stderr=sys.stderr if stderr is None else stderr,
-        )
+        display = make_display(mode, stats, title=title, stdout=stdout, stderr=stderr)
         propagator = Propagator(
             Plan(events, cfg.interval_seconds, count, duration),
             delivery(cfg, propagator_transport(cfg), credentials),
@@ -371,17 +377,9 @@ def replay_events(  # noqa: PLR0913 - the job, display mode, --new-run, title, e
                 upto=upto,
                 window=job.window,
             )
-        pending = spool.entries("pending", run_id=run.run_id)
-        resend = [(entry.event_id, entry.event) for entry in pending]
-        spool.track(pending)
+        resend = _resend(spool, spool.entries("pending", run_id=run.run_id))
         stats = Stats(cfg.api_endpoint, job.interval, cfg.max_in_flight, pacing=job.pacing)
-        display = make_display(
-            mode,
-            stats,
-            title=title,
-            stdout=sys.stdout if stdout is None else stdout,
-            stderr=sys.stderr if stderr is None else stderr,
-        )
+        display = make_display(mode, stats, title=title, stdout=stdout, stderr=stderr)
         propagator = Propagator(
             Plan(replay=pages),
             delivery(cfg, propagator_transport(cfg), credentials),
