@@ -151,7 +151,6 @@ def replay(
     from eventctl.propagator.run import (
         DisplayMode,
         ReplayJob,
-        check_reachable,
         propagator_credentials,
         replay_events,
     )
@@ -205,8 +204,6 @@ def replay(
             credentials = propagator_credentials(cfg, env.environ)
             _print_curl(source, destination, credentials)
             return
-        source.bounds()  # an unknown --id or an empty selection is said before the URL is tried
-        check_reachable(destination, cfg.request_timeout_seconds)
 
         def plan(upto: int | None, after: int | None, window: str | None) -> tuple[int, int, Pages]:
             source.keep_window(window)

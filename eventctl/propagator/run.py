@@ -362,12 +362,16 @@ def replay_events(  # noqa: PLR0913 - the job, display mode, --new-run, title, e
     try:
         latest = None if new_run else spool.latest_run("replay", job.key)
         resumed = latest is not None and latest.unfinished
+        # the selection is checked (in the window the run began with) before the URL is tried,
+        # and both before anything is spooled
         if latest is not None and resumed:
             total, _, pages = job.plan(latest.upto, latest.cursor, latest.window)
+            check_reachable(cfg.api_endpoint, cfg.request_timeout_seconds)
             spool.resume(latest)
             run = latest
         else:
             total, upto, pages = job.plan(None, None, None)
+            check_reachable(cfg.api_endpoint, cfg.request_timeout_seconds)
             run = spool.new_run(
                 total,
                 cfg.api_endpoint,

@@ -29,7 +29,9 @@ def rows_of(database_url: str) -> list[tuple[str, str, str]]:
     return [(e.event_id, e.event_type, e.event_payload) for e in events]
 
 
-def fill(database_url: str, n: int, *, event_type: str = "drill.event") -> None:
+def fill(
+    database_url: str, n: int, *, event_type: str = "drill.event", start: datetime = T0
+) -> None:
     store = Store.open(database_url, create=True)
     try:
         store.insert(
@@ -37,7 +39,7 @@ def fill(database_url: str, n: int, *, event_type: str = "drill.event") -> None:
                 Incoming(
                     f"{event_type}-{i:05d}",
                     Event(event_type, f"payload {i}"),
-                    T0 + timedelta(milliseconds=i),
+                    start + timedelta(milliseconds=i),
                 )
                 for i in range(n)
             ]
@@ -169,6 +171,28 @@ def test_a_replay_killed_with_9_resumes_without_sending_twice(
         if not new_ids:
             assert [r[0] for r in stored] != []
             assert {r[0] for r in stored} == {r[0] for r in rows_of(source)}
+    finally:
+        b.stop()
+
+
+def test_a_replay_of_the_last_seconds_resumes_in_the_window_it_began_with(tmp_path: Path) -> None:
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    began = time.monotonic()
+    fill(source, 2000, start=datetime.now(UTC) - timedelta(seconds=2))
+    b = Server(f"sqlite:///{tmp_path / 'b.db'}", tmp_path)
+    try:
+        args = ["replay", "--database-url", source, "--to", b.url + "/event", "--quiet"]
+        args += ["--rate", "1000", "--since", "6s"]
+        first = Proc(tmp_path, "first", *args)
+        while len(rows_of(b.database_url)) < 300 and time.monotonic() < began + 30:
+            time.sleep(0.05)
+        first.kill9()
+        time.sleep(max(began + 7 - time.monotonic(), 0))  # now `--since 6s` matches nothing
+        assert "no events match" in invoke(*args, "--dry-run").stderr
+        second = run_cli(*args, timeout=60)
+        assert second.returncode == 0, second.stderr
+        assert "resuming replay run" in second.stderr
+        assert len(rows_of(b.database_url)) == 2000
     finally:
         b.stop()
 
