@@ -418,7 +418,9 @@ def _export_row(where: str, item: Any, *, needs_ids: bool, needs_times: bool) ->
         if moment.tzinfo is not None:
             moment = moment.astimezone(UTC).replace(tzinfo=None)
         at = moment
-    return (row_id, event_id or os.urandom(16).hex(), event.event_type, event.event_payload, at)
+    # with --new-ids the stored id is never sent, so two lines may share one
+    staged_id = event_id if needs_ids else os.urandom(16).hex()
+    return (row_id, staged_id, event.event_type, event.event_payload, at)
 
 
 @contextlib.contextmanager

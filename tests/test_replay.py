@@ -347,3 +347,14 @@ async def test_a_source_that_fails_stops_the_run_after_what_is_in_flight_settles
         await clock.run(propagator.run())
     assert propagator.stats.delivered == 5
     assert propagator.stats.in_flight == 0
+
+
+def test_new_ids_take_an_export_that_repeats_an_event_id(tmp_path: Path) -> None:
+    path = export(tmp_path / "copies.ndjson", [row(1), row(2, event_id="x1")])
+    with pytest.raises(ReplayInputError, match="event_id x1 or id 2 appears earlier"):
+        Replay.from_file(path, Selection(), needs_times=False, to=TO)
+    replay = Replay.from_file(path, Selection(), needs_times=False, to=TO, new_ids=True)
+    try:
+        assert replay.bounds().total == 2
+    finally:
+        replay.close()
