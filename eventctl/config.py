@@ -11,6 +11,7 @@ import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -119,6 +120,34 @@ class ConsumerConfig:
     allowed_hosts: str = _option(
         "", None, "comma-separated Host names accepted besides loopback ones"
     )
+
+
+@dataclass(frozen=True)
+class ForwardRoute:
+    """One route of `serve`'s store and forward: every stored event whose type matches
+    goes on to `url`, retried until delivered (config/consumer_config.yaml `forward:`)."""
+
+    url: str
+    name: str = ""  # the URL when not given
+    match: tuple[str, ...] = ()  # event-type globs (fnmatch, case-sensitive); () matches all
+    ordered: bool = False  # one at a time, in stored order
+    signing_secret_file: str = ""
+    auth_token_file: str = ""
+    timeout_seconds: float = 5.0
+    max_in_flight: int = 32
+    retry_base_seconds: float = 0.2
+    retry_max_seconds: float = 60.0
+    retry_max_elapsed_seconds: float = 86_400.0
+    breaker_failures: int = 5
+    breaker_cooldown_seconds: float = 5.0
+    breaker_max_cooldown_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.url)
+
+    def matches(self, event_type: str) -> bool:
+        return not self.match or any(fnmatchcase(event_type, glob) for glob in self.match)
 
 
 def metrics_enabled(config: ConsumerConfig) -> bool:
