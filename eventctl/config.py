@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -67,13 +68,172 @@ def _log_level(value: str) -> str | None:
     return None if value in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
 
 
-def _option(default: Any, check: Check | None, doc: str, flag: str | None = None) -> Any:
-    return field(default=default, metadata={"check": check, "doc": doc, "flag": flag})
+def _option(
+    default: Any,
+    check: Check | None,
+    doc: str,
+    flag: str | None = None,
+    reader: KeyReader | None = None,
+) -> Any:
+    """A config key; `reader` reads it when it is not a scalar (see KeyReader)."""
+    metadata = {"check": check, "doc": doc, "flag": flag, "reader": reader}
+    return field(default=default, metadata=metadata)
 
 
 def flag_name(f: dataclasses.Field[Any]) -> str:
     """The command-line flag that overrides a config key."""
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def _route_field(default: Any, check: Check | None, doc: str) -> Any:
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+def _route_url(value: str) -> str | None:
+    if any(c.isspace() for c in value):
+        return "must be an http:// or https:// URL"
+    return _http_url(value)
+
+
+@dataclass(frozen=True)
+class ForwardRoute:
+    """One route of `serve`'s store and forward: every stored event whose type matches
+    goes on to `url`, retried until delivered (config/consumer_config.yaml `forward:`)."""
+
+    url: str = field(metadata={"check": _route_url, "doc": "where matching events are POSTed"})
+    name: str = _route_field("", None, "the route's own name (default: the url)")
+    match: tuple[str, ...] = _route_field(
+        (), None, "event-type globs (fnmatch, case-sensitive); none: every event"
+    )
+    ordered: bool = _route_field(False, None, "one event at a time, in stored order")
+    signing_secret_file: str = _route_field("", None, "file of the whsec_ secret to sign with")
+    auth_token_file: str = _route_field("", None, "file of the bearer token to send")
+    timeout_seconds: float = _route_field(5.0, _positive, "seconds to wait for one answer")
+    max_in_flight: int = _route_field(32, _positive, "most deliveries unsettled at once")
+    retry_base_seconds: float = _route_field(
+        0.2, _positive, "first retry delay in seconds, doubled each time"
+    )
+    retry_max_seconds: float = _route_field(60.0, _positive, "longest retry delay in seconds")
+    retry_max_elapsed_seconds: float = _route_field(
+        86_400.0, _positive, "seconds an event is retried for, from its first attempt"
+    )
+    breaker_failures: int = _route_field(
+        5, _positive, "failures in a row that open the circuit breaker"
+    )
+    breaker_cooldown_seconds: float = _route_field(
+        5.0, _positive, "seconds the breaker stays open before a trial delivery"
+    )
+    breaker_max_cooldown_seconds: float = _route_field(
+        60.0, _positive, "longest the breaker stays open, as failed trials lengthen it"
+    )
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.url)
+
+    def matches(self, event_type: str) -> bool:
+        return not self.match or any(fnmatchcase(event_type, glob) for glob in self.match)
+
+
+@dataclass(frozen=True)
+class KeyReader:
+    """How a key is read: from its YAML value, its environment variable's text and its
+    flag's value, each given with where it came from; a bad value raises ConfigError naming
+    that. Scalar keys have one by their type (`_scalar`), others their own (`forward`)."""
+
+    from_yaml: Callable[[Any, str], Any]
+    from_text: Callable[[str, str], Any]
+    from_flag: Callable[[Any, str], Any]
+
+
+_ROUTE_FIELDS = {f.name: f for f in dataclasses.fields(ForwardRoute)}
+
+
+def _routes_from_yaml(value: Any, where: str) -> tuple[ForwardRoute, ...]:
+    """`forward:`: a list of URLs and route mappings; no value at all is no routes."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: must be a list, not {value!r}")
+    routes = tuple(_route(item, f"{where}[{i}]") for i, item in enumerate(value))
+    seen: set[str] = set()
+    for i, route in enumerate(routes):
+        if route.name in seen:
+            raise ConfigError(
+                f"{where}[{i}]: the name {route.name!r} is used twice; give each route its own name"
+            )
+        seen.add(route.name)
+    return routes
+
+
+def _route(item: Any, where: str) -> ForwardRoute:
+    """One item of `forward:`: a URL, or a mapping of ForwardRoute's fields with a url."""
+    if isinstance(item, str):
+        item = {"url": item}
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: must be a URL or a mapping with a url, not {item!r}")
+    for key in item:
+        if key not in _ROUTE_FIELDS:
+            raise _unknown_key(where, key, _ROUTE_FIELDS)
+    if "url" not in item:
+        raise ConfigError(f"{where}: has no url; every route needs one")
+    return ForwardRoute(
+        **{key: _route_value(key, value, f"{where}.{key}") for key, value in item.items()}
+    )
+
+
+def _route_value(key: str, value: Any, where: str) -> Any:
+    if key == "match":
+        return _globs(value, where)
+    f = _ROUTE_FIELDS[key]
+    kind = _field_type(f)
+    if value is None:  # `ordered:` with nothing after it is not false
+        raise ConfigError(f"{where}: must be {_TYPE_NAMES[kind]}, not None")
+    coerced = _scalar(kind).from_yaml(value, where)
+    _check(f, coerced, where)
+    return coerced
+
+
+def _globs(value: Any, where: str) -> tuple[str, ...]:
+    """`match:`: a list of event-type globs, or one glob."""
+    globs = [value] if isinstance(value, str) else value
+    if not isinstance(globs, list) or not all(isinstance(glob, str) for glob in globs):
+        raise ConfigError(f"{where}: must be a list of strings, not {value!r}")
+    if not globs:
+        raise ConfigError(
+            f"{where}: must hold at least one glob; leave match out to forward every event"
+        )
+    for i, glob in enumerate(globs):
+        if not glob.strip():
+            at = where if isinstance(value, str) else f"{where}[{i}]"
+            raise ConfigError(f"{at}: must be a non-empty glob, not {glob!r}")
+    return tuple(globs)
+
+
+def _routes_from_text(text: str, where: str) -> tuple[ForwardRoute, ...]:
+    """`EVENTCTL_FORWARD`: URLs separated by whitespace; an empty value is no routes."""
+    return _url_routes(text.split(), where)
+
+
+def _routes_from_flag(value: Any, where: str) -> tuple[ForwardRoute, ...]:
+    """`--forward-to URL`, repeated: a list of URLs; an empty one (`--forward-to ''`) adds
+    no route, so that it alone turns the routes of the file and the environment off."""
+    if isinstance(value, str) or not all(isinstance(url, str) for url in value):
+        raise ConfigError(f"{where}: must be a list of URLs, not {value!r}")
+    return _url_routes([url.strip() for url in value if url.strip()], where)
+
+
+def _url_routes(urls: list[str], where: str) -> tuple[ForwardRoute, ...]:
+    """A route with the defaults for each of `urls`."""
+    for i, url in enumerate(urls):
+        if problem := _route_url(url):
+            raise ConfigError(f"{where}: {problem}, not {url!r}")
+        if url in urls[:i]:
+            raise ConfigError(f"{where}: {url!r} is given twice; give each URL once")
+    return tuple(ForwardRoute(url) for url in urls)
+
+
+ROUTES = KeyReader(_routes_from_yaml, _routes_from_text, _routes_from_flag)
 
 
 @dataclass(frozen=True)
@@ -120,34 +280,28 @@ class ConsumerConfig:
     allowed_hosts: str = _option(
         "", None, "comma-separated Host names accepted besides loopback ones"
     )
+    forward: tuple[ForwardRoute, ...] = _option(
+        (),
+        None,
+        "forward stored events to this URL (repeatable; replaces the routes of the config "
+        "file and EVENTCTL_FORWARD)",
+        "--forward-to",
+        ROUTES,
+    )
 
+    def to_json(self) -> str:
+        """This config as JSON, for `serve --workers N` to hand its processes (from_json)."""
+        return json.dumps(dataclasses.asdict(self))
 
-@dataclass(frozen=True)
-class ForwardRoute:
-    """One route of `serve`'s store and forward: every stored event whose type matches
-    goes on to `url`, retried until delivered (config/consumer_config.yaml `forward:`)."""
-
-    url: str
-    name: str = ""  # the URL when not given
-    match: tuple[str, ...] = ()  # event-type globs (fnmatch, case-sensitive); () matches all
-    ordered: bool = False  # one at a time, in stored order
-    signing_secret_file: str = ""
-    auth_token_file: str = ""
-    timeout_seconds: float = 5.0
-    max_in_flight: int = 32
-    retry_base_seconds: float = 0.2
-    retry_max_seconds: float = 60.0
-    retry_max_elapsed_seconds: float = 86_400.0
-    breaker_failures: int = 5
-    breaker_cooldown_seconds: float = 5.0
-    breaker_max_cooldown_seconds: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(self, "name", self.url)
-
-    def matches(self, event_type: str) -> bool:
-        return not self.match or any(fnmatchcase(event_type, glob) for glob in self.match)
+    @classmethod
+    def from_json(cls, text: str) -> ConsumerConfig:
+        """The config to_json wrote, routes rebuilt as ForwardRoutes, lists as tuples."""
+        data = json.loads(text)
+        routes = tuple(
+            ForwardRoute(**{**route, "match": tuple(route["match"])})
+            for route in data.pop("forward", ())
+        )
+        return cls(**data, forward=routes)
 
 
 def metrics_enabled(config: ConsumerConfig) -> bool:
@@ -253,57 +407,70 @@ def load_config(
     the flag was not given. Raises ConfigError naming the file, variable or flag.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kinds: dict[str, type] = {name: _field_type(f) for name, f in fields.items()}
+    readers = {name: f.metadata["reader"] or _scalar(_field_type(f)) for name, f in fields.items()}
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
 
     if required or path.exists():
         for key, value in _read_yaml(path).items():
-            where = f"{path}: {key}"
             if key not in fields:
-                hint = difflib.get_close_matches(str(key), fields, n=1)
-                suggestion = f" (did you mean {hint[0]}?)" if hint else ""
-                raise ConfigError(
-                    f"{path}: unknown key {key!r}{suggestion}; known keys: {', '.join(fields)}"
-                )
-            try:
-                values[key] = _coerce(kinds[key], value)
-            except ValueError:
-                raise ConfigError(
-                    f"{where}: must be {_TYPE_NAMES[kinds[key]]}, not {value!r}"
-                ) from None
-            sources[key] = where
+                raise _unknown_key(str(path), key, fields)
+            sources[key] = f"{path}: {key}"
+            values[key] = readers[key].from_yaml(value, sources[key])
 
-    for key, kind in kinds.items():
+    for key, reader in readers.items():
         var = ENV_PREFIX + key.upper()
         if var in environ:
-            try:
-                values[key] = _from_text(kind, environ[var])
-            except ValueError:
-                raise ConfigError(
-                    f"{var}: must be {_TYPE_NAMES[kind]}, not {environ[var]!r}"
-                ) from None
             sources[key] = var
+            values[key] = reader.from_text(environ[var], var)
 
     for key, value in (overrides or {}).items():
         if value is not None:
             sources[key] = flag_name(fields[key])
-            try:
-                values[key] = _coerce(kinds[key], value)
-            except ValueError:
-                raise ConfigError(
-                    f"{sources[key]}: must be {_TYPE_NAMES[kinds[key]]}, not {value!r}"
-                ) from None
+            values[key] = readers[key].from_flag(value, sources[key])
 
     for key, value in values.items():
-        check: Check | None = fields[key].metadata["check"]
-        if check and (problem := check(value)):
-            raise ConfigError(f"{sources[key]}: {problem}, not {value!r}")
+        _check(fields[key], value, sources[key])
     return cls(**values)
 
 
+def _scalar(kind: type) -> KeyReader:
+    """The reader of a key of type `kind`: strict in YAML and flags (bool is never a number,
+    an int is a float), words and numbers in the environment."""
+
+    def coerce(value: Any, where: str) -> Any:
+        try:
+            return _coerce(kind, value)
+        except ValueError:
+            raise ConfigError(f"{where}: must be {_TYPE_NAMES[kind]}, not {value!r}") from None
+
+    def from_text(text: str, where: str) -> Any:
+        try:
+            return _from_text(kind, text)
+        except ValueError:
+            raise ConfigError(f"{where}: must be {_TYPE_NAMES[kind]}, not {text!r}") from None
+
+    return KeyReader(coerce, from_text, coerce)
+
+
+def _check(f: dataclasses.Field[Any], value: Any, where: str) -> None:
+    """ConfigError if `value` fails the check of field `f`."""
+    check: Check | None = f.metadata["check"]
+    if check and (problem := check(value)):
+        raise ConfigError(f"{where}: {problem}, not {value!r}")
+
+
+def _unknown_key(where: str, key: Any, known: Iterable[str]) -> ConfigError:
+    """The error of a key not in `known`, with the closest known one if any is close."""
+    known = list(known)
+    hint = difflib.get_close_matches(str(key), known, n=1)
+    suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+    return ConfigError(f"{where}: unknown key {key!r}{suggestion}; known keys: {', '.join(known)}")
+
+
 def _field_type(f: dataclasses.Field[Any]) -> type:
-    return {"int": int, "float": float, "str": str, "bool | None": bool}[str(f.type)]
+    """The scalar type of a field (an optional bool is a bool that may be unset)."""
+    return {"int": int, "float": float, "str": str, "bool": bool, "bool | None": bool}[str(f.type)]
 
 
 def describe(cls: type[ConsumerConfig | PropagatorConfig]) -> list[tuple[str, str, str, Any]]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -8,10 +10,13 @@ from eventctl.config import (
     DEFAULT_CONSUMER_CONFIG,
     DEFAULT_PROPAGATOR_CONFIG,
     ConsumerConfig,
+    ForwardRoute,
     PropagatorConfig,
     load_config,
 )
-from eventctl.errors import ConfigError
+from eventctl.consumer.server import WORKER_CONFIG_ENV, worker_environment
+from eventctl.errors import ConfigError, ExitCode
+from tests.helpers import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,3 +133,316 @@ def test_flag_errors_name_the_flag(tmp_path: Path) -> None:
             environ={},
             overrides={"interval_seconds": -1.0},
         )
+
+
+# store and forward: `forward:`, EVENTCTL_FORWARD, --forward-to
+
+FULL_ROUTE = """\
+forward:
+  - http://localhost:9000/event
+  - url: https://hooks.example.com/in
+    name: billing
+    match: ["payment.*", "invoice.paid"]
+    ordered: true
+    signing_secret_file: secrets/billing.whsec
+    auth_token_file: secrets/billing.token
+    timeout_seconds: 10
+    max_in_flight: 8
+    retry_base_seconds: 0.5
+    retry_max_seconds: 30
+    retry_max_elapsed_seconds: 3600
+    breaker_failures: 5
+    breaker_cooldown_seconds: 5
+    breaker_max_cooldown_seconds: 60
+"""
+
+
+def consumer(path: Path, environ: dict[str, str] | None = None, **overrides: Any) -> ConsumerConfig:
+    return load_config(
+        ConsumerConfig, path, required=path.exists(), environ=environ or {}, overrides=overrides
+    )
+
+
+def test_no_routes_by_default(tmp_path: Path) -> None:
+    assert ConsumerConfig().forward == ()
+    assert consumer(tmp_path / "absent.yaml").forward == ()
+    assert consumer(write(tmp_path, "forward:\n")).forward == ()  # every item commented out
+    assert consumer(write(tmp_path, "forward: []\n")).forward == ()
+
+
+def test_a_plain_string_is_a_route_with_that_url_and_the_defaults(tmp_path: Path) -> None:
+    config = consumer(write(tmp_path, "forward:\n  - http://localhost:9000/event\n"))
+    assert config.forward == (ForwardRoute("http://localhost:9000/event"),)
+    route = config.forward[0]
+    assert route.name == "http://localhost:9000/event"
+    assert (route.match, route.ordered, route.max_in_flight) == ((), False, 32)
+    assert route.matches("anything.at.all")
+
+
+def test_a_mapping_sets_every_field_of_a_route(tmp_path: Path) -> None:
+    config = consumer(write(tmp_path, FULL_ROUTE))
+    assert config.forward == (
+        ForwardRoute("http://localhost:9000/event"),
+        ForwardRoute(
+            url="https://hooks.example.com/in",
+            name="billing",
+            match=("payment.*", "invoice.paid"),
+            ordered=True,
+            signing_secret_file="secrets/billing.whsec",
+            auth_token_file="secrets/billing.token",
+            timeout_seconds=10.0,
+            max_in_flight=8,
+            retry_base_seconds=0.5,
+            retry_max_seconds=30.0,
+            retry_max_elapsed_seconds=3600.0,
+            breaker_failures=5,
+            breaker_cooldown_seconds=5.0,
+            breaker_max_cooldown_seconds=60.0,
+        ),
+    )
+    billing = config.forward[1]
+    assert isinstance(billing.match, tuple)
+    assert isinstance(billing.timeout_seconds, float)  # an integer in YAML, a float here
+    assert billing.matches("payment.refunded")
+    assert billing.matches("invoice.paid")
+    assert not billing.matches("invoice.created")
+
+
+def test_match_may_be_one_glob_and_name_defaults_to_the_url(tmp_path: Path) -> None:
+    text = "forward:\n  - url: https://a.example/in\n    match: order.*\n"
+    (route,) = consumer(write(tmp_path, text)).forward
+    assert route == ForwardRoute("https://a.example/in", match=("order.*",))
+    assert route.name == "https://a.example/in"
+
+
+def routes(*items: str) -> str:
+    return "forward:\n" + "".join(f"  - {item}\n" for item in items)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("forward: http://a.example\n", "forward: must be a list, not 'http://a.example'"),
+        ("forward: {url: http://a.example}\n", "forward: must be a list, not {'url': "),
+        (routes("5"), "forward[0]: must be a URL or a mapping with a url, not 5"),
+        (routes("[http://a.example]"), "forward[0]: must be a URL or a mapping with a url, not"),
+        (
+            routes("http://a.example", "{url: http://b.example, match: 5}"),
+            "forward[1].match: must be a list of strings, not 5",
+        ),
+        (
+            routes("{url: http://b.example, match: [a, 5]}"),
+            "forward[0].match: must be a list of strings, not ['a', 5]",
+        ),
+        (
+            routes("{url: http://b.example, match: []}"),
+            "forward[0].match: must hold at least one glob; leave match out to forward every event",
+        ),
+        (
+            routes("{url: http://b.example, match: ['order.*', '']}"),
+            "forward[0].match[1]: must be a non-empty glob, not ''",
+        ),
+        (
+            routes("{url: http://b.example, match: ' '}"),
+            "forward[0].match: must be a non-empty glob, not ' '",
+        ),
+        (
+            routes("{url: http://b.example, matches: [a]}"),
+            "forward[0]: unknown key 'matches' (did you mean match?); known keys: url, name, "
+            "match, ordered, signing_secret_file, auth_token_file, timeout_seconds, "
+            "max_in_flight, retry_base_seconds, retry_max_seconds, retry_max_elapsed_seconds, "
+            "breaker_failures, breaker_cooldown_seconds, breaker_max_cooldown_seconds",
+        ),
+        (routes("localhost:9000"), "forward[0].url: must be an http:// or https:// URL, not"),
+        (
+            routes("{url: ftp://a.example}"),
+            "forward[0].url: must be an http:// or https:// URL, not 'ftp://a.example'",
+        ),
+        (
+            routes("'http://a.example/x y'"),
+            "forward[0].url: must be an http:// or https:// URL, not 'http://a.example/x y'",
+        ),
+        (routes("{url: 5}"), "forward[0].url: must be a string, not 5"),
+        (routes("{name: billing}"), "forward[0]: has no url; every route needs one"),
+        (routes("{url: http://a.example, name: 5}"), "forward[0].name: must be a string, not 5"),
+        (
+            routes(
+                "{url: http://a.example, name: billing}",
+                "http://b.example",
+                "{url: http://c.example, name: billing}",
+            ),
+            "forward[2]: the name 'billing' is used twice; give each route its own name",
+        ),
+        (
+            routes("http://a.example", "http://a.example"),
+            "forward[1]: the name 'http://a.example' is used twice; give each route its own name",
+        ),
+        (
+            routes("{url: http://a.example, max_in_flight: true}"),
+            "forward[0].max_in_flight: must be an integer, not True",
+        ),
+        (
+            routes("{url: http://a.example, max_in_flight: 8.5}"),
+            "forward[0].max_in_flight: must be an integer, not 8.5",
+        ),
+        (
+            routes("{url: http://a.example, max_in_flight: 0}"),
+            "forward[0].max_in_flight: must be a number greater than 0, not 0",
+        ),
+        (
+            routes("{url: http://a.example, breaker_failures: false}"),
+            "forward[0].breaker_failures: must be an integer, not False",
+        ),
+        (
+            routes("{url: http://a.example, timeout_seconds: 0}"),
+            "forward[0].timeout_seconds: must be a number greater than 0, not 0.0",
+        ),
+        (
+            routes("{url: http://a.example, retry_max_elapsed_seconds: -1}"),
+            "forward[0].retry_max_elapsed_seconds: must be a number greater than 0, not -1.0",
+        ),
+        (
+            routes("{url: http://a.example, retry_base_seconds: '1'}"),
+            "forward[0].retry_base_seconds: must be a number, not '1'",
+        ),
+        (
+            routes("{url: http://a.example, ordered: 'yes'}"),
+            "forward[0].ordered: must be true or false, not 'yes'",
+        ),
+        (
+            routes("{url: http://a.example, ordered: null}"),
+            "forward[0].ordered: must be true or false, not None",
+        ),
+        (
+            routes("{url: http://a.example, auth_token_file: 5}"),
+            "forward[0].auth_token_file: must be a string, not 5",
+        ),
+    ],
+)
+def test_route_errors_name_file_position_and_field(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        consumer(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(caught.value)
+
+
+def test_an_unknown_top_level_key_still_suggests_forward(tmp_path: Path) -> None:
+    path = write(tmp_path, "froward: []\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'froward' \(did you mean forward\?\)"):
+        consumer(path)
+
+
+def test_the_environment_replaces_the_files_routes(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL_ROUTE)
+    environ = {"EVENTCTL_FORWARD": "  http://a.example/in\thttps://b.example/in \n"}
+    assert consumer(path, environ).forward == (
+        ForwardRoute("http://a.example/in"),
+        ForwardRoute("https://b.example/in"),
+    )
+    assert consumer(path, {"EVENTCTL_FORWARD": ""}).forward == ()
+    assert consumer(path, {"EVENTCTL_FORWARD": "   "}).forward == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("http://a.example nonsense", "must be an http:// or https:// URL, not 'nonsense'"),
+        ("http://a.example http://a.example", "'http://a.example' is given twice"),
+    ],
+)
+def test_environment_route_errors_name_the_variable(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        consumer(tmp_path / "absent.yaml", {"EVENTCTL_FORWARD": value})
+    assert str(caught.value).startswith(f"EVENTCTL_FORWARD: {message}")
+
+
+def test_the_flag_replaces_the_environments_and_files_routes(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL_ROUTE)
+    environ = {"EVENTCTL_FORWARD": "http://env.example/in"}
+    flagged = consumer(path, environ, forward=["http://flag.example/a", "https://flag.example/b"])
+    assert flagged.forward == (
+        ForwardRoute("http://flag.example/a"),
+        ForwardRoute("https://flag.example/b"),
+    )
+    assert consumer(path, environ, forward=[""]).forward == ()  # --forward-to '': none
+    assert consumer(path, environ, forward=None).forward == (  # not given
+        ForwardRoute("http://env.example/in"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("urls", "message"),
+    [
+        (["x"], "--forward-to: must be an http:// or https:// URL, not 'x'"),
+        (["http://a.example", "mailto:a@b"], "--forward-to: must be an http:// or https:// URL"),
+        (["http://a.example", "http://a.example"], "--forward-to: 'http://a.example' is given"),
+    ],
+)
+def test_flag_route_errors_name_the_flag(tmp_path: Path, urls: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        consumer(tmp_path / "absent.yaml", forward=urls)
+    assert str(caught.value).startswith(message)
+
+
+def test_routes_follow_the_one_precedence_with_the_scalar_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "port: 9001\n" + FULL_ROUTE)
+    from_file = consumer(path)
+    assert (from_file.port, [r.name for r in from_file.forward]) == (
+        9001,
+        ["http://localhost:9000/event", "billing"],
+    )
+    environ = {"EVENTCTL_FORWARD": "http://env.example/in", "EVENTCTL_PORT": "9002"}
+    from_env = consumer(path, environ)
+    assert (from_env.port, from_env.forward) == (9002, (ForwardRoute("http://env.example/in"),))
+    from_flag = consumer(path, environ, port=9003, forward=["http://flag.example/in"])
+    assert (from_flag.port, from_flag.forward) == (9003, (ForwardRoute("http://flag.example/in"),))
+
+
+def test_the_worker_json_round_trip_rebuilds_routes(tmp_path: Path) -> None:
+    config = dataclasses.replace(consumer(write(tmp_path, FULL_ROUTE)), port=0, metrics=True)
+    again = ConsumerConfig.from_json(config.to_json())
+    assert again == config
+    assert isinstance(again.forward, tuple)
+    assert all(isinstance(route, ForwardRoute) for route in again.forward)
+    assert again.forward[1].match == ("payment.*", "invoice.paid")
+    assert hash(again) == hash(config)  # frozen all the way down: tuples, not lists
+    assert ConsumerConfig.from_json(ConsumerConfig().to_json()) == ConsumerConfig()
+    # what `serve --workers N` puts in its workers' environment is that JSON
+    handed = worker_environment(config, str(tmp_path / "metrics"), {})[WORKER_CONFIG_ENV]
+    assert handed is not None
+    assert ConsumerConfig.from_json(handed) == config
+
+
+def test_every_route_field_and_its_default_is_in_configuration_md() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    assert "EVENTCTL_FORWARD" in text
+    assert "--forward-to" in text
+    for f in dataclasses.fields(ForwardRoute):
+        row = next((line for line in text.splitlines() if line.startswith(f"| `{f.name}:` |")), "")
+        assert row, f"route field {f.name} has no row in docs/configuration.md"
+        default = f.default
+        if isinstance(default, bool):
+            assert f"`{str(default).lower()}`" in row
+        elif isinstance(default, int | float):
+            assert f"`{default:g}`" in row, (f.name, row)
+        assert f"{f.name}:" in text.split("### Store and forward", 1)[1].split("```")[1]
+
+
+def test_serve_forward_to_nonsense_is_a_one_line_config_error(tmp_path: Path) -> None:
+    result = invoke("serve", "--forward-to", "nonsense", cwd=tmp_path)
+    assert result.returncode == ExitCode.CONFIG
+    assert result.stderr.strip().splitlines() == [
+        "eventctl: error: --forward-to: must be an http:// or https:// URL, not 'nonsense'"
+    ]
+
+
+def test_serve_names_a_bad_route_in_its_config_file(tmp_path: Path) -> None:
+    config = write(tmp_path, routes("http://a.example", "{url: http://b.example, match: 5}"))
+    result = invoke("serve", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == ExitCode.CONFIG
+    assert result.stderr.strip().splitlines() == [
+        f"eventctl: error: {config}: forward[1].match: must be a list of strings, not 5"
+    ]

@@ -34,7 +34,8 @@ SAMPLE_EVENTS = Path(__file__).parent.parent / "sample_events.json"
 
 
 def _shown_default(value: Any) -> str | None:
-    if value is None or value == "" or isinstance(value, bool):
+    """A default as help shows it; None for one that goes without saying (unset, empty)."""
+    if value is None or isinstance(value, bool) or value in ("", ()):
         return None
     if isinstance(value, float):
         return f"{value:g}"

@@ -66,6 +66,7 @@ def serve_command(
     keep_alive: Annotated[float | None, config_option(C, "keep_alive_seconds")] = None,
     max_connections: Annotated[int | None, config_option(C, "max_connections")] = None,
     allowed_hosts: Annotated[str | None, config_option(C, "allowed_hosts", metavar="NAMES")] = None,
+    forward_to: Annotated[list[str] | None, config_option(C, "forward", metavar="URL")] = None,
 ) -> None:
     """Run the Event Consumer: accept events on POST /event and store them."""
     from eventctl.consumer.server import listen, serve
@@ -96,6 +97,7 @@ def serve_command(
         keep_alive_seconds=keep_alive,
         max_connections=max_connections,
         allowed_hosts=allowed_hosts,
+        forward=forward_to,
     )
     env = current()
     serve(cfg, listen(cfg.host, cfg.port), env.console(stderr=True), environ=env.environ)

@@ -6,13 +6,11 @@ The CLI calls these; they raise domain errors.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict
 from typing import Any
 
 import uvicorn
@@ -150,7 +148,7 @@ def _server(cfg: ConsumerConfig, store: Store, credentials: Credentials) -> uvic
 def worker_app() -> ConsumerApp:
     """The app of one `serve --workers N` process, built from what the parent put in this
     process's environment (see worker_environment)."""
-    cfg = ConsumerConfig(**json.loads(os.environ[WORKER_CONFIG_ENV]))
+    cfg = ConsumerConfig.from_json(os.environ[WORKER_CONFIG_ENV])
     multiprocess = PROMETHEUS_ENV in os.environ
     return create_app(
         cfg,
@@ -167,7 +165,7 @@ def worker_environment(
     processes, so the config, the metrics directory and the credential variables of
     `environ` reach them there."""
     values: dict[str, str | None] = {
-        WORKER_CONFIG_ENV: json.dumps(asdict(cfg)),
+        WORKER_CONFIG_ENV: cfg.to_json(),
         PROMETHEUS_ENV: metrics_dir,
     }
     values.update({name: environ.get(name) for name in CREDENTIAL_VARIABLES})

@@ -42,3 +42,11 @@ def test_serve_help_names_every_consumer_key_it_overrides() -> None:
     opts = {opt.split("/")[0] for param in command.params for opt in param.opts}
     for f in dataclasses.fields(ConsumerConfig):
         assert flag_name(f) in opts, flag_name(f)
+
+
+def test_forward_to_is_repeatable_and_shows_no_empty_default() -> None:
+    command = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    param = next(param for param in command.params if "--forward-to" in param.opts)
+    assert param.multiple
+    assert param.metavar == "URL"
+    assert "(default" not in param.help
