@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -182,15 +182,78 @@ class _EventModel(peewee.Model):
     received_at = peewee.DateTimeField(index=True)
 
 
-def _bind(database: peewee.Database) -> type[_EventModel]:
-    """A model class bound to one database, so several stores can live in one process."""
+class _RouteModel(peewee.Model):
+    """A forwarding route's shared state (eventctl/outbox.py reads and moves it)."""
+
+    id = peewee.AutoField()
+    name = peewee.CharField(max_length=255, unique=True)
+    url = peewee.TextField()
+    state = peewee.CharField(max_length=16)  # active, paused or disabled
+    reason = peewee.TextField()
+    failures = peewee.IntegerField()  # retryable failures in a row
+    not_before_ms = peewee.BigIntegerField()  # no attempt before (Retry-After, a cooldown)
+    cooldown_ms = peewee.BigIntegerField()  # the circuit breaker's last pause
+    delivered = peewee.BigIntegerField()
+
+
+class _OutboxModel(peewee.Model):
+    """One event still to deliver on one route; a delivered entry is deleted."""
+
+    route = peewee.IntegerField()
+    event_row = peewee.IntegerField()  # events.id
+    state = peewee.SmallIntegerField()  # QUEUED or FAILED
+    attempts = peewee.IntegerField()
+    first_attempt_ms = peewee.BigIntegerField(null=True)
+    due_ms = peewee.BigIntegerField()
+    lease_until_ms = peewee.BigIntegerField()
+    leased_by = peewee.CharField(max_length=64)
+    last_result = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("route", "event_row")
+        indexes = ((("route", "state", "event_row"), False),)
+
+
+OUTBOX_COLUMNS = (
+    "route",
+    "event_row",
+    "state",
+    "attempts",
+    "due_ms",
+    "lease_until_ms",
+    "leased_by",
+    "last_result",
+)
+QUEUED, FAILED = 0, 2
+OUTBOX_CHUNK = 2000
+Fanout = Callable[[str], Sequence[int]]
+"""event_type -> the ids of the forwarding routes whose match it passes"""
+
+
+class Models(NamedTuple):
+    events: type[_EventModel]
+    routes: type[_RouteModel]
+    outbox: type[_OutboxModel]
+
+
+def _bind(database: peewee.Database) -> Models:
+    """Model classes bound to one database, so several stores can live in one process."""
 
     class EventRow(_EventModel):
         class Meta:
             table_name = "events"
 
-    EventRow._meta.set_database(database)
-    return EventRow
+    class RouteRow(_RouteModel):
+        class Meta:
+            table_name = "forward_routes"
+
+    class OutboxRow(_OutboxModel):
+        class Meta:
+            table_name = "outbox"
+
+    for model in (EventRow, RouteRow, OutboxRow):
+        model._meta.set_database(database)
+    return Models(EventRow, RouteRow, OutboxRow)
 
 
 def sqlite_path(database_url: str) -> Path | None:
@@ -226,11 +289,12 @@ class Store:
     def __init__(self, database: peewee.Database, url: str) -> None:
         self.database = database
         self.url = url
-        self.model = _bind(database)
+        self.models = _bind(database)
+        self.model = self.models.events
         self.is_sqlite = isinstance(database, peewee.SqliteDatabase)
         self.path = sqlite_path(url) if self.is_sqlite else None
         self._file_names = (str(self.path), f"{self.path}-wal")
-        self._insert_sql_cache: dict[int, str] = {}
+        self._insert_sql_cache: dict[tuple[int, bool], str] = {}
         # The files the write path (or `open`) last opened on purpose; None after letting go
         # of replaced files, until the write path reopens the path.
         self._files: _Files | None = None
@@ -238,11 +302,18 @@ class Store:
 
     @classmethod
     def open(
-        cls, database_url: str, *, create: bool = False, busy_timeout_ms: int = 10_000
+        cls,
+        database_url: str,
+        *,
+        create: bool = False,
+        busy_timeout_ms: int = 10_000,
+        synchronous: str = "full",
     ) -> Store:
         """Connect to the database and check (or, with `create`, make) the events table.
 
         Without `create`, a SQLite file that does not exist is an error, not a new file.
+        `synchronous="normal"` (SQLite) skips the fsync of each commit: only for writes
+        whose loss costs a repeat, never an acknowledged event (the forwarder's settles).
         """
         where = describe_url(database_url)
         path = sqlite_path(database_url)
@@ -258,7 +329,11 @@ class Store:
                     f"{where}: database file {path} does not exist "
                     "(start `eventctl serve` to create it, or pass --database-url)"
                 )
-            kwargs["pragmas"] = {**SQLITE_PRAGMAS, "busy_timeout": busy_timeout_ms}
+            kwargs["pragmas"] = {
+                **SQLITE_PRAGMAS,
+                "synchronous": synchronous,
+                "busy_timeout": busy_timeout_ms,
+            }
         else:
             query = urlsplit(database_url).query
             if "connect_timeout=" not in query:
@@ -273,7 +348,7 @@ class Store:
         with store._errors("cannot open the database"):
             database.connect(reuse_if_open=True)
             if create:
-                database.create_tables([store.model], safe=True)
+                database.create_tables(list(store.models), safe=True)
             elif not database.table_exists("events"):
                 store.close()
                 raise DatabaseError(f"{where}: no events table here; is this an eventctl database?")
@@ -408,7 +483,7 @@ class Store:
         self.database.connect()
         try:
             if fresh:
-                self.database.create_tables([self.model], safe=True)
+                self.database.create_tables(list(self.models), safe=True)
             elif writer and not self.database.table_exists("events"):
                 raise DatabaseError(
                     f"{describe_url(self.url)}: no events table in {self.path}; is this an "
@@ -469,17 +544,44 @@ class Store:
         with suppress(peewee.PeeweeException):
             self.database.close()
 
-    def _insert_sql(self, rows: int) -> str:
-        """`INSERT ... ON CONFLICT DO NOTHING RETURNING event_id` for `rows` rows, in this
-        database's dialect; built once per row count by Peewee, then reused."""
-        sql = self._insert_sql_cache.get(rows)
+    def _insert_sql(self, rows: int, *, row_ids: bool = False) -> str:
+        """`INSERT ... ON CONFLICT DO NOTHING RETURNING event_id[, id]` for `rows` rows, in
+        this database's dialect; built once per row count by Peewee, then reused."""
+        key = (rows, row_ids)
+        sql = self._insert_sql_cache.get(key)
         if sql is None:
             model = self.model
             row = dict.fromkeys(INSERT_COLUMNS, "")
             query = model.insert_many([row] * rows).on_conflict_ignore()
-            sql, _ = query.returning(model.event_id).sql()
-            self._insert_sql_cache[rows] = sql
+            returned = (model.event_id, model.id) if row_ids else (model.event_id,)
+            sql, _ = query.returning(*returned).sql()
+            self._insert_sql_cache[key] = sql
         return sql
+
+    def _outbox_sql(self, rows: int) -> str:
+        key = (-rows, False)
+        sql = self._insert_sql_cache.get(key)
+        if sql is None:
+            row = dict.fromkeys(OUTBOX_COLUMNS, 0)
+            query = self.models.outbox.insert_many([row] * rows).on_conflict_ignore()
+            sql, _ = query.sql()
+            self._insert_sql_cache[key] = sql
+        return sql
+
+    def _insert_outbox(self, row_ids: dict[str, int], rows: dict[str, Row], fanout: Fanout) -> int:
+        """Inside the events' transaction: one queued outbox entry per new event and route
+        its type matches. The number of entries."""
+        due = int(datetime.now(UTC).timestamp() * 1000)
+        entries = [
+            (route, row_id, QUEUED, 0, due, 0, "", "")
+            for event_id, row_id in row_ids.items()
+            for route in fanout(rows[event_id][1])
+        ]
+        for start in range(0, len(entries), OUTBOX_CHUNK):
+            chunk = entries[start : start + OUTBOX_CHUNK]
+            params = [value for entry in chunk for value in entry]
+            self.database.execute_sql(self._outbox_sql(len(chunk)), params)  # type: ignore[no-untyped-call]
+        return len(entries)
 
     def _rows(self, requests: Sequence[Sequence[Incoming]]) -> dict[str, Row]:
         """The row of each event id, as its first record gives it, ready for `_insert_rows`."""
@@ -495,14 +597,20 @@ class Store:
                     rows[event_id] = (event_id, event.event_type, event.event_payload, value)
         return rows
 
-    def _insert_rows(self, rows: list[Row]) -> set[str]:
-        """Insert `rows` (at most INSERT_CHUNK) unless their id is taken; the new ids."""
+    def _insert_rows(self, rows: list[Row], row_ids: dict[str, int] | None = None) -> set[str]:
+        """Insert `rows` (at most INSERT_CHUNK) unless their id is taken; the new ids (and,
+        into `row_ids`, the row id of each)."""
         params = [value for row in rows for value in row]
-        cursor = self.database.execute_sql(self._insert_sql(len(rows)), params)  # type: ignore[no-untyped-call]
+        sql = self._insert_sql(len(rows), row_ids=row_ids is not None)
+        cursor = self.database.execute_sql(sql, params)  # type: ignore[no-untyped-call]
         # Outside a transaction the statement commits as its last row is read, so a full
         # disk raises here, as the driver's own error unless Peewee maps it.
         with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
-            return {event_id for (event_id,) in cursor.fetchall()}
+            if row_ids is None:
+                return {event_id for (event_id,) in cursor.fetchall()}
+            found = dict(cursor.fetchall())
+        row_ids.update(found)
+        return set(found)
 
     def _db_time(self, moment: datetime) -> object:
         """Naive UTC; as text for SQLite (whose default datetime adapter is deprecated)."""
@@ -526,7 +634,7 @@ class Store:
         return result
 
     def insert_requests(
-        self, requests: Sequence[Sequence[Incoming]]
+        self, requests: Sequence[Sequence[Incoming]], fanout: Fanout | None = None
     ) -> list[set[str] | IdempotencyConflict]:
         """Store several requests, each whole or not at all, committed before this returns:
         for each, the event ids that were new, or the IdempotencyConflict that refused it
@@ -536,9 +644,15 @@ class Store:
         request, with a different event_type or event_payload. Found inside a transaction,
         so exact under concurrency; the transaction is then rolled back and redone without
         the refused requests.
+
+        With `fanout` (event_type -> ids of the forwarding routes it matches), each new event
+        gets one outbox entry per route in the same transaction: nothing is stored without
+        its entries, and no entry exists for an event not stored.
         """
         with self._errors("cannot store events"):
             self._current(writer=True)
+            if fanout is not None:
+                return self._insert_transaction(requests, fanout)
             if 0 < len(requests) <= INSERT_CHUNK and all(len(records) == 1 for records in requests):
                 return self._insert_singles(requests)
             return self._insert_transaction(requests)
@@ -569,7 +683,7 @@ class Store:
         return results
 
     def _insert_transaction(
-        self, requests: Sequence[Sequence[Incoming]]
+        self, requests: Sequence[Sequence[Incoming]], fanout: Fanout | None = None
     ) -> list[set[str] | IdempotencyConflict]:
         """`insert_requests` in an explicit transaction, rolled back and redone without the
         requests found to conflict."""
@@ -577,8 +691,11 @@ class Store:
         pending = list(range(len(requests)))
         while pending:
             self._begin()
+            row_ids: dict[str, int] | None = None if fanout is None else {}
             try:
-                new, refused = self._insert_checked([requests[i] for i in pending])
+                rows, new, refused = self._insert_checked([requests[i] for i in pending], row_ids)
+                if not refused and fanout is not None and row_ids:
+                    self._insert_outbox(row_ids, rows, fanout)
             except BaseException:
                 self._rollback()
                 raise
@@ -598,19 +715,19 @@ class Store:
         return [results[i] for i in range(len(requests))]
 
     def _insert_checked(
-        self, requests: Sequence[Sequence[Incoming]]
-    ) -> tuple[set[str], dict[int, IdempotencyConflict]]:
-        """Inside a transaction: insert every new id; return the new ids and the requests
-        (by position) holding an id whose stored content differs from theirs."""
+        self, requests: Sequence[Sequence[Incoming]], row_ids: dict[str, int] | None = None
+    ) -> tuple[dict[str, Row], set[str], dict[int, IdempotencyConflict]]:
+        """Inside a transaction: insert every new id; return the rows, the new ids and the
+        requests (by position) holding an id whose stored content differs from theirs."""
         rows = self._rows(requests)
         total = sum(len(records) for records in requests)
         values = list(rows.values())
         new: set[str] = set()
         for start in range(0, len(values), INSERT_CHUNK):
             chunk = values[start : start + INSERT_CHUNK]
-            new.update(self._insert_rows(chunk))
+            new.update(self._insert_rows(chunk, row_ids))
         if len(new) == total:  # every id new and none repeated: nothing to compare
-            return new, {}
+            return rows, new, {}
         content = {event_id: (row[1], row[2]) for event_id, row in rows.items()}
         content.update(self._stored_content([i for i in rows if i not in new]))
         refused: dict[int, IdempotencyConflict] = {}
@@ -619,7 +736,7 @@ class Store:
                 if content[event_id] != (event.event_type, event.event_payload):
                     refused[position] = IdempotencyConflict(event_id, index)
                     break
-        return new, refused
+        return rows, new, refused
 
     def _stored_content(self, event_ids: list[str]) -> dict[str, tuple[str, str]]:
         model = self.model

@@ -42,9 +42,10 @@ def postgres_url() -> str:
 
 
 def drop_events_table(url: str) -> None:
+    """Drop the events table and the forwarding tables beside it."""
     store = Store.open(url, create=True)
     try:
-        store.database.drop_tables([store.model])
+        store.database.drop_tables(list(store.models))
     finally:
         store.close()
 
