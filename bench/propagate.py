@@ -65,7 +65,7 @@ from ingest import (  # noqa: E402
     worktree,
 )
 
-from eventctl.propagator.transport import LeanTransport  # noqa: E402
+from eventctl.transport import LeanTransport  # noqa: E402
 
 BODY = b'{"event_type":"order.created","event_payload":"{\\"order_id\\": 5531}"}'
 REQUESTS = 4000

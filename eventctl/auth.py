@@ -29,14 +29,19 @@ class SignatureError(Exception):
 def read_secrets(variable: str, path: str | None, environ: Mapping[str, str]) -> list[str]:
     """Secrets from `variable` (whitespace- or comma-separated) and from the file at `path`
     (one per line; blank lines and lines starting with # are skipped)."""
-    found = environ.get(variable, "").replace(",", " ").split()
-    if path:
-        try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the secrets file: {exc.strerror}") from None
-        found += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    return found
+    return environ.get(variable, "").replace(",", " ").split() + read_secrets_file(path)
+
+
+def read_secrets_file(path: str | None) -> list[str]:
+    """Secrets from the file at `path`, one per line (blank lines and lines starting with #
+    are skipped); none when `path` is unset or empty."""
+    if not path:
+        return []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the secrets file: {exc.strerror}") from None
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
 def signing_key(secret: str, where: str) -> bytes:
@@ -144,3 +149,13 @@ class Credentials:
         secrets = read_secrets(secrets_variable, secrets_file, environ)
         where = secrets_file or secrets_variable
         return cls(tokens[0] if tokens else None, [signing_key(s, where) for s in secrets])
+
+    @classmethod
+    def from_files(cls, *, token_file: str, secrets_file: str) -> Credentials:
+        """The token (the first in `token_file`) and signing keys (`secrets_file`) an
+        outbound sender such as the consumer's forwarder sends, from those two files only
+        ("" for none): never from the environment, whose EVENTCTL_AUTH_TOKEN is the token a
+        consumer requires of what it receives, not one to pass on."""
+        tokens = read_secrets_file(token_file)
+        keys = [signing_key(secret, secrets_file) for secret in read_secrets_file(secrets_file)]
+        return cls(tokens[0] if tokens else None, keys)

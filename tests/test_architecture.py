@@ -13,13 +13,16 @@ PACKAGE = ROOT / "eventctl"
 SHARED = {
     "auth",
     "config",
+    "delivery",
     "errors",
     "events",
+    "outbox",
     "replay",
     "retry",
     "store",
     "textsafe",
     "timefmt",
+    "transport",
     "verify",
 }
 

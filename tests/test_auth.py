@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -88,6 +89,38 @@ def test_secrets_come_from_the_environment_and_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must be whsec_ and base64"):
         signing_key("whsec_not base64!", "EVENTCTL_WEBHOOK_SECRETS")
     assert "s3cret" not in repr(Credentials("s3cret", [b"k"]))
+
+
+def test_outbound_credentials_come_from_their_two_files_never_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a consumer's own EVENTCTL_AUTH_TOKEN is what it requires inbound: never sent onward
+    monkeypatch.setenv("EVENTCTL_AUTH_TOKEN", "inbound-token")
+    monkeypatch.setenv("EVENTCTL_SIGNING_SECRET", "whsec_ZW52")
+    monkeypatch.setenv("EVENTCTL_WEBHOOK_SECRETS", "whsec_dHdv")
+    token = tmp_path / "token"
+    token.write_text("# for the warehouse\n\noutbound-token\nsecond-token\n")
+    secrets = tmp_path / "secrets"
+    secrets.write_text("# rotated on Monday\nwhsec_b2xk\n\nwhsec_bmV3\n")
+
+    credentials = Credentials.from_files(token_file=str(token), secrets_file=str(secrets))
+    assert credentials.token == "outbound-token"
+    assert credentials.keys == [b"old", b"new"]
+
+    nothing = Credentials.from_files(token_file="", secrets_file="")
+    assert (nothing.token, nothing.keys) == (None, [])
+    only_token = Credentials.from_files(token_file=str(token), secrets_file="")
+    assert (only_token.token, only_token.keys) == ("outbound-token", [])
+
+    missing = tmp_path / "missing"
+    unreadable = f"^{re.escape(str(missing))}: cannot read the secrets file"
+    with pytest.raises(ConfigError, match=unreadable):
+        Credentials.from_files(token_file=str(missing), secrets_file="")
+    with pytest.raises(ConfigError, match=unreadable):
+        Credentials.from_files(token_file="", secrets_file=str(missing))
+    secrets.write_text("whsec_not base64!\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(secrets))}: a signing secret must"):
+        Credentials.from_files(token_file="", secrets_file=str(secrets))
 
 
 @pytest.fixture

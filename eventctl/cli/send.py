@@ -193,7 +193,8 @@ def send_once(
     import random
     import time
 
-    from eventctl.propagator.propagator import Answer, classify, send_event
+    from eventctl.delivery import Answer, classify
+    from eventctl.propagator.propagator import send_event
     from eventctl.propagator.run import propagator_credentials
 
     cfg = propagator_config(

@@ -7,7 +7,6 @@ id maker); it reports through callbacks and never prints.
 from __future__ import annotations
 
 import asyncio
-import enum
 import random
 import shlex
 import statistics
@@ -16,13 +15,19 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Literal, NamedTuple
 
 import httpx
-import orjson
 
-from eventctl.auth import Credentials, signature_headers
+from eventctl.auth import Credentials
+from eventctl.delivery import (
+    Answer,
+    classify,
+    event_body,
+    post_once,
+    request_headers,
+    timeout_extensions,
+)
 from eventctl.errors import InvalidEvent, Unavailable
 from eventctl.events import Event, new_event_id
 from eventctl.propagator.spool import Spool
@@ -33,48 +38,8 @@ from eventctl.textsafe import json_text
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-RETRYABLE_4XX = frozenset({408, 429})
-RETRY_AFTER_STATUSES = frozenset({429, 503})
-
-
-class Answer(enum.Enum):
-    """What an HTTP answer to a POST of events means to a sender (both `propagate` and
-    `send-once` go by this)."""
-
-    DELIVERED = "delivered"  # 2xx
-    TRY_AGAIN = "try again"  # no answer, 5xx, 408 Request Timeout, 429 Too Many Requests
-    REFUSED = "refused"  # any other status: this request will not be taken as it is
-
-
-def classify(status: int | None) -> Answer:
-    if status is not None and 200 <= status < 300:
-        return Answer.DELIVERED
-    if status is None or status >= 500 or status in RETRYABLE_4XX:
-        return Answer.TRY_AGAIN
-    return Answer.REFUSED
-
-
-MAX_RETRY_AFTER_SECONDS = 3600.0
 LATENCY_WINDOW = 10_000
 RECENT = 8
-
-
-def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """The delay a Retry-After header asks for (seconds or an HTTP date), or None."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - now).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 Outcome = Literal["delivered", "retrying", "failed"]
@@ -297,7 +262,7 @@ class Propagator:
         self.source = events if isinstance(events, EventPool) else EventPool.plain(events)
         self.on_record = observers.on_record
         self._url = httpx.URL(delivery.endpoint)  # parsed once, not per request
-        self._extensions = {"timeout": httpx.Timeout(delivery.timeout).as_dict()}
+        self._extensions = timeout_extensions(delivery.timeout)
         self.stats = observers.stats or Stats(
             delivery.endpoint, plan.interval, delivery.max_in_flight
         )
@@ -531,28 +496,23 @@ class Propagator:
 
     async def _post(self, event_id: str, event: Event, attempt: int) -> tuple[Record, float | None]:
         """One attempt: the record of what happened, and the Retry-After delay if any."""
-        clock, wall_clock = self.runtime.clock, self.runtime.wall_clock
-        sent_at = clock()
-        body = event_body(event)
-        # straight to the transport: the client's cookie, auth and redirect layers would cost
-        # more CPU than the request itself, and none of them applies to these POSTs
-        request = httpx.Request(
-            "POST",
+        runtime, delivery = self.runtime, self.delivery
+        tried = await post_once(
+            delivery.transport,
             self._url,
-            headers=request_headers(self.delivery.credentials, event_id, body, wall_clock),
-            stream=httpx.ByteStream(body),
+            delivery.credentials,
+            event_id,
+            event,
             extensions=self._extensions,
+            clock=runtime.clock,
+            wall_clock=runtime.wall_clock,
         )
-        try:
-            response = await self.delivery.transport.handle_async_request(request)
-            await response.aclose()
-        except httpx.TransportError as exc:
-            error = transport_error_text(exc)
-            return Record("failed", event_id, event.event_type, attempt, clock(), None, error), None
-        now = clock()
-        status = response.status_code
+        now = runtime.clock()
+        status = tried.status
+        if status is None:
+            error = tried.error
+            return Record("failed", event_id, event.event_type, attempt, now, None, error), None
         if classify(status) is Answer.DELIVERED:
-            replayed = response.headers.get("Idempotent-Replayed") == "true"
             record = Record(
                 "delivered",
                 event_id,
@@ -560,15 +520,11 @@ class Propagator:
                 attempt,
                 now,
                 status,
-                latency=now - sent_at,
-                replayed=replayed,
+                latency=tried.latency,
+                replayed=tried.replayed,
             )
             return record, None
-        record = Record("failed", event_id, event.event_type, attempt, now, status)
-        if status in RETRY_AFTER_STATUSES:
-            header = response.headers.get("Retry-After")
-            return record, retry_after_seconds(header, wall_clock())
-        return record, None
+        return Record("failed", event_id, event.event_type, attempt, now, status), tried.retry_after
 
     async def _deliver(self, event_id: str, event: Event) -> None:
         stats, clock, policy = self.stats, self.runtime.clock, self.delivery.policy
@@ -606,25 +562,6 @@ class Propagator:
             self._report(record)
         finally:
             stats.in_flight -= 1
-
-
-def event_body(event: Event) -> bytes:
-    return orjson.dumps(event.to_json())
-
-
-def request_headers(
-    credentials: Credentials, event_id: str, body: bytes, now: Callable[[], datetime]
-) -> list[tuple[bytes, bytes]]:
-    """Headers of one attempt: the id as Idempotency-Key; when configured, a bearer token
-    and a fresh Standard Webhooks signature (same webhook-id on every attempt)."""
-    headers = [(b"Content-Type", b"application/json"), (b"Idempotency-Key", event_id.encode())]
-    if credentials.token:
-        headers.append((b"Authorization", f"Bearer {credentials.token}".encode()))
-    if credentials.keys:
-        timestamp = int(now().timestamp())
-        signed = signature_headers(credentials.keys[0], event_id, timestamp, body)
-        headers.extend((name.encode(), value.encode()) for name, value in signed.items())
-    return headers
 
 
 def curl_command(

@@ -28,7 +28,6 @@ try:
     import uvloop
 except ImportError:  # not on Windows
     uvloop = None  # type: ignore[assignment]
-from httpx_aiohttp import AiohttpTransport
 from rich.console import Console
 
 from eventctl.auth import SIGNING_SECRET_ENV, Credentials
@@ -48,8 +47,8 @@ from eventctl.propagator.propagator import (
 )
 from eventctl.propagator.spool import Entry, Run, Spool
 from eventctl.propagator.templates import EventPool
-from eventctl.propagator.transport import LeanTransport
 from eventctl.retry import RetryPolicy
+from eventctl.transport import http_transport
 
 REFRESH_SECONDS = 0.25
 
@@ -177,12 +176,8 @@ def spool_hints(stats: Stats, cfg: PropagatorConfig, run: Run | None) -> list[st
 
 
 def propagator_transport(cfg: PropagatorConfig) -> httpx.AsyncBaseTransport:
-    """LeanTransport for http:// endpoints; httpx-aiohttp's pool for https://. Measured
-    by bench/propagate.py: httpx's own pool costs several times the CPU per request."""
-    if httpx.URL(cfg.api_endpoint).scheme == "http":
-        return LeanTransport(max_connections=cfg.max_in_flight)
-    limits = httpx.Limits(max_connections=cfg.max_in_flight, max_keepalive_connections=64)
-    return AiohttpTransport(limits=limits)
+    """The transport to `cfg`'s endpoint, as many connections as events in flight."""
+    return http_transport(cfg.api_endpoint, max_connections=cfg.max_in_flight)
 
 
 async def _refresh(display: Display, clock: Callable[[], float]) -> None:

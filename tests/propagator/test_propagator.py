@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import random
@@ -15,10 +16,19 @@ import httpx
 import pytest
 from rich.console import Console
 
+from eventctl.auth import Credentials, WebhookHeaders, check_signature, signing_key
+from eventctl.delivery import (
+    Answer,
+    Attempt,
+    classify,
+    event_body,
+    post_once,
+    retry_after_seconds,
+    timeout_extensions,
+)
 from eventctl.events import Event
 from eventctl.propagator.display import render
 from eventctl.propagator.propagator import (
-    Answer,
     Delivery,
     Observers,
     Outcome,
@@ -27,8 +37,6 @@ from eventctl.propagator.propagator import (
     Record,
     Runtime,
     Stats,
-    classify,
-    retry_after_seconds,
 )
 from eventctl.retry import RetryPolicy
 from tests.vclock import VirtualClock
@@ -437,3 +445,95 @@ async def test_abort_cuts_the_grace_period_short() -> None:
 )
 def test_one_classification_of_answers_for_both_senders(status: int | None, answer: Answer) -> None:
     assert classify(status) is answer
+
+
+async def test_post_once_is_one_attempt_and_what_it_got() -> None:
+    clock = VirtualClock()
+    key = signing_key("whsec_" + base64.b64encode(b"key").decode(), "t")
+    seen: list[httpx.Request] = []
+
+    async def replay(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        await clock.sleep(0.25)
+        return httpx.Response(201, headers={"Idempotent-Replayed": "true"})
+
+    tried = await clock.run(
+        post_once(
+            httpx.MockTransport(replay),
+            httpx.URL(ENDPOINT),
+            Credentials("t0ken", [key]),
+            "evt_1",
+            EVENTS[0],
+            extensions=timeout_extensions(2.5),
+            clock=clock,
+            wall_clock=lambda: WALL,
+        )
+    )
+    assert tried == Attempt(201, None, 0.25, None, True)
+    assert tried.answer is Answer.DELIVERED
+    (request,) = seen
+    assert request.method == "POST"
+    assert request.url == ENDPOINT
+    assert request.content == event_body(EVENTS[0])
+    assert request.extensions["timeout"] == dict.fromkeys(("connect", "read", "write", "pool"), 2.5)
+    assert request.headers["Idempotency-Key"] == "evt_1"
+    assert request.headers["Authorization"] == "Bearer t0ken"
+    signed = (request.headers[f"webhook-{n}"] for n in ("id", "timestamp", "signature"))
+    check_signature(
+        [key],
+        WebhookHeaders(*signed),
+        request.content,
+        now=WALL.timestamp(),
+        tolerance=1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after"), [(503, 7.0), (429, 7.0), (500, None), (408, None), (400, None)]
+)
+async def test_post_once_reads_retry_after_of_429_and_503_only(
+    status: int, retry_after: float | None
+) -> None:
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers={"Retry-After": "7"})
+
+    tried = await post_once(
+        httpx.MockTransport(answer),
+        httpx.URL(ENDPOINT),
+        Credentials(),
+        "evt_1",
+        EVENTS[0],
+        extensions=timeout_extensions(1.0),
+        clock=VirtualClock(),
+        wall_clock=lambda: WALL,
+    )
+    assert (tried.status, tried.error, tried.retry_after, tried.replayed) == (
+        status,
+        None,
+        retry_after,
+        False,
+    )
+    assert tried.answer is classify(status)
+
+
+async def test_post_once_turns_a_transport_error_into_an_attempt_without_status() -> None:
+    clock = VirtualClock()
+
+    async def refuse(request: httpx.Request) -> httpx.Response:
+        await clock.sleep(0.5)
+        raise httpx.ConnectError("refused") from ConnectionRefusedError()
+
+    tried = await clock.run(
+        post_once(
+            httpx.MockTransport(refuse),
+            httpx.URL(ENDPOINT),
+            Credentials(),
+            "evt_1",
+            EVENTS[0],
+            extensions=timeout_extensions(1.0),
+            clock=clock,
+            wall_clock=lambda: WALL,
+        )
+    )
+    assert tried == Attempt(None, "connection refused", 0.5, None, False)
+    assert tried.answer is Answer.TRY_AGAIN

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from eventctl.propagator.transport import LeanTransport
 from eventctl.retry import transport_error_text
 from eventctl.store import Store
+from eventctl.transport import LeanTransport
 from tests.helpers import Server, free_port
 
 pytestmark = pytest.mark.anyio

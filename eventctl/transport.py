@@ -1,11 +1,12 @@
-"""A lean HTTP/1.1 transport for httpx: keep-alive connections on asyncio, parsed by httptools.
+"""Sending HTTP: a lean HTTP/1.1 transport for httpx, and the transport for a URL.
 
-The propagator sends small POSTs to one plain-http endpoint, many times a second. httpx's own
-pool and even aiohttp's spend most of their CPU on generality this path never uses (HTTP/2,
-proxies, cookies, streaming bodies); bench/propagate.py measures the difference. This transport
-keeps httpx's Request and Response types and its exceptions, so retries, tests with
-`httpx.MockTransport` and every other caller see httpx. It serves `http://` only; `https://`
-goes to httpx-aiohttp's transport.
+Both sides deliver events: the propagator POSTs what it generates, the consumer forwards what
+it stored. Many small POSTs a second to one plain-http endpoint: httpx's own pool and even
+aiohttp's spend most of their CPU on generality this path never uses (HTTP/2, proxies,
+cookies, streaming bodies); bench/propagate.py measures the difference. `LeanTransport` keeps
+httpx's Request and Response types and its exceptions, so retries, tests with
+`httpx.MockTransport` and every other caller see httpx. It serves `http://` only;
+`http_transport` gives `https://` httpx-aiohttp's transport.
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
     connections) at once. An idle connection is reused for up to `keepalive_expiry` seconds,
     below the 5 s after which uvicorn and Node close theirs. A reused connection that the
     server closed before answering (the request crossed its close) is retried once on a new
-    connection, as browsers do; nothing of the request can have been processed, and the
-    propagator's requests carry an Idempotency-Key besides."""
+    connection, as browsers do; nothing of the request can have been processed, and every
+    event sent carries an Idempotency-Key besides."""
 
     def __init__(self, *, max_connections: int = 100, keepalive_expiry: float = 4.0) -> None:
         self.keepalive_expiry = keepalive_expiry
@@ -181,3 +182,16 @@ class LeanTransport(httpx.AsyncBaseTransport):
             for connection in idle:
                 connection.close()
         self._idle.clear()
+
+
+def http_transport(url: str | httpx.URL, *, max_connections: int) -> httpx.AsyncBaseTransport:
+    """The transport for sending to `url`, at most `max_connections` requests at once:
+    LeanTransport for http://, httpx-aiohttp's pool for https://. Measured by
+    bench/propagate.py: httpx's own pool costs several times the CPU per request."""
+    if httpx.URL(url).scheme == "http":
+        return LeanTransport(max_connections=max_connections)
+    # only here: importing aiohttp costs about 150 ms, and plain-http senders never need it
+    from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
+
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=64)
+    return AiohttpTransport(limits=limits)
