@@ -42,6 +42,7 @@ from eventctl.auth import (
 )
 from eventctl.config import ConsumerConfig, metrics_enabled
 from eventctl.consumer import problems
+from eventctl.consumer.forwarder import Forwarder
 from eventctl.consumer.metrics import CONTENT_TYPE, Metrics
 from eventctl.consumer.openapi import LIST_PARAMETERS, SUMMARY_PARAMETERS, document
 from eventctl.consumer.problems import ApiError
@@ -698,16 +699,23 @@ class ConsumerApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def serving(writer: Writer) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
-    """The app's lifespan: the writer runs while the app serves."""
+def serving(
+    writer: Writer, forwarder: Forwarder | None
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the writer (and the forwarder, which starts first: the writer
+    needs its route ids) runs while the app serves."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if forwarder is not None:
+            await forwarder.start()
         writer.start()
         try:
             yield
         finally:
             await anyio.to_thread.run_sync(writer.stop)
+            if forwarder is not None:
+                await forwarder.stop()
 
     return lifespan
 
@@ -815,12 +823,26 @@ def create_app(
     """
     credentials = credentials or Credentials()
     metrics = Metrics(multiprocess=multiprocess_metrics) if metrics_enabled(config) else None
+    forwarder = None
+    if config.forward:
+        forwarder = Forwarder(
+            store.url,
+            config.forward,
+            credentials=[
+                Credentials.from_files(
+                    token_file=route.auth_token_file, secrets_file=route.signing_secret_file
+                )
+                for route in config.forward
+            ],
+        )
     writer = Writer(
         store,
         max_batch=config.commit_max_events,
         max_wait=config.commit_max_wait_ms / 1000,
         max_queued=config.max_queued_events,
         on_commit=metrics.on_commit if metrics else None,
+        fanout=None if forwarder is None else forwarder.fanout,
+        on_stored=None if forwarder is None else forwarder.wake,
     )
     hosts = HostGuard(config)
     one = IngestEvent(config, writer, metrics, credentials, hosts)
@@ -838,5 +860,5 @@ def create_app(
         metrics,
         routes=routes,
         exception_handlers=_error_handlers(routes, metrics),
-        lifespan=serving(writer),
+        lifespan=serving(writer, forwarder),
     )

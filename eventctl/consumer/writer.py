@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from eventctl.errors import DatabaseError, EventctlError, IdempotencyConflict
-from eventctl.store import Incoming, Store
+from eventctl.store import Fanout, Incoming, Store
 
 log = logging.getLogger("eventctl.consumer.writer")
 
@@ -49,10 +49,12 @@ class Writer:
     `max_batch` bounds the events in one transaction (a single submission larger than that
     is still committed whole), `max_wait` is how long the writer waits for more events
     after the first before committing (0: commit as soon as the last commit is done), and
-    `max_queued` bounds the events handed over but not yet committed.
+    `max_queued` bounds the events handed over but not yet committed. With `fanout`, each
+    new event's outbox entries are committed with it (see `Store.insert_requests`), and
+    `on_stored` is called after each commit that stored a new event.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the store, its three bounds, and three hooks
         self,
         store: Store,
         *,
@@ -60,8 +62,12 @@ class Writer:
         max_wait: float = 0.0,
         max_queued: int = 10_000,
         on_commit: CommitHook | None = None,
+        fanout: Fanout | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        self.fanout = fanout
+        self.on_stored = on_stored
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.max_queued = max_queued
@@ -183,7 +189,7 @@ class Writer:
         started = time.perf_counter()
         size = sum(len(sub.records) for sub in batch)
         try:
-            results = self.store.insert_requests([sub.records for sub in batch])
+            results = self.store.insert_requests([sub.records for sub in batch], self.fanout)
         except DatabaseError as exc:
             self.last_error = exc
             if self.on_commit:
@@ -206,6 +212,8 @@ class Writer:
                     new += len(result)
             if self.on_commit:
                 self.on_commit(size, new, time.perf_counter() - started, self.queued, False)
+            if new and self.on_stored:
+                self.on_stored()
         self._wake(batch)
 
     def _wake(self, batch: list[_Submission]) -> None:
