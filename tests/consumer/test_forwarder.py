@@ -1,0 +1,295 @@
+"""The forwarder against a real downstream consumer, and against failing peers
+(httpx.MockTransport), on a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from eventctl.auth import Credentials
+from eventctl.config import ForwardRoute
+from eventctl.consumer.forwarder import Forwarder, entry_after, lease_ms
+from eventctl.delivery import Attempt
+from eventctl.errors import DatabaseError
+from eventctl.events import Event
+from eventctl.outbox import ACTIVE, DISABLED, PAUSED, Entry, Outbox, RouteStatus
+from eventctl.store import Incoming, Store
+from tests.helpers import Server
+
+pytestmark = pytest.mark.anyio
+
+FAST = {
+    "retry_base_seconds": 0.01,
+    "retry_max_seconds": 0.05,
+    "breaker_cooldown_seconds": 0.2,
+    "breaker_max_cooldown_seconds": 0.4,
+    "timeout_seconds": 2.0,
+}
+Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+
+
+def route(url: str = "http://127.0.0.1:9/event", **fields: object) -> ForwardRoute:
+    return ForwardRoute(url, **{**FAST, **fields})  # type: ignore[arg-type]
+
+
+def mock(handler: Handler) -> Callable[[ForwardRoute], httpx.AsyncBaseTransport]:
+    return lambda _route: httpx.MockTransport(handler)
+
+
+def store_events(store: Store, forwarder: Forwarder, n: int, kind: str = "t") -> list[str]:
+    ids = [f"{kind}-{i:04d}" for i in range(n)]
+    now = datetime.now(UTC)
+    records = [[Incoming(i, Event(kind, f"payload {i}"), now)] for i in ids]
+    store.insert_requests(records, forwarder.fanout)
+    forwarder.wake()
+    return ids
+
+
+async def until(check: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.02)
+
+
+def shown(store: Store) -> dict[str, RouteStatus]:
+    return {s.name: s for s in Outbox(store).status()}
+
+
+async def test_every_stored_event_reaches_a_real_consumer_once_with_its_id_and_signature(
+    store: Store, tmp_path: Path
+) -> None:
+    secrets = tmp_path / "b.whsec"
+    secrets.write_text("whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" + "\n")
+    downstream = f"sqlite:///{tmp_path / 'b.db'}"
+    b = Server(downstream, tmp_path, "--webhook-secrets-file", str(secrets))
+    try:
+        forwarder = Forwarder(
+            store.url,
+            [route(f"{b.url}/event", signing_secret_file=str(secrets))],
+            credentials=[Credentials.from_files(token_file="", secrets_file=str(secrets))],
+        )
+        await forwarder.start()
+        try:
+            ids = store_events(store, forwarder, 300)
+            await until(lambda: shown(store)[f"{b.url}/event"].delivered == 300)
+        finally:
+            await forwarder.stop()
+        b_store = Store.open(downstream)
+        try:
+            held = [e.event_id for e in b_store.events(limit=1000, oldest_first=True)]
+        finally:
+            b_store.close()
+        assert sorted(held) == ids
+        status = shown(store)[f"{b.url}/event"]
+        assert (status.state, status.queued, status.failed) == (ACTIVE, 0, 0)
+        assert forwarder.routes[0].counters.delivered == 300
+    finally:
+        b.stop()
+
+
+async def test_only_matching_types_are_forwarded(store: Store) -> None:
+    seen: list[str] = []
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200, json={"status": "success"})
+
+    forwarder = Forwarder(store.url, [route(match=("pay.*",))], transport=mock(ok))
+    await forwarder.start()
+    try:
+        store_events(store, forwarder, 3, "order.created")
+        paid = store_events(store, forwarder, 2, "pay.done")
+        await until(lambda: len(seen) == 2)
+        await asyncio.sleep(0.3)
+    finally:
+        await forwarder.stop()
+    assert sorted(seen) == paid
+
+
+async def test_503_with_retry_after_is_retried_after_that_long(store: Store) -> None:
+    times: list[float] = []
+
+    async def busy_then_ok(request: httpx.Request) -> httpx.Response:
+        times.append(time.monotonic())
+        if len(times) == 1:
+            return httpx.Response(503, headers={"Retry-After": "1"})
+        return httpx.Response(200)
+
+    forwarder = Forwarder(store.url, [route()], transport=mock(busy_then_ok))
+    await forwarder.start()
+    try:
+        store_events(store, forwarder, 1)
+        await until(lambda: shown(store)["http://127.0.0.1:9/event"].delivered == 1)
+    finally:
+        await forwarder.stop()
+    assert len(times) == 2
+    assert times[1] - times[0] >= 0.95
+
+
+async def test_a_410_disables_the_route_and_keeps_its_events_until_enabled(store: Store) -> None:
+    gone = True
+    delivered: list[str] = []
+
+    async def peer(request: httpx.Request) -> httpx.Response:
+        if gone:
+            return httpx.Response(410)
+        delivered.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200)
+
+    forwarder = Forwarder(store.url, [route(max_in_flight=1)], transport=mock(peer))
+    await forwarder.start()
+    try:
+        ids = store_events(store, forwarder, 5)
+        name = "http://127.0.0.1:9/event"
+        await until(lambda: shown(store)[name].state == DISABLED)
+        await asyncio.sleep(0.3)
+        status = shown(store)[name]
+        assert (status.queued, status.failed, status.delivered) == (5, 0, 0)
+        assert "410" in status.reason
+        gone = False
+        Outbox(store).enable(name)
+        await until(lambda: len(delivered) == 5)
+    finally:
+        await forwarder.stop()
+    assert sorted(delivered) == ids
+
+
+async def test_a_refusal_fails_the_entry_and_routes_retry_queues_it_again(store: Store) -> None:
+    answers = iter([422, 200])
+
+    async def peer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(next(answers))
+
+    forwarder = Forwarder(store.url, [route()], transport=mock(peer))
+    await forwarder.start()
+    name = "http://127.0.0.1:9/event"
+    try:
+        store_events(store, forwarder, 1)
+        await until(lambda: shown(store)[name].failed == 1)
+        assert shown(store)[name].queued == 0
+        assert Outbox(store).retry(name) == 1
+        forwarder.wake()
+        await until(lambda: shown(store)[name].delivered == 1)
+    finally:
+        await forwarder.stop()
+
+
+async def test_the_breaker_pauses_a_failing_route_and_a_probe_closes_it(store: Store) -> None:
+    calls: list[float] = []
+    healthy = False
+
+    async def peer(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        return httpx.Response(200 if healthy else 500)
+
+    forwarder = Forwarder(
+        store.url, [route(breaker_failures=3, max_in_flight=1)], transport=mock(peer)
+    )
+    await forwarder.start()
+    name = "http://127.0.0.1:9/event"
+    try:
+        store_events(store, forwarder, 20)
+        await until(lambda: shown(store)[name].state == PAUSED)
+        assert "failures in a row (last: 500)" in shown(store)[name].reason
+        before = len(calls)
+        await asyncio.sleep(0.15)
+        assert len(calls) - before <= 1  # paused: at most a probe
+        healthy = True
+        await until(lambda: shown(store)[name].delivered == 20)
+        assert shown(store)[name].state == ACTIVE
+    finally:
+        await forwarder.stop()
+
+
+async def test_an_ordered_route_sends_one_at_a_time_in_stored_order(store: Store) -> None:
+    seen: list[str] = []
+    in_flight = 0
+    most = 0
+
+    async def peer(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.001)
+        in_flight -= 1
+        key = request.headers["Idempotency-Key"]
+        if key.endswith("3") and key not in seen:  # one retry in the middle
+            seen.append(key)
+            return httpx.Response(503)
+        seen.append(key)
+        return httpx.Response(200)
+
+    forwarder = Forwarder(store.url, [route(ordered=True)], transport=mock(peer))
+    await forwarder.start()
+    try:
+        ids = store_events(store, forwarder, 30)
+        await until(lambda: shown(store)["http://127.0.0.1:9/event"].delivered == 30)
+    finally:
+        await forwarder.stop()
+    assert most == 1
+    first_sends = list(dict.fromkeys(seen))
+    assert first_sends == ids
+
+
+async def test_stop_gives_back_the_leases_of_sends_cut_short(store: Store) -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return httpx.Response(200)
+
+    forwarder = Forwarder(store.url, [route()], transport=mock(slow))
+    await forwarder.start()
+    store_events(store, forwarder, 10)
+    await until(lambda: forwarder.routes[0].counters.attempts == 10)
+    started = time.monotonic()
+    await forwarder.stop(grace=0.2)
+    assert time.monotonic() - started < 3
+    claim = Outbox(store, owner="next").claim(
+        forwarder.routes[0].id, limit=100, now_ms=time.time_ns() // 1_000_000, ordered=False
+    )
+    assert len(claim.entries) == 10  # no lease left to wait for
+
+
+async def test_an_unstarted_forwarder_refuses_to_store_events_without_their_entries(
+    store: Store,
+) -> None:
+    forwarder = Forwarder(store.url, [route()])
+    with pytest.raises(DatabaseError, match="the forwarder has not started"):
+        store_events(store, forwarder, 1)
+    assert store.count() == 0
+
+
+ENTRY = Entry(1, "id", "t", "p", datetime.now(UTC), 0, None)
+
+
+def test_an_entry_is_failed_once_retried_for_retry_max_elapsed() -> None:
+    import random
+
+    r = route(retry_max_elapsed_seconds=10)
+    busy = Attempt(503, None, 0.01, None, False)
+    first = entry_after(busy, ENTRY, r, 1_000, random.Random(1))
+    assert (first.kind, first.attempts, first.first_attempt_ms) == ("retry", 1, 1_000)
+    later = ENTRY._replace(attempts=1, first_attempt_ms=1_000)
+    assert entry_after(busy, later, r, 10_999, random.Random(1)).kind == "retry"
+    assert entry_after(busy, later, r, 11_000, random.Random(1)).kind == "failed"
+    asked = Attempt(429, None, 0.01, 7.0, False)
+    assert entry_after(asked, ENTRY, r, 1_000, random.Random(1)).due_ms == 8_000
+    assert (
+        entry_after(Attempt(None, "timeout", 2.0, None, False), ENTRY, r, 0, random.Random()).kind
+        == "retry"
+    )
+    assert (
+        entry_after(Attempt(400, None, 0.0, None, False), ENTRY, r, 0, random.Random()).kind
+        == "failed"
+    )
+    assert (
+        entry_after(Attempt(410, None, 0.0, None, False), ENTRY, r, 0, random.Random()).kind
+        == "kept"
+    )
+    assert lease_ms(r) == 5_000
