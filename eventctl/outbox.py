@@ -196,7 +196,8 @@ class Outbox:
         for the write lock rather than failing on an upgrade)."""
         store = self.store
         with store._errors(doing):
-            store._current(writer=False)
+            # as the write path: a SQLite file replaced under us is reopened, not refused
+            store._current(writer=True)
             if store.is_sqlite:
                 self.database.begin("IMMEDIATE")  # type: ignore[call-arg]
             else:
@@ -217,7 +218,6 @@ class Outbox:
 
     def sync_routes(self, routes: Sequence[tuple[str, str]]) -> dict[str, int]:
         """Register (name, url) routes, keeping the state of those already known; their ids."""
-        self.create()
         ids: dict[str, int] = {}
         with self._write("cannot register forwarding routes"):
             for name, url in routes:

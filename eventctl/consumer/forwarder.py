@@ -288,6 +288,11 @@ class Forwarder:
                 log.warning("forwarding to %s: %s", route.config.name, exc)
                 await self._idle(route, 1.0)
                 continue
+            except Exception:
+                # a bug must not end forwarding on this route: say so, and go on
+                log.exception("forwarding to %s: a claim failed", route.config.name)
+                await self._idle(route, 1.0)
+                continue
             route.row = claim.route
             if self._stopping:
                 break  # what it leased is given back by `stop`
@@ -336,6 +341,9 @@ class Forwarder:
         except asyncio.CancelledError:
             self._done(route, None)  # stopping: its lease is given back
             raise
+        except Exception as exc:  # not a transport error: a bug, or a peer httpx cannot parse
+            log.exception("forwarding to %s: sending event %s failed", config.name, entry.event_id)
+            attempt = Attempt(None, type(exc).__name__, 0.0, None, False)
         settled = entry_after(attempt, entry, config, self.wall_ms(), self.rng)
         counters = route.counters
         if settled.kind == "delivered":

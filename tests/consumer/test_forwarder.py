@@ -293,3 +293,26 @@ def test_an_entry_is_failed_once_retried_for_retry_max_elapsed() -> None:
         == "kept"
     )
     assert lease_ms(r) == 5_000
+
+
+async def test_a_send_that_raises_is_retried_and_forwarding_goes_on(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    async def broken_once(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("a peer httpx could not make sense of")
+        return httpx.Response(200)
+
+    forwarder = Forwarder(store.url, [route(max_in_flight=1)], transport=mock(broken_once))
+    await forwarder.start()
+    try:
+        store_events(store, forwarder, 3)
+        await until(lambda: shown(store)["http://127.0.0.1:9/event"].delivered == 3)
+    finally:
+        await forwarder.stop()
+    assert calls == 4
+    assert "sending event t-0000 failed" in caplog.text
