@@ -195,7 +195,7 @@ class Outbox:
         """One write transaction (SQLite: BEGIN IMMEDIATE, so it waits on busy_timeout
         for the write lock rather than failing on an upgrade)."""
         store = self.store
-        with store._errors(doing):
+        with store._errors(doing), store.write_gate:
             # as the write path: a SQLite file replaced under us is reopened, not refused
             store._current(writer=True)
             if store.is_sqlite:

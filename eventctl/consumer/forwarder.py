@@ -40,6 +40,7 @@ log = logging.getLogger("eventctl.consumer.forwarder")
 
 CLAIM_MAX = 256
 SETTLE_MAX = 256
+MAX_UNSETTLED = 4 * SETTLE_MAX
 SETTLE_WAIT_SECONDS = 0.02
 POLL_SECONDS = 0.25
 SHUTDOWN_GRACE_SECONDS = 3.0
@@ -117,6 +118,7 @@ class _Route:
     counters: RouteCounters = field(default_factory=RouteCounters)
     row: RouteRow | None = None
     outstanding: int = 0  # claimed and not yet settled
+    sending: int = 0  # claimed and not yet answered
     pending: list[Settled] = field(default_factory=list)
     batch: Batch = field(default_factory=Batch)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -264,9 +266,19 @@ class Forwarder:
     # -- per route --------------------------------------------------------------------------
 
     def _capacity(self, route: _Route) -> int:
+        """How many entries to claim now; 0 to wait for room. Answered entries waiting for
+        their settle do not hold back the next claim (up to a bound), so the sends go on
+        while a settle is written; a claim waits for half the window to be free, so that
+        claims stay few and large. An ordered route claims when its last entry is settled."""
         if route.config.ordered:
             return 1 - route.outstanding
-        return min(CLAIM_MAX, 2 * route.config.max_in_flight - route.outstanding)
+        if route.outstanding - route.sending >= MAX_UNSETTLED:
+            return 0
+        window = 2 * route.config.max_in_flight
+        room = min(CLAIM_MAX, window - route.sending)
+        if route.sending and room < window // 2:
+            return 0
+        return room
 
     async def _claim_loop(self, route: _Route) -> None:
         assert self._outbox is not None
@@ -304,6 +316,7 @@ class Forwarder:
                 await self._idle(route, wait)
                 continue
             route.outstanding += len(claim.entries)
+            route.sending += len(claim.entries)
             claimed_at = time.monotonic()
             for entry in claim.entries:
                 task = asyncio.create_task(self._send(route, entry, claimed_at))
@@ -364,6 +377,8 @@ class Forwarder:
         self._done(route, settled)
 
     def _done(self, route: _Route, settled: Settled | None) -> None:
+        route.sending -= 1
+        route.room.set()
         if settled is None:
             route.outstanding -= 1
             route.room.set()
