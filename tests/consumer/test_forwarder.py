@@ -316,3 +316,29 @@ async def test_a_send_that_raises_is_retried_and_forwarding_goes_on(
         await forwarder.stop()
     assert calls == 4
     assert "sending event t-0000 failed" in caplog.text
+
+
+async def test_a_route_keeps_max_in_flight_sends_and_twice_that_unanswered(store: Store) -> None:
+    in_flight = most = 0
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return httpx.Response(200)
+
+    forwarder = Forwarder(store.url, [route(max_in_flight=4)], transport=mock(slow))
+    await forwarder.start()
+    unanswered: list[int] = []
+    try:
+        store_events(store, forwarder, 60)
+        name = "http://127.0.0.1:9/event"
+        while shown(store)[name].delivered < 60:
+            unanswered.append(forwarder.routes[0].sending)
+            await asyncio.sleep(0.01)
+    finally:
+        await forwarder.stop()
+    assert most == 4
+    assert 4 < max(unanswered) <= 8
