@@ -196,6 +196,10 @@ def serve(
     try:
         # checked before any worker starts: a bad secret is one error, not one per worker
         credentials = consumer_credentials(cfg, environ)
+        for route in cfg.forward:
+            Credentials.from_files(
+                token_file=route.auth_token_file, secrets_file=route.signing_secret_file
+            )
         store = Store.open(cfg.database_url, create=True)
     except EventctlError:
         sock.close()
@@ -208,6 +212,16 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
+    for route in cfg.forward:
+        only = f" ({', '.join(route.match)} only)" if route.match else ""
+        named = f" as {route.name}" if route.name != route.url else ""
+        ordered = ", one at a time in order" if route.ordered else ""
+        console.print(
+            f"eventctl serve: forwarding to {route.url}{named}{only}{ordered}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     try:
         if cfg.workers > 1:
             store.close()

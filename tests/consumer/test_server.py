@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from eventctl.auth import AUTH_TOKEN_ENV, WEBHOOK_SECRETS_ENV
-from eventctl.config import ConsumerConfig
+from eventctl.config import ConsumerConfig, ForwardRoute
 from eventctl.consumer.app import ConsumerApp
 from eventctl.consumer.server import (
     PROMETHEUS_ENV,
@@ -26,7 +26,7 @@ from eventctl.consumer.server import (
 )
 from eventctl.errors import ConfigError
 from eventctl.store import Store
-from tests.helpers import in_process
+from tests.helpers import Server, in_process
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 EVENT = {"event_type": "t", "event_payload": "p"}
@@ -94,3 +94,34 @@ def test_serve_refuses_a_bad_secret_of_its_environ_before_it_starts(
         serve(cfg, sock, Console(file=out), environ={WEBHOOK_SECRETS_ENV: "whsec_!"})
     assert sock.fileno() == -1  # closed
     assert out.getvalue() == ""  # nothing said it was listening
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_refuses_a_route_whose_secret_file_is_missing_before_it_starts(
+    sqlite_url: str, tmp_path: Path, workers: int
+) -> None:
+    missing = tmp_path / "nope.whsec"
+    route = ForwardRoute("http://127.0.0.1:9/event", signing_secret_file=str(missing))
+    cfg = ConsumerConfig(database_url=sqlite_url, port=0, workers=workers, forward=(route,))
+    sock = listen(cfg.host, 0)
+    out = io.StringIO()
+    with pytest.raises(ConfigError, match=f"{missing}: cannot read the secrets file"):
+        serve(cfg, sock, Console(file=out), environ={})
+    assert sock.fileno() == -1
+    assert out.getvalue() == ""
+
+
+def test_serve_says_where_it_forwards(sqlite_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "consumer.yaml"
+    config.write_text(
+        "forward:\n"
+        "  - http://127.0.0.1:9/all\n"
+        "  - {url: 'http://127.0.0.1:9/pay', name: billing, match: ['pay.*'], ordered: true}\n"
+    )
+    running = Server(sqlite_url, tmp_path, "--config", str(config))
+    _, err = running.stop()
+    assert "forwarding to http://127.0.0.1:9/all\n" in err
+    assert (
+        "forwarding to http://127.0.0.1:9/pay as billing (pay.* only), one at a time in order"
+        in err
+    )
