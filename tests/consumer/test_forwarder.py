@@ -20,7 +20,7 @@ from eventctl.errors import DatabaseError
 from eventctl.events import Event
 from eventctl.outbox import ACTIVE, DISABLED, PAUSED, Entry, Outbox, RouteStatus
 from eventctl.store import Incoming, Store
-from tests.helpers import Server
+from tests.helpers import Server, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -342,3 +342,25 @@ async def test_a_route_keeps_max_in_flight_sends_and_twice_that_unanswered(store
         await forwarder.stop()
     assert most == 4
     assert 4 < max(unanswered) <= 8
+
+
+def test_a_consumer_forwarding_to_itself_stores_each_event_once_and_stops(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    a = Server(sqlite_url, tmp_path, "--forward-to", f"http://127.0.0.1:{port}/event", port=port)
+    try:
+        for i in range(20):
+            answer = httpx.post(f"{a.url}/event", json={"event_type": "t", "event_payload": str(i)})
+            assert answer.status_code == 200
+        deadline = time.monotonic() + 20
+        while (status := shown(Store.open(sqlite_url))[f"{a.url}/event"]).delivered < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        store = Store.open(sqlite_url)
+        assert store.count() == 20  # each came back as a replay of itself: no new entry
+        assert (shown(store)[f"{a.url}/event"].delivered, status.queued) == (20, 0)
+        store.close()
+    finally:
+        a.stop()
