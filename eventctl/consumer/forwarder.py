@@ -31,7 +31,7 @@ from eventctl.config import ForwardRoute
 from eventctl.delivery import Answer, Attempt, post_once, timeout_extensions
 from eventctl.errors import DatabaseError
 from eventctl.events import Event
-from eventctl.outbox import Batch, Breaker, Entry, Outbox, RouteRow, Settled
+from eventctl.outbox import PAUSED, Batch, Breaker, Entry, Outbox, RouteRow, Settled
 from eventctl.retry import RetryPolicy
 from eventctl.store import Store
 from eventctl.transport import http_transport
@@ -269,9 +269,10 @@ class Forwarder:
         """How many entries to claim now; 0 to wait for room. Answered entries waiting for
         their settle do not hold back the next claim (up to a bound), so the sends go on
         while a settle is written; a claim waits for half the window to be free, so that
-        claims stay few and large. An ordered route claims when its last entry is settled."""
-        if route.config.ordered:
-            return 1 - route.outstanding
+        claims stay few and large. An ordered or paused route claims when its last entry is
+        settled."""
+        if route.config.ordered or (route.row is not None and route.row.state == PAUSED):
+            return 1 - route.outstanding  # a paused route: one probe at a time
         if route.outstanding - route.sending >= MAX_UNSETTLED:
             return 0
         window = 2 * route.config.max_in_flight

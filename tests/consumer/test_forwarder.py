@@ -364,3 +364,27 @@ def test_a_consumer_forwarding_to_itself_stores_each_event_once_and_stops(
         store.close()
     finally:
         a.stop()
+
+
+async def test_a_paused_route_sends_one_probe_at_a_time(store: Store) -> None:
+    calls = 0
+
+    async def down(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.02)
+        return httpx.Response(503)
+
+    forwarder = Forwarder(
+        store.url, [route(breaker_failures=3, max_in_flight=8)], transport=mock(down)
+    )
+    await forwarder.start()
+    try:
+        store_events(store, forwarder, 50)
+        await until(lambda: shown(store)["http://127.0.0.1:9/event"].state == PAUSED)
+        await asyncio.sleep(0.1)  # the sends in flight when it opened come back
+        before = calls
+        await asyncio.sleep(1.0)  # pauses of 0.2 s, then 0.4 s: a few probes
+    finally:
+        await forwarder.stop()
+    assert 1 <= calls - before <= 4
