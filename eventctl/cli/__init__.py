@@ -13,7 +13,7 @@ import typer
 import typer.core
 
 from eventctl import __version__
-from eventctl.cli import read, replay, send, serve, spool
+from eventctl.cli import read, replay, routes, send, serve, spool
 from eventctl.cli.environment import Environment, bind
 
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
@@ -124,6 +124,14 @@ spool_app.command("list")(spool.spool_list)
 spool_app.command("retry")(spool.spool_retry)
 app.add_typer(spool_app, name="spool")
 app.command()(spool.verify)
+routes_app = typer.Typer(
+    help="Show serve's forwarding routes (store and forward); retry or enable one.",
+    no_args_is_help=False,
+)
+routes_app.callback(invoke_without_command=True)(routes.routes_list)
+routes_app.command("retry")(routes.routes_retry)
+routes_app.command("enable")(routes.routes_enable)
+app.add_typer(routes_app, name="routes")
 
 
 def main() -> None:

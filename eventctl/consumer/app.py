@@ -59,6 +59,7 @@ from eventctl.consumer.stream import event_stream
 from eventctl.consumer.writer import Overloaded, Writer
 from eventctl.errors import DatabaseError, IdempotencyConflict, InvalidEvent
 from eventctl.events import Event, new_event_id, unique_keys, validate_event
+from eventctl.outbox import Outbox
 from eventctl.store import Incoming, Store, iso
 from eventctl.timefmt import parse_since
 
@@ -645,6 +646,19 @@ def _read_routes(store: Store) -> list[Route]:
     ]
 
 
+def _forwarding_routes(store: Store) -> list[Route]:
+    """GET /routes: every forwarding route the database knows, as `eventctl routes --json`
+    shows them."""
+    outbox = Outbox(store)
+
+    async def forward_routes(request: Request) -> Response:
+        found = await anyio.to_thread.run_sync(outbox.status)
+        now = datetime.now(UTC)
+        return JSONResponse({"routes": [route.to_json(now) for route in found]})
+
+    return [Route("/routes", forward_routes, methods=["GET"])]
+
+
 def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
     """Every method some route answers on this path (Starlette's 405 names only the first
     route's, and `/events` has two: GET and POST)."""
@@ -753,7 +767,8 @@ def _health_routes(store: Store, writer: Writer, metrics: Metrics | None) -> lis
         exposition = metrics.exposition
 
         async def metrics_page(request: Request) -> Response:
-            return Response(exposition(), media_type=CONTENT_TYPE)
+            # in a thread: the forwarding gauges read the database
+            return Response(await anyio.to_thread.run_sync(exposition), media_type=CONTENT_TYPE)
 
         routes.append(Route("/metrics", metrics_page, methods=["GET"]))
     return routes
@@ -822,7 +837,6 @@ def create_app(
     request when given.
     """
     credentials = credentials or Credentials()
-    metrics = Metrics(multiprocess=multiprocess_metrics) if metrics_enabled(config) else None
     forwarder = None
     if config.forward:
         forwarder = Forwarder(
@@ -835,6 +849,9 @@ def create_app(
                 for route in config.forward
             ],
         )
+    metrics = None
+    if metrics_enabled(config):
+        metrics = Metrics(multiprocess=multiprocess_metrics, store=store, forwarder=forwarder)
     writer = Writer(
         store,
         max_batch=config.commit_max_events,
@@ -851,6 +868,7 @@ def create_app(
         Route(one.path, one, methods=["POST"]),
         Route(many.path, many, methods=["POST"]),
         *_read_routes(store),
+        *_forwarding_routes(store),
         *_health_routes(store, writer, metrics),
     ]
     routes = _with_openapi(routes, config, credentials, checks_host=not hosts.any)

@@ -33,6 +33,7 @@ from eventctl.consumer.rules import (
     SummaryLimits,
 )
 from eventctl.events import EVENT_TYPE_PATTERN, MAX_EVENT_TYPE_LENGTH, NO_NUL_PATTERN
+from eventctl.outbox import ACTIVE, DISABLED, PAUSED
 from eventctl.timefmt import DURATION_PATTERN
 
 JSON = "application/json"
@@ -266,6 +267,55 @@ SUMMARY: Schema = {
 }
 
 
+ROUTE_STATUS: Schema = {
+    "type": "object",
+    "description": "one forwarding route of store and forward, as `eventctl routes --json`",
+    "required": [
+        "name",
+        "url",
+        "state",
+        "reason",
+        "queued",
+        "failed",
+        "delivered",
+        "lag_seconds",
+        "oldest_queued_at",
+        "next_attempt_at",
+    ],
+    "properties": {
+        "name": {"type": "string", "description": "the route's name (its url unless named)"},
+        "url": {"type": "string", "description": "where its events are POSTed"},
+        "state": {
+            "enum": [ACTIVE, PAUSED, DISABLED],
+            "description": "paused: its circuit breaker is open; disabled: the receiver "
+            "answered 410 (`eventctl routes enable` resumes it)",
+        },
+        "reason": {"type": "string", "description": "why it is paused or disabled; else empty"},
+        "queued": {"type": "integer", "minimum": 0, "description": "events waiting to go"},
+        "failed": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "events refused for good, kept until `eventctl routes retry`",
+        },
+        "delivered": {"type": "integer", "minimum": 0, "description": "by every worker"},
+        "lag_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "description": "the age of the oldest queued event (0 when none is queued)",
+        },
+        "oldest_queued_at": {
+            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}],
+            "description": "when the oldest queued event was received",
+        },
+        "next_attempt_at": {
+            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}],
+            "description": "the route waits until then (Retry-After, the breaker's pause)",
+        },
+    },
+    "additionalProperties": False,
+}
+
+
 READ_PROBLEMS = (problems.INVALID_PARAMETER, problems.DATABASE_UNAVAILABLE)
 """What a read endpoint can answer: a bad parameter, a database that fails."""
 
@@ -408,6 +458,19 @@ class Spec:
             "responses": self._responses(ok, *READ_PROBLEMS),
         }
 
+    def forward_routes(self) -> dict[str, Any]:
+        page = {
+            "type": "object",
+            "required": ["routes"],
+            "properties": {"routes": {"type": "array", "items": ROUTE_STATUS}},
+            "additionalProperties": False,
+        }
+        ok = _json_ok("every route the database knows, by name (none without forwarding)", page)
+        return {
+            "summary": "Store and forward: each route's state, backlog and lag",
+            "responses": self._responses(ok, problems.DATABASE_UNAVAILABLE),
+        }
+
     def favicon(self) -> dict[str, Any]:
         ok = _text_ok("the web page's icon", "image/svg+xml")
         return {"summary": "The web page's icon", "responses": self._responses(ok)}
@@ -507,6 +570,7 @@ OPERATIONS: dict[tuple[str, str], Callable[[Spec], dict[str, Any]]] = {
     ("GET", "/events/{event_id:path}"): Spec.get_event,
     ("GET", "/events/stream"): Spec.stream,
     ("GET", "/events/summary"): Spec.summary,
+    ("GET", "/routes"): Spec.forward_routes,
     ("GET", "/favicon.svg"): Spec.favicon,
     ("GET", "/"): Spec.index,
     ("GET", "/healthz"): Spec.healthz,

@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from eventctl.events import Event
+from eventctl.outbox import Outbox
 from eventctl.store import Incoming, Store
+from tests.consumer.test_routes_api import BILLING_URL, PLAIN, fill_routes
 from tests.helpers import ROOT, Server
 
 CHROMIUM_ARGS = [
@@ -83,6 +85,42 @@ def test_the_page_shows_stored_and_new_events_live(
     page.locator('#types input[data-type="order.created"]').check()
     expect(page.locator("#rows tr:visible")).to_have_count(7)
     expect(page.locator("#rate")).to_contain_text("events/s")
+    expect(page.locator("#forwarding")).to_be_hidden()  # no forwarding routes here
+
+
+def test_the_forwarding_panel_shows_each_route_and_follows_changes(
+    browser_page: object, sqlite_url: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    fill_routes(sqlite_url)
+    server = Server(sqlite_url, tmp_path)
+    try:
+        page.goto(server.url + "/")
+        expect(page.locator("#status")).to_have_text("live")
+        panel = page.locator("#forwarding")
+        expect(panel).to_be_visible()
+        expect(panel.locator("#routes tr")).to_have_count(3)
+        cells = panel.locator('#routes tr[data-route="billing"] td')
+        expect(cells).to_have_text(["billing", "paused", "2", "2h00m", "1", "1"])
+        assert "5 failures in a row" in (cells.nth(1).get_attribute("title") or "")
+        assert cells.nth(0).get_attribute("title") == BILLING_URL
+        expect(panel.locator('#routes tr[data-route="gone"] td').nth(1)).to_have_text("disabled")
+        expect(panel.locator(f'#routes tr[data-route="{PLAIN}"] td').nth(2)).to_have_text("4")
+
+        # the panel reads GET /routes again by itself
+        store = Store.open(sqlite_url)
+        try:
+            Outbox(store).enable("billing")
+            Outbox(store).retry("billing")
+        finally:
+            store.close()
+        expect(cells.nth(1)).to_have_text("active")
+        expect(cells).to_have_text(["billing", "active", "3", "2h00m", "1", "0"])
+    finally:
+        server.stop()
 
 
 TYPES = {"order.created": 1700, "order.paid": 1200, "user.signed_up": 700, "payment.failed": 400}
