@@ -6,9 +6,11 @@ The CLI calls these; they raise domain errors.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -59,6 +61,7 @@ def local_url(sock: socket.socket, path: str = "") -> str:
 
 
 WORKER_CONFIG_ENV = "EVENTCTL_WORKER_CONFIG"
+WORKER_PARENT_ENV = "EVENTCTL_WORKER_PARENT"
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -145,9 +148,25 @@ def _server(cfg: ConsumerConfig, store: Store, credentials: Credentials) -> uvic
     return uvicorn.Server(_uvicorn_config(cfg, app))
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent(parent: int) -> None:
+    """Ask Linux to send this worker SIGTERM (a graceful stop) when the `serve` process that
+    started it dies, even by kill -9: uvicorn's workers outlive a killed parent otherwise,
+    still serving and forwarding from the database."""
+    if not sys.platform.startswith("linux") or parent == os.getpid():  # not a worker process
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0 and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before the request was made
+
+
 def worker_app() -> ConsumerApp:
     """The app of one `serve --workers N` process, built from what the parent put in this
     process's environment (see worker_environment)."""
+    if WORKER_PARENT_ENV in os.environ:
+        _end_with_parent(int(os.environ[WORKER_PARENT_ENV]))
     cfg = ConsumerConfig.from_json(os.environ[WORKER_CONFIG_ENV])
     multiprocess = PROMETHEUS_ENV in os.environ
     return create_app(
@@ -166,6 +185,7 @@ def worker_environment(
     `environ` reach them there."""
     values: dict[str, str | None] = {
         WORKER_CONFIG_ENV: cfg.to_json(),
+        WORKER_PARENT_ENV: str(os.getpid()),
         PROMETHEUS_ENV: metrics_dir,
     }
     values.update({name: environ.get(name) for name in CREDENTIAL_VARIABLES})

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +15,7 @@ import httpx
 import pytest
 
 from eventctl.store import Store
-from tests.helpers import Server, run_cli
+from tests.helpers import Server, free_port, run_cli, spawn
 
 EVENT = {"event_type": "order.created", "event_payload": '{"order_id": 1}'}
 
@@ -81,3 +85,47 @@ def test_metrics_add_up_across_workers(workers: Server) -> None:
         line for line in text.splitlines() if line.startswith("eventctl_events_stored_total")
     )
     assert float(stored.split()[-1]) == 200
+
+
+def test_workers_end_when_serve_is_killed(sqlite_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    process = spawn(
+        "serve", "--port", str(port), "--database-url", sqlite_url, "--workers", "2", cwd=tmp_path
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "serve --workers 2 did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        workers = _children(process.pid)
+        assert len(workers) >= 2
+        process.kill()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while alive := [pid for pid in workers if _running(pid)]:
+            assert time.monotonic() < deadline, f"workers {alive} outlived their serve"
+            time.sleep(0.1)
+    finally:
+        for pid in [process.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.communicate(timeout=10)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
