@@ -387,10 +387,10 @@ class Outbox:
     def status(self) -> list[RouteStatus]:
         """Every known route, by name: its state and what its outbox holds."""
         store = self.store
-        if not self.has_tables():
-            return []
         with store._errors("cannot read forwarding routes"):
-            store._current(writer=False)
+            store._current(writer=False)  # first: a replaced SQLite file is refused, not empty
+            if not self.database.table_exists("forward_routes"):
+                return []
             routes = [
                 RouteRow(*row)
                 for row in self._sql(

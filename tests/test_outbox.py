@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from eventctl.errors import IdempotencyConflict
+from eventctl.errors import DatabaseError, IdempotencyConflict
 from eventctl.outbox import (
     ACTIVE,
     DISABLED,
@@ -223,3 +225,27 @@ def test_retry_after_holds_the_route_and_a_delivery_resets_the_count() -> None:
     gone = route_after(row, Batch(gone="410"), BREAKER, NOW)
     assert gone.state == DISABLED
     assert "routes enable r" in gone.reason
+
+
+def test_status_refuses_a_sqlite_file_replaced_under_it(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    store = Store.open(f"sqlite:///{path}", create=True)
+    routes(Outbox(store))
+    with sqlite3.connect(tmp_path / "other.db") as other:  # an older eventctl file
+        other.execute("CREATE TABLE events (id INTEGER PRIMARY KEY)")
+    other.close()
+    (tmp_path / "other.db").replace(path)
+    found: list[object] = []
+
+    def read() -> None:  # a thread with no connection yet, as a request's would be
+        try:
+            found.append(Outbox(store).status())
+        except DatabaseError as exc:
+            found.append(exc)
+        store.close()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join(timeout=30)
+    assert isinstance(found[0], DatabaseError)
+    assert "was deleted or replaced while in use" in str(found[0])
