@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
+import peewee
+
 from eventctl.errors import EventctlError, ExitCode
 from eventctl.store import FAILED, QUEUED, Store, iso
 
@@ -42,9 +44,12 @@ class RouteRow(NamedTuple):
     not_before_ms: int
     cooldown_ms: int
     delivered: int
+    probe_until_ms: int = 0
 
 
-_ROUTE_COLUMNS = "id, name, url, state, reason, failures, not_before_ms, cooldown_ms, delivered"
+_ROUTE_COLUMNS = (
+    "id, name, url, state, reason, failures, not_before_ms, cooldown_ms, delivered, probe_until_ms"
+)
 
 
 class Entry(NamedTuple):
@@ -132,6 +137,7 @@ def route_after(row: RouteRow, batch: Batch, breaker: Breaker, now_ms: int) -> R
         not_before_ms=not_before,
         cooldown_ms=cooldown,
         delivered=row.delivered + batch.delivered,
+        probe_until_ms=0 if row.state == PAUSED else row.probe_until_ms,  # the probe is back
     )
 
 
@@ -223,7 +229,8 @@ class Outbox:
             for name, url in routes:
                 self._sql(
                     "INSERT INTO forward_routes (name, url, state, reason, failures, "
-                    "not_before_ms, cooldown_ms, delivered) VALUES (?, ?, ?, '', 0, 0, 0, 0) "
+                    "not_before_ms, cooldown_ms, delivered, probe_until_ms) "
+                    "VALUES (?, ?, ?, '', 0, 0, 0, 0, 0) "
                     "ON CONFLICT (name) DO UPDATE SET url = excluded.url",
                     (name, url, ACTIVE),
                 )
@@ -249,6 +256,15 @@ class Outbox:
             route = self._route(route_id, lock=False)
             if route.state == DISABLED or now_ms < route.not_before_ms or limit <= 0:
                 return Claim(route, [])
+            if route.state == PAUSED:
+                # one probe at a time across every worker and host: whoever marks it sends it
+                marked = self._sql(
+                    "UPDATE forward_routes SET probe_until_ms = ? "
+                    "WHERE id = ? AND state = ? AND probe_until_ms <= ?",
+                    (now_ms + self.lease_ms, route_id, PAUSED, now_ms),
+                )
+                if marked.rowcount != 1:
+                    return Claim(route, [])
             if route.state == PAUSED or ordered:
                 limit = 1
             free = "due_ms <= ? AND lease_until_ms <= ?"
@@ -336,29 +352,29 @@ class Outbox:
                     "lease_until_ms = 0, leased_by = '', last_result = ? "
                     "WHERE route = ? AND event_row = ? AND leased_by = ?"
                 ).replace("?", self.p)
+                rows = [
+                    (
+                        FAILED if s.kind == "failed" else QUEUED,
+                        s.attempts,
+                        s.first_attempt_ms,
+                        s.due_ms,
+                        s.result[:200],
+                        route_id,
+                        s.event_row,
+                        owner,
+                    )
+                    for s in others
+                ]
                 cursor = self.database.cursor()  # type: ignore[no-untyped-call]
-                cursor.executemany(
-                    sql,
-                    [
-                        (
-                            FAILED if s.kind == "failed" else QUEUED,
-                            s.attempts,
-                            s.first_attempt_ms,
-                            s.due_ms,
-                            s.result[:200],
-                            route_id,
-                            s.event_row,
-                            owner,
-                        )
-                        for s in others
-                    ],
-                )
+                with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+                    cursor.executemany(sql, rows)  # its errors as Peewee's, so as DatabaseError
             route = self._route(route_id, lock=True)
             after = route_after(route, batch._replace(delivered=gone), breaker, now_ms)
             if after != route:
                 self._sql(
                     "UPDATE forward_routes SET state = ?, reason = ?, failures = ?, "
-                    "not_before_ms = ?, cooldown_ms = ?, delivered = ? WHERE id = ?",
+                    "not_before_ms = ?, cooldown_ms = ?, delivered = ?, probe_until_ms = ? "
+                    "WHERE id = ?",
                     (
                         after.state,
                         after.reason,
@@ -366,6 +382,7 @@ class Outbox:
                         after.not_before_ms,
                         after.cooldown_ms,
                         after.delivered,
+                        after.probe_until_ms,
                         route_id,
                     ),
                 )
@@ -464,7 +481,7 @@ class Outbox:
             route_id = self._route_id(name)
             self._sql(
                 "UPDATE forward_routes SET state = ?, reason = '', failures = 0, "
-                "not_before_ms = 0, cooldown_ms = 0 WHERE id = ?",
+                "not_before_ms = 0, cooldown_ms = 0, probe_until_ms = 0 WHERE id = ?",
                 (ACTIVE, route_id),
             )
 

@@ -26,7 +26,9 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt `attempt` (from 1): half fixed, half random."""
-        ceiling = min(self.max_seconds, self.base_seconds * 2.0 ** (attempt - 1))
+        # the exponent is capped: 2.0 ** 1024 overflows, and a forwarding route's oldest
+        # entry can be probed that often in its 24 h
+        ceiling = min(self.max_seconds, self.base_seconds * 2.0 ** min(attempt - 1, 64))
         return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 

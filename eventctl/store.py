@@ -186,7 +186,7 @@ class _RouteModel(peewee.Model):
     """A forwarding route's shared state (eventctl/outbox.py reads and moves it)."""
 
     id = peewee.AutoField()
-    name = peewee.CharField(max_length=255, unique=True)
+    name = peewee.TextField(unique=True)  # the URL by default, which may be long
     url = peewee.TextField()
     state = peewee.CharField(max_length=16)  # active, paused or disabled
     reason = peewee.TextField()
@@ -194,6 +194,7 @@ class _RouteModel(peewee.Model):
     not_before_ms = peewee.BigIntegerField()  # no attempt before (Retry-After, a cooldown)
     cooldown_ms = peewee.BigIntegerField()  # the circuit breaker's last pause
     delivered = peewee.BigIntegerField()
+    probe_until_ms = peewee.BigIntegerField()  # a paused route's probe is out until then
 
 
 class _OutboxModel(peewee.Model):

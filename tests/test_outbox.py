@@ -249,3 +249,17 @@ def test_status_refuses_a_sqlite_file_replaced_under_it(tmp_path: Path) -> None:
     thread.join(timeout=30)
     assert isinstance(found[0], DatabaseError)
     assert "was deleted or replaced while in use" in str(found[0])
+
+
+def test_a_paused_route_lets_one_worker_probe_at_a_time(store: Store) -> None:
+    ids = fill(store, 3)
+    one, two = Outbox(store, owner="w1", lease_ms=1000), Outbox(store, owner="w2")
+    first = one.claim(ids["all"], limit=3, now_ms=NOW, ordered=False).entries
+    failed = [Settled(e.event_row, "retry", 1, NOW, NOW, "503") for e in first]
+    one.settle(
+        ids["all"], settled=failed, breaker=Breaker(failures=3), batch=Batch(failures=3), now_ms=NOW
+    )
+    after = NOW + 5_000  # the pause is over
+    assert len(one.claim(ids["all"], limit=3, now_ms=after, ordered=False).entries) == 1
+    assert two.claim(ids["all"], limit=3, now_ms=after, ordered=False).entries == []
+    assert len(two.claim(ids["all"], limit=3, now_ms=after + 1000, ordered=False).entries) == 1

@@ -84,8 +84,8 @@ def entry_after(
     answer = attempt.answer
     if answer is Answer.DELIVERED:
         return Settled(entry.event_row, "delivered", attempts, first, now_ms, result)
-    if attempt.status == GONE:
-        return Settled(entry.event_row, "kept", attempts, first, now_ms, result)
+    if attempt.status == GONE:  # its retry time starts again when the route is enabled
+        return Settled(entry.event_row, "kept", attempts, entry.first_attempt_ms, now_ms, result)
     if answer is Answer.REFUSED or now_ms - first >= route.retry_max_elapsed_seconds * 1000:
         return Settled(entry.event_row, "failed", attempts, first, now_ms, result)
     delay = attempt.retry_after
@@ -289,6 +289,8 @@ class Forwarder:
                 route.room.clear()
                 await route.room.wait()
                 continue
+            claimed_at = time.monotonic()  # before the claim waits for the database
+            route.wake.clear()  # a commit from now on wakes the next wait
             try:
                 claim = await self._db(
                     self._outbox.claim,
@@ -318,14 +320,12 @@ class Forwarder:
                 continue
             route.outstanding += len(claim.entries)
             route.sending += len(claim.entries)
-            claimed_at = time.monotonic()
             for entry in claim.entries:
                 task = asyncio.create_task(self._send(route, entry, claimed_at))
                 route.tasks.add(task)
                 task.add_done_callback(route.tasks.discard)
 
     async def _idle(self, route: _Route, seconds: float) -> None:
-        route.wake.clear()
         try:
             async with asyncio.timeout(seconds):
                 await route.wake.wait()
@@ -342,7 +342,22 @@ class Forwarder:
                     return
                 event = Event(entry.event_type, entry.event_payload)
                 route.counters.attempts += 1
-                attempt = await post_once(
+                attempt = await self._post(route, entry, event)
+        except asyncio.CancelledError:
+            self._done(route, None)  # stopping: its lease is given back
+            raise
+        except Exception as exc:  # not a transport error: a bug, or a peer httpx cannot parse
+            log.exception("forwarding to %s: sending event %s failed", config.name, entry.event_id)
+            attempt = Attempt(None, type(exc).__name__, 0.0, None, False)
+        self._finish(route, entry, attempt)
+
+    async def _post(self, route: _Route, entry: Entry, event: Event) -> Attempt:
+        """One attempt, cut off after the route's timeout in all (httpx's timeout is per
+        phase: connect, write and each read), so a send always ends within its lease."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(route.config.timeout_seconds):
+                return await post_once(
                     route.transport,
                     route.url,
                     route.credentials,
@@ -352,13 +367,17 @@ class Forwarder:
                     clock=time.monotonic,
                     wall_clock=lambda: datetime.now(UTC),
                 )
-        except asyncio.CancelledError:
-            self._done(route, None)  # stopping: its lease is given back
-            raise
-        except Exception as exc:  # not a transport error: a bug, or a peer httpx cannot parse
-            log.exception("forwarding to %s: sending event %s failed", config.name, entry.event_id)
-            attempt = Attempt(None, type(exc).__name__, 0.0, None, False)
-        settled = entry_after(attempt, entry, config, self.wall_ms(), self.rng)
+        except TimeoutError:
+            return Attempt(None, "timeout", time.monotonic() - started, None, False)
+
+    def _finish(self, route: _Route, entry: Entry, attempt: Attempt) -> None:
+        config = route.config
+        try:
+            settled = entry_after(attempt, entry, config, self.wall_ms(), self.rng)
+        except Exception:
+            log.exception("forwarding to %s: event %s", config.name, entry.event_id)
+            self._done(route, None)  # its lease runs out and it is tried again
+            return
         counters = route.counters
         if settled.kind == "delivered":
             counters.delivered += 1
@@ -412,6 +431,8 @@ class Forwarder:
                 except DatabaseError as exc:
                     # their leases run out and they are sent again: a repeat, not a loss
                     log.warning("forwarding to %s: %s", route.config.name, exc)
+                except Exception:
+                    log.exception("forwarding to %s: a settle failed", route.config.name)
                 route.outstanding -= len(settled)
                 route.room.set()
                 route.wake.set()

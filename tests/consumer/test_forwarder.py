@@ -388,3 +388,60 @@ async def test_a_paused_route_sends_one_probe_at_a_time(store: Store) -> None:
     finally:
         await forwarder.stop()
     assert 1 <= calls - before <= 4
+
+
+def attempts(store: Store) -> int:
+    cursor = store.database.execute_sql("SELECT attempts FROM outbox")  # type: ignore[no-untyped-call]
+    row = cursor.fetchone()
+    return int(row[0]) if row else -1
+
+
+async def test_an_entry_tried_a_thousand_times_is_still_retried(store: Store) -> None:
+    answers = iter(
+        [
+            httpx.Response(503, headers={"Retry-After": "1"}),
+            httpx.Response(503),
+            httpx.Response(200),
+        ]
+    )
+
+    async def peer(request: httpx.Request) -> httpx.Response:
+        return next(answers)
+
+    forwarder = Forwarder(store.url, [route()], transport=mock(peer))
+    await forwarder.start()
+    try:
+        store_events(store, forwarder, 1)
+        await until(lambda: attempts(store) == 1)
+        # as after a day of probes: 2.0 ** 1500 would overflow the backoff
+        store.database.execute_sql("UPDATE outbox SET attempts = 1500")  # type: ignore[no-untyped-call]
+        await until(lambda: shown(store)["http://127.0.0.1:9/event"].delivered == 1, seconds=10)
+    finally:
+        await forwarder.stop()
+
+
+async def test_a_send_is_cut_off_after_the_route_timeout_in_all(store: Store) -> None:
+    calls: list[float] = []
+
+    async def stalls_once(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            await asyncio.sleep(3)  # trickling: no single httpx phase would time out
+        return httpx.Response(200)
+
+    forwarder = Forwarder(store.url, [route(timeout_seconds=0.3)], transport=mock(stalls_once))
+    await forwarder.start()
+    try:
+        store_events(store, forwarder, 1)
+        await until(lambda: shown(store)["http://127.0.0.1:9/event"].delivered == 1, seconds=10)
+    finally:
+        await forwarder.stop()
+    assert len(calls) == 2
+    assert calls[1] - calls[0] < 1  # cut off at 0.3 s, not resent when its lease (1.6 s) ran out
+
+
+def test_a_410_does_not_start_the_retry_clock() -> None:
+    import random
+
+    gone = entry_after(Attempt(410, None, 0.0, None, False), ENTRY, route(), 5_000, random.Random())
+    assert (gone.kind, gone.first_attempt_ms) == ("kept", None)
