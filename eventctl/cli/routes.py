@@ -171,6 +171,9 @@ def routes_enable(
     name: Annotated[str, typer.Argument(help="The route to make active.", metavar="NAME")],
     config: ConfigOption = None,
     database_url: DatabaseUrlOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"route": NAME, "state": "active"}.')
+    ] = False,
 ) -> None:
     """Make a route active again.
 
@@ -178,4 +181,7 @@ def routes_enable(
     """
     with _outbox(ctx, config, database_url) as (outbox, _):
         outbox.enable(name)
-    current().say(f"{visible(name)} is active again")
+    env = current()
+    if as_json or _inherited(ctx, "as_json", None):
+        out.document(env.stdout, {"route": name, "state": "active"})
+    env.say(f"{visible(name)} is active again")

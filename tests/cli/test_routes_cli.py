@@ -104,6 +104,10 @@ def test_routes_enable_makes_a_disabled_route_active(database_url: str) -> None:
     assert enabled.returncode == 0, enabled.stderr
     assert (enabled.stdout, enabled.stderr) == ("", "gone is active again\n")
     assert states(database_url)["gone"] == ("active", 4, 0)
+    for args in (["enable", "gone", "--json"], ["--json", "enable", "gone"]):
+        shown = run_cli("routes", *args, "--database-url", database_url)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout) == {"route": "gone", "state": "active"}
 
 
 def test_an_unknown_route_is_exit_4_naming_the_known_ones(database_url: str) -> None:
