@@ -108,8 +108,8 @@ class ForwardRoute:
     ordered: bool = _route_field(False, None, "one event at a time, in stored order")
     signing_secret_file: str = _route_field("", None, "file of the whsec_ secret to sign with")
     auth_token_file: str = _route_field("", None, "file of the bearer token to send")
-    timeout_seconds: float = _route_field(5.0, _positive, "seconds to wait for one answer")
-    max_in_flight: int = _route_field(32, _positive, "most deliveries unsettled at once")
+    timeout_seconds: float = _route_field(5.0, _positive, "seconds one delivery may take in all")
+    max_in_flight: int = _route_field(32, _positive, "most deliveries in flight at once")
     retry_base_seconds: float = _route_field(
         0.2, _positive, "first retry delay in seconds, doubled each time"
     )
