@@ -3,6 +3,7 @@
     python bench/ingest.py          # defaults: 10 s per point, 32 and 128 connections
     python bench/ingest.py --duration 5 --connections 32 --targets eventctl,bare
     python bench/ingest.py --targets eventctl --before REV --together   # a change, A/B
+    python bench/ingest.py --targets eventctl,forward --connections 32  # store and forward
 
 Each target runs as its own server process on 127.0.0.1, started once and pinned to one
 core (taskset), and is driven from another process pinned to the other core: wrk with a Lua
@@ -16,6 +17,9 @@ after a 1 s warm-up. Targets:
   batch     `eventctl serve`, POST /events with 100 events per request
   before    `eventctl serve` as of the git revision given by --before (a temporary
             worktree), POST /event: the same run measures a change against its parent
+  forward   `eventctl serve --forward-to SINK`, POST /event: store and forward with one
+            route, whose sink (bench/baselines.py bare, on its own port) runs pinned to
+            the client core, so the server under test stays alone on the server core
 
 Committed events/s is counted from the database (rows after - rows before) / duration, so
 only what was really stored counts; server CPU per event is the server process's user plus
@@ -24,6 +28,16 @@ eventctl/before within one round. With --together, eventctl and before are drive
 same moment and share the server core, so both see the same machine: on a shared VM, whose
 speed changes from one second to the next, that measures a change to within a few percent
 where back-to-back runs cannot. Everything stays on loopback and stops by itself.
+
+For `forward`, besides the usual columns: the ingest rate and its ratio to `eventctl` (no
+routes) in the same round (`vs eventctl`, the median of the per-round ratios), the rate
+forwarded during the window (the growth of `forward_routes.delivered`, read from the
+server's database), the outbox backlog and the lag (the age of the oldest queued event) at
+the end of the window, and the drain time: seconds from the end of the load until `outbox`
+is empty (at most --drain-timeout). Each window starts with an empty outbox: the warm-up's
+backlog is drained first. The server's CPU is also split into its main thread (the event
+loop: HTTP, and the forwarder's sends) and its other threads (the writer's commits, the
+forwarder's claims and settles).
 """
 
 from __future__ import annotations
@@ -45,10 +59,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
+DRAIN_TIMEOUT_SECONDS = 120.0
 EVENT = {
     "event_type": "order.created",
     "event_payload": '{"order_id": "ord_5531", "total_cents": 4999}',
@@ -81,52 +97,88 @@ def wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: f
     raise RuntimeError("server did not start")
 
 
+def _environ() -> dict[str, str]:
+    """The environment without EVENTCTL_ settings (EVENTCTL_FORWARD would add routes)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("EVENTCTL_")}
+
+
 @contextmanager
-def server(target: str, cpu: int | None, workdir: Path) -> Iterator[tuple[int, int, Path | None]]:
+def spawn(
+    argv: list[str], cpu: int | None, port: int, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process pinned to `cpu`, once it listens on `port`; stopped on exit. Its
+    stderr goes to a file (a pipe nobody reads could fill and stall it), shown if it fails
+    to start."""
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            pinned(cpu, argv), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log
+        )
+        try:
+            try:
+                wait_until_listening(port, process)
+            except RuntimeError as exc:
+                log.seek(0)
+                said = log.read()[-2000:].decode(errors="replace")
+                raise RuntimeError(f"{exc}: {said}") from None
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def bare_argv(port: int) -> list[str]:
+    return [sys.executable, str(ROOT / "bench" / "baselines.py"), "bare", "--port", str(port)]
+
+
+@contextmanager
+def server(
+    target: str, cpu: int | None, workdir: Path, sink_cpu: int | None = None
+) -> Iterator[tuple[int, int, Path | None]]:
+    """Start `target` on `cpu`: (pid, port, its database or None). `forward` also starts
+    its sink, on `sink_cpu`."""
     port = free_port()
     db = workdir / f"{target}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     url = f"sqlite:///{db}"
-    cwd, env = ROOT, None
+    cwd, env = ROOT, _environ()
     if target == "before":
         cwd = workdir / "before"
-        env = {**os.environ, "PYTHONPATH": str(cwd)}
-    if target in ("eventctl", "batch", "before"):
-        argv = [
-            sys.executable,
-            "-m",
-            "eventctl",
-            "serve",
-            "--port",
-            str(port),
-            "--database-url",
-            url,
-        ]
-    elif target == "naive":
-        argv = [
-            sys.executable,
-            str(ROOT / "bench" / "baselines.py"),
-            "naive",
-            "--port",
-            str(port),
-            "--database-url",
-            url,
-        ]
-    else:
-        argv = [sys.executable, str(ROOT / "bench" / "baselines.py"), "bare", "--port", str(port)]
-    process = subprocess.Popen(
-        pinned(cpu, argv), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        wait_until_listening(port, process)
+        env = {**env, "PYTHONPATH": str(cwd)}
+    with ExitStack() as stack:
+        if target in ("eventctl", "batch", "before", "forward"):
+            argv = [
+                sys.executable,
+                "-m",
+                "eventctl",
+                "serve",
+                "--port",
+                str(port),
+                "--database-url",
+                url,
+            ]
+            if target == "forward":
+                sink_port = free_port()
+                stack.enter_context(spawn(bare_argv(sink_port), sink_cpu, sink_port))
+                argv += ["--forward-to", f"http://127.0.0.1:{sink_port}/event"]
+        elif target == "naive":
+            argv = [
+                sys.executable,
+                str(ROOT / "bench" / "baselines.py"),
+                "naive",
+                "--port",
+                str(port),
+                "--database-url",
+                url,
+            ]
+        else:
+            argv = bare_argv(port)
+        process = stack.enter_context(spawn(argv, cpu, port, cwd, env))
         yield process.pid, port, (None if target == "bare" else db)
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @contextmanager
@@ -143,13 +195,18 @@ def worktree(revision: str | None, path: Path) -> Iterator[None]:
         subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False)
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, stat: str = "") -> float:
     """User plus system CPU time of process `pid`, all its threads (Linux; else 0)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat or f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of the main thread of `pid` (its event loop; Linux)."""
+    return cpu_seconds(pid, f"/proc/{pid}/task/{pid}/stat")
 
 
 def count_rows(db: Path | None) -> int:
@@ -159,6 +216,51 @@ def count_rows(db: Path | None) -> int:
         (n,) = conn.execute("SELECT count(*) FROM events").fetchone()
     conn.close()
     return int(n)
+
+
+class Outboxed(NamedTuple):
+    """What a store-and-forward database says of its routes at one moment."""
+
+    delivered: int  # forward_routes.delivered, summed over routes
+    backlog: int  # outbox entries, queued or failed
+    failed: int
+    lag_seconds: float  # now - received_at of the oldest queued event; 0 with none
+
+
+def received_epoch(value: str) -> float:
+    """events.received_at as SQLite holds it (naive UTC text) -> seconds since the epoch."""
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
+
+def outboxed(db: Path) -> Outboxed:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        (delivered,) = conn.execute(
+            "SELECT coalesce(sum(delivered), 0) FROM forward_routes"
+        ).fetchone()
+        backlog, failed = conn.execute(
+            "SELECT count(*), coalesce(sum(state = 2), 0) FROM outbox"
+        ).fetchone()
+        oldest = conn.execute(
+            "SELECT e.received_at FROM events e WHERE e.id = "
+            "(SELECT min(event_row) FROM outbox WHERE state = 0)"
+        ).fetchone()
+        now = time.time()
+    conn.close()
+    lag = max(now - received_epoch(oldest[0]), 0.0) if oldest else 0.0
+    return Outboxed(int(delivered), int(backlog), int(failed), lag)
+
+
+def wait_drained(db: Path, timeout: float = DRAIN_TIMEOUT_SECONDS) -> float | None:
+    """Seconds until the outbox of `db` holds no queued entry; None after `timeout`."""
+    started = time.monotonic()
+    while True:
+        state = outboxed(db)
+        waited = time.monotonic() - started
+        if state.backlog - state.failed == 0:
+            return waited
+        if waited >= timeout:
+            return None
+        time.sleep(0.05)
 
 
 def body_for(target: str) -> tuple[str, bytes]:
@@ -349,6 +451,12 @@ def main() -> None:
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DRAIN_TIMEOUT_SECONDS,
+        help="forward: longest wait for the outbox to empty after a window (seconds)",
+    )
+    parser.add_argument(
         "--together",
         action="store_true",
         help="with --before: drive `eventctl` and `before` at the same time, sharing the "
@@ -381,7 +489,9 @@ def main() -> None:
         servers: dict[str, tuple[int, int, Path | None]] = {}
         with ExitStack() as stack:
             for target in dict.fromkeys(target for target, _ in points):
-                servers[target] = stack.enter_context(server(target, args.server_cpu, workdir))
+                servers[target] = stack.enter_context(
+                    server(target, args.server_cpu, workdir, sink_cpu=args.client_cpu)
+                )
             for round_number in range(args.repeat):
                 # ABBA order: drift of the machine within a round falls on both sides alike
                 for target, conns, point in run_round(
@@ -396,22 +506,31 @@ def main() -> None:
                         f"{point['events_per_s']:9.0f} events/s"
                         f"  p50 {point['p50_ms']:6.2f} ms  p99 {point['p99_ms']:6.2f} ms"
                         f"  CPU {point['cpu_us_per_event']:6.1f} µs/event"
-                        f"  errors {point['errors']:.0f}",
+                        f"  errors {point['errors']:.0f}{forwarded(point)}",
                         file=sys.stderr,
                     )
     results = []
     for (target, conns), runs in rounds.items():
         middle = sorted(runs, key=lambda r: r["events_per_s"])[len(runs) // 2]
-        results.append(
-            {
-                **middle,
-                "target": target,
-                "connections": conns,
-                "events_per_s_all": [round(r["events_per_s"]) for r in runs],
-                "cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in runs),
-                "cpu_us_per_event_all": [round(r["cpu_us_per_event"], 1) for r in runs],
-            }
-        )
+        result = {
+            **middle,
+            "target": target,
+            "connections": conns,
+            "events_per_s_all": [round(r["events_per_s"]) for r in runs],
+            "cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in runs),
+            "cpu_us_per_event_all": [round(r["cpu_us_per_event"], 1) for r in runs],
+        }
+        if target == "forward":
+            result["rounds"] = runs
+            baseline = rounds.get(("eventctl", conns))
+            if baseline:
+                # paired by round: both ran back to back on the same machine state
+                result["vs_eventctl_rounds"] = [
+                    round(a["events_per_s"] / b["events_per_s"], 3)
+                    for a, b in zip(runs, baseline, strict=True)
+                    if b["events_per_s"]
+                ]
+        results.append(result)
     for result in results:
         before = rounds.get(("before", result["connections"]))
         if before and result["target"] in ("eventctl",):
@@ -453,27 +572,64 @@ def drive(bench: Bench, load: Load) -> dict[str, float]:
     return run_wrk(load, bench.workdir) if bench.driver == "wrk" else run_driver(load)
 
 
+def forwarded(point: dict[str, Any]) -> str:
+    if "forwarded_per_s" not in point:
+        return ""
+    drain = point["drain_s"]
+    return (
+        f"  forwarded {point['forwarded_per_s']:7.0f}/s  backlog {point['backlog_end']}"
+        f"  lag {point['lag_end_s']:.1f} s"
+        f"  drained in {'>' if drain is None else ''}"
+        f"{point['drain_timeout_s'] if drain is None else drain:.1f} s"
+    )
+
+
 def measure(
     target: str, conns: int, running: tuple[int, int, Path | None], bench: Bench
 ) -> dict[str, Any]:
     args = bench.args
     path, body = body_for(target)
     pid, port, db = running
+    forward = target == "forward" and db is not None
     # warm up, then count the rows committed during the measured run
     drive(bench, Load(port, path, body, conns, 1, args.client_cpu))
+    if forward:
+        assert db is not None
+        wait_drained(db, args.drain_timeout)  # each window starts with an empty outbox
+        start = outboxed(db)
     before = count_rows(db)
     cpu_before = cpu_seconds(pid)
+    loop_before = main_thread_cpu_seconds(pid)
     point: dict[str, Any] = drive(
         bench, Load(port, path, body, conns, args.duration, args.client_cpu)
     )
     cpu_used = cpu_seconds(pid) - cpu_before
+    loop_used = main_thread_cpu_seconds(pid) - loop_before
     committed = count_rows(db) - before
+    if forward:
+        assert db is not None
+        end = outboxed(db)
+        point["forwarded_per_s"] = (end.delivered - start.delivered) / args.duration
+        point["forwarded_vs_ingest"] = (
+            point["forwarded_per_s"] / (committed / args.duration) if committed else 0.0
+        )
+        point["backlog_start"] = start.backlog
+        point["backlog_end"] = end.backlog
+        point["failed_end"] = end.failed
+        point["lag_end_s"] = round(end.lag_seconds, 3)
+        point["drain_timeout_s"] = args.drain_timeout
+        drain = wait_drained(db, args.drain_timeout)
+        point["drain_s"] = None if drain is None else round(drain, 2)
+        point["drain_per_s"] = end.backlog / drain if drain else None
+    point["server_cpu_share"] = cpu_used / args.duration
+    point["loop_cpu_share"] = loop_used / args.duration
     per_request = BATCH_SIZE if target == "batch" else 1
     point["events_per_s"] = (
         committed / args.duration if db is not None else point["requests_per_s"] * per_request
     )
     done = committed if db is not None else point["requests_per_s"] * args.duration
     point["cpu_us_per_event"] = cpu_used / done * 1e6 if done else 0.0
+    point["loop_cpu_us_per_event"] = loop_used / done * 1e6 if done else 0.0
     return point
 
 
@@ -512,11 +668,61 @@ def report(results: list[dict[str, Any]], driver: str, args: argparse.Namespace)
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_us_per_event']:.1f} | "
             f"{r['errors']:.0f} | {vs_bare} | {vs_naive} | {vs_before} |"
         )
+    lines += forward_table(results, by)
     print("\n".join(lines))
     if args.json:
         args.json.write_text(
             json.dumps({"machine": machine(), "driver": driver, "results": results}, indent=2)
         )
+
+
+def _listed(values: list[float], digits: int = 0) -> str:
+    return ", ".join(f"{v:.{digits}f}" for v in values)
+
+
+def forward_table(
+    results: list[dict[str, Any]], by: dict[tuple[str, int], dict[str, Any]]
+) -> list[str]:
+    """Store and forward, beside the same round's `eventctl` (no routes); rounds in ()."""
+    forward = [r for r in results if r["target"] == "forward"]
+    if not forward:
+        return []
+    lines = [
+        "",
+        "| connections | ingest events/s, no routes | ingest events/s, one route | vs eventctl "
+        "| forwarded/s during load | forwarded/ingested | backlog at end | lag at end s "
+        "| drain s | drain events/s | server CPU, share of a core: loop + other threads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in forward:
+        base = by.get(("eventctl", r["connections"]))
+        runs = r["rounds"]
+        paired = r.get("vs_eventctl_rounds", [])
+        vs = f"{statistics.median(paired):.2f} ({_listed(paired, 2)})" if paired else "-"
+        sent = [x["forwarded_per_s"] for x in runs]
+        drains = [x["drain_s"] for x in runs]
+        if None in drains:
+            drain = f"not within {r['drain_timeout_s']:g} s in {drains.count(None)} rounds"
+        else:
+            drain = f"{statistics.median(drains):.1f} ({_listed(drains, 1)})"
+        rates = [x["drain_per_s"] for x in runs if x["drain_per_s"]]
+        loop = statistics.median(x["loop_cpu_share"] for x in runs)
+        total = statistics.median(x["server_cpu_share"] for x in runs)
+        cells = [
+            str(r["connections"]),
+            f"{base['events_per_s']:.0f}" if base else "-",
+            f"{r['events_per_s']:.0f} ({_listed(r['events_per_s_all'])})",
+            vs,
+            f"{statistics.median(sent):.0f} ({_listed(sent)})",
+            f"{statistics.median(x['forwarded_vs_ingest'] for x in runs):.2f}",
+            f"{statistics.median(x['backlog_end'] for x in runs):.0f}",
+            f"{statistics.median(x['lag_end_s'] for x in runs):.1f}",
+            drain,
+            f"{statistics.median(rates):.0f}" if rates else "-",
+            f"{loop:.2f} + {total - loop:.2f}",
+        ]
+        lines.append(f"| {' | '.join(cells)} |")
+    return lines
 
 
 if __name__ == "__main__":
