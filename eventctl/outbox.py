@@ -310,12 +310,13 @@ class Outbox:
         return Claim(route, entries)
 
     def _events(self, rows: list[int]) -> dict[int, tuple[str, str, str, datetime]]:
-        model = self.store.model
-        query = model.select(
-            model.id, model.event_id, model.event_type, model.event_payload, model.received_at
-        ).where(model.id.in_(rows))
+        marks = ", ".join("?" * len(rows))
+        tuples: list[Any] = self._sql(
+            "SELECT id, event_id, event_type, event_payload, received_at FROM events "
+            f"WHERE id IN ({marks})",
+            rows,
+        ).fetchall()
         found: dict[int, tuple[str, str, str, datetime]] = {}
-        tuples: list[Any] = list(query.tuples())
         for row_id, event_id, kind, payload, received in tuples:
             found[row_id] = (event_id, kind, payload, _received(received))
         return found

@@ -43,6 +43,7 @@ SETTLE_MAX = 256
 MAX_UNSETTLED = 4 * SETTLE_MAX
 SETTLE_WAIT_SECONDS = 0.02
 POLL_SECONDS = 0.25
+GATHER_SECONDS = 0.005
 SHUTDOWN_GRACE_SECONDS = 3.0
 GONE = 410
 
@@ -330,7 +331,10 @@ class Forwarder:
             async with asyncio.timeout(seconds):
                 await route.wake.wait()
         except TimeoutError:
-            pass
+            return
+        # woken by a commit: let a few more commits land, so that one claim takes them all
+        # (a claim per commit cost more CPU than the sends at paced rates)
+        await asyncio.sleep(GATHER_SECONDS)
 
     async def _send(self, route: _Route, entry: Entry, claimed_at: float) -> None:
         config = route.config
