@@ -215,13 +215,6 @@ class Outbox:
                 raise
             store._commit()
 
-    def create(self) -> None:
-        """Make the outbox tables where they are missing (an older database)."""
-        with self.store._errors("cannot create the outbox"):
-            self.database.create_tables(
-                [self.store.models.routes, self.store.models.outbox], safe=True
-            )
-
     def sync_routes(self, routes: Sequence[tuple[str, str]]) -> dict[str, int]:
         """Register (name, url) routes, keeping the state of those already known; their ids."""
         ids: dict[str, int] = {}
