@@ -10,6 +10,7 @@ and nothing is printed.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ import orjson
 from eventctl.auth import Credentials, signature_headers
 from eventctl.events import Event
 from eventctl.retry import transport_error_text
+from eventctl.transport import LeanTransport
 
 RETRYABLE_4XX = frozenset({408, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -114,31 +116,59 @@ async def post_once(  # noqa: PLR0913 - the request's parts, its transport and t
     extensions: dict[str, Any],
     clock: Callable[[], float],
     wall_clock: Callable[[], datetime],
+    total_timeout: float | None = None,
 ) -> Attempt:
     """POST `event` to `url` once, through `transport`; never raises for a transport error
     (that is an Attempt without a status). `url` is parsed once by the caller, and
-    `extensions` (see `timeout_extensions`) made once: this runs for every attempt."""
+    `extensions` (see `timeout_extensions`) made once: this runs for every attempt.
+    `total_timeout` cuts off the whole attempt (httpx's timeouts are per phase)."""
     sent_at = clock()
     body = event_body(event)
-    # straight to the transport: the client's cookie, auth and redirect layers would cost
-    # more CPU than the request itself, and none of them applies to these POSTs
-    request = httpx.Request(
-        "POST",
-        url,
-        headers=request_headers(credentials, event_id, body, wall_clock),
-        stream=httpx.ByteStream(body),
-        extensions=extensions,
-    )
+    headers = request_headers(credentials, event_id, body, wall_clock)
     try:
-        response = await transport.handle_async_request(request)
-        await response.aclose()
+        status, raw = await _exchange(
+            transport, url, headers, body, extensions=extensions, total_timeout=total_timeout
+        )
     except httpx.TransportError as exc:
         return Attempt(None, transport_error_text(exc), clock() - sent_at, None, False)
     latency = clock() - sent_at
-    status = response.status_code
-    headers = response.headers
     retry_after = None
-    if status in RETRY_AFTER_STATUSES:
-        retry_after = retry_after_seconds(headers.get("Retry-After"), wall_clock())
-    replayed = headers.get("Idempotent-Replayed") == "true"
+    replayed = False
+    for name, value in raw:
+        if len(name) == len(b"retry-after") and status in RETRY_AFTER_STATUSES:
+            if name.lower() == b"retry-after":
+                retry_after = retry_after_seconds(value.decode("latin-1"), wall_clock())
+        elif len(name) == len(b"idempotent-replayed") and name.lower() == b"idempotent-replayed":
+            replayed = value == b"true"
     return Attempt(status, None, latency, retry_after, replayed)
+
+
+async def _exchange(  # noqa: PLR0913 - post_once's request, passed on
+    transport: httpx.AsyncBaseTransport,
+    url: httpx.URL,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    extensions: dict[str, Any],
+    total_timeout: float | None,
+) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """The status and raw headers of one POST; raises httpx's transport errors."""
+    if isinstance(transport, LeanTransport):  # without httpx's Request and Response
+        deadline = None
+        if total_timeout is not None:
+            deadline = asyncio.get_running_loop().time() + total_timeout
+        return await transport.post(
+            url, headers, body, timeouts=extensions.get("timeout", {}), deadline=deadline
+        )
+    # straight to the transport: the client's cookie, auth and redirect layers would cost
+    # more CPU than the request itself, and none of them applies to these POSTs
+    request = httpx.Request(
+        "POST", url, headers=headers, stream=httpx.ByteStream(body), extensions=extensions
+    )
+    try:
+        async with asyncio.timeout(total_timeout):
+            response = await transport.handle_async_request(request)
+            await response.aclose()
+    except TimeoutError:
+        raise httpx.TimeoutException("no answer in time", request=request) from None
+    return response.status_code, response.headers.raw

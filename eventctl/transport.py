@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httptools
@@ -112,6 +113,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self.keepalive_expiry = keepalive_expiry
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._slots = asyncio.Semaphore(max_connections)
+        self._prefixes: dict[int, tuple[httpx.URL, bytes]] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -129,31 +131,92 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 has_host = has_host or lowered == b"host"
                 head.append(b"%s: %s\r\n" % (name, value))
         if not has_host:
-            head.append(b"Host: %s\r\n" % url.netloc)
+            head.insert(1, b"Host: %s\r\n" % url.netloc)
         head.append(b"Content-Length: %d\r\n\r\n" % len(content))
         head.append(content)
-        data = b"".join(head)
-        timeouts = request.extensions.get("timeout", {})
+        status, headers, body = await self._exchange(
+            url, b"".join(head), request.extensions.get("timeout", {}), None
+        )
+        return httpx.Response(
+            status, headers=headers, stream=httpx.ByteStream(body), request=request
+        )
+
+    async def post(
+        self,
+        url: httpx.URL,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        timeouts: Mapping[str, float | None],
+        deadline: float | None = None,
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """POST `body` to an http:// `url` without httpx's Request and Response, which cost
+        more CPU than the exchange itself: the status and the raw response headers. The
+        headers must not hold Host or the body's framing. `timeouts` as a request's
+        "timeout" extension; `deadline` (the loop's clock) cuts off the whole send, waiting
+        for a connection slot included. Raises httpx's transport errors."""
+        known = self._prefixes.get(id(url))  # by identity: hashing a URL costs a microsecond
+        if known is not None and known[0] is url:
+            prefix = known[1]
+        else:
+            if url.scheme != "http":
+                raise httpx.UnsupportedProtocol(f"{url.scheme}:// is not served by LeanTransport")
+            prefix = b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (url.raw_path, url.netloc)
+            if len(self._prefixes) < 1_000:
+                self._prefixes[id(url)] = (url, prefix)
+        data = b"".join(
+            (
+                prefix,
+                *[b"%s: %s\r\n" % header for header in headers],
+                b"Content-Length: %d\r\n\r\n" % len(body),
+                body,
+            )
+        )
+        status, raw, _ = await self._exchange(url, data, timeouts, deadline)
+        return status, raw
+
+    async def _exchange(
+        self,
+        url: httpx.URL,
+        data: bytes,
+        timeouts: Mapping[str, float | None],
+        deadline: float | None,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         connect, read = timeouts.get("connect"), timeouts.get("read")
         key = (url.host, url.port or 80)
-        async with self._slots:
+        loop = asyncio.get_running_loop()
+        if deadline is not None and self._slots.locked():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no free connection in time") from None
+        else:
+            await self._slots.acquire()
+        try:
+            if deadline is not None:
+                left = max(deadline - loop.time(), 0.0)
+                connect = left if connect is None else min(connect, left)
             connection = self._reuse(key)
             reused = connection is not None
             if connection is None:
                 connection = await self._connect(key, connect)
+            if deadline is not None:
+                left = max(deadline - loop.time(), 0.0)
+                read = left if read is None else min(read, left)
             try:
-                status, headers, body = await connection.exchange(data, read)
+                answer = await connection.exchange(data, read)
             except httpx.RemoteProtocolError:
                 if not reused or connection.answered:
                     raise
                 connection = await self._connect(key, connect)
-                status, headers, body = await connection.exchange(data, read)
+                answer = await connection.exchange(data, read)
             if not connection.closed:
-                connection.idle_since = asyncio.get_running_loop().time()
+                connection.idle_since = loop.time()
                 self._idle.setdefault(key, deque()).append(connection)
-        return httpx.Response(
-            status, headers=headers, stream=httpx.ByteStream(body), request=request
-        )
+        finally:
+            self._slots.release()
+        return answer
 
     def _reuse(self, key: tuple[str, int]) -> _Connection | None:
         """The most recently used idle connection to `key` still fit for a request."""

@@ -17,6 +17,7 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -115,17 +116,34 @@ class _Route:
     transport: httpx.AsyncBaseTransport
     url: httpx.URL
     extensions: dict[str, Any]
-    slots: asyncio.Semaphore
+    senders_max: int  # sends at once: 1 when ordered, else max_in_flight
     counters: RouteCounters = field(default_factory=RouteCounters)
     row: RouteRow | None = None
     outstanding: int = 0  # claimed and not yet settled
     sending: int = 0  # claimed and not yet answered
     pending: list[Settled] = field(default_factory=list)
     batch: Batch = field(default_factory=Batch)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    queue: deque[tuple[Entry, float]] = field(default_factory=deque)  # claimed, not yet sent
+    senders: set[asyncio.Task[None]] = field(default_factory=set)
+    idle: deque[asyncio.Future[None]] = field(default_factory=deque)  # senders waiting
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     settle_now: asyncio.Event = field(default_factory=asyncio.Event)
     room: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _wake_senders(route: _Route, wanted: int) -> int:
+    """Wake up to `wanted` idle senders of `route`; how many more are wanted."""
+    idle = route.idle
+    while wanted > 0 and idle:
+        waiter = idle.popleft()
+        if not waiter.done():  # not one whose sender was cancelled
+            waiter.set_result(None)
+            wanted -= 1
+    return wanted
 
 
 def _merge(batch: Batch, attempt: Attempt, settled: Settled) -> Batch:
@@ -226,7 +244,7 @@ class Forwarder:
                 transport=self.make_transport(config),
                 url=httpx.URL(config.url),
                 extensions=timeout_extensions(config.timeout_seconds),
-                slots=asyncio.Semaphore(1 if config.ordered else config.max_in_flight),
+                senders_max=1 if config.ordered else config.max_in_flight,
             )
             for config, credentials in zip(self.configs, self.credentials, strict=True)
         ]
@@ -244,13 +262,16 @@ class Forwarder:
             route.room.set()
         claiming, settling = self._tasks[0::2], self._tasks[1::2]
         await asyncio.gather(*claiming, return_exceptions=True)
-        sending = [task for route in self.routes for task in route.tasks]
+        for route in self.routes:
+            _wake_senders(route, len(route.idle))  # to send what is claimed, or to end
+        sending = [task for route in self.routes for task in route.senders]
         if sending:
             _, late = await asyncio.wait(sending, timeout=grace)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         for route in self.routes:
+            route.queue.clear()  # never sent: their leases are given back below
             route.settle_now.set()
         await asyncio.gather(*settling, return_exceptions=True)
         try:
@@ -321,10 +342,32 @@ class Forwarder:
                 continue
             route.outstanding += len(claim.entries)
             route.sending += len(claim.entries)
-            for entry in claim.entries:
-                task = asyncio.create_task(self._send(route, entry, claimed_at))
-                route.tasks.add(task)
-                task.add_done_callback(route.tasks.discard)
+            route.queue.extend((entry, claimed_at) for entry in claim.entries)
+            self._dispatch(route)
+
+    def _dispatch(self, route: _Route) -> None:
+        """Get the queued entries sent: wake idle senders, and start more up to the route's
+        limit. Senders live as long as they find work (a task per send cost more CPU)."""
+        waiting = _wake_senders(route, len(route.queue))
+        while waiting > 0 and len(route.senders) < route.senders_max:
+            task = asyncio.create_task(self._sender(route))
+            route.senders.add(task)
+            task.add_done_callback(route.senders.discard)
+            waiting -= 1
+
+    async def _sender(self, route: _Route) -> None:
+        loop = asyncio.get_running_loop()
+        queue = route.queue
+        while True:
+            if queue:
+                entry, claimed_at = queue.popleft()
+                await self._send(route, entry, claimed_at)
+                continue
+            if self._stopping:
+                return
+            waiter = loop.create_future()
+            route.idle.append(waiter)
+            await waiter
 
     async def _idle(self, route: _Route, seconds: float) -> None:
         try:
@@ -339,14 +382,24 @@ class Forwarder:
     async def _send(self, route: _Route, entry: Entry, claimed_at: float) -> None:
         config = route.config
         try:
-            async with route.slots:
-                # a claim whose lease is nearly over is left for whoever takes it next
-                if time.monotonic() - claimed_at > lease_ms(config) / 1000 - config.timeout_seconds:
-                    self._done(route, None)
-                    return
-                event = Event(entry.event_type, entry.event_payload)
-                route.counters.attempts += 1
-                attempt = await self._post(route, entry, event)
+            # a claim whose lease is nearly over is left for whoever takes it next
+            if time.monotonic() - claimed_at > lease_ms(config) / 1000 - config.timeout_seconds:
+                self._done(route, None)
+                return
+            route.counters.attempts += 1
+            attempt = await post_once(
+                route.transport,
+                route.url,
+                route.credentials,
+                entry.event_id,
+                Event(entry.event_type, entry.event_payload),
+                extensions=route.extensions,
+                clock=time.monotonic,
+                wall_clock=_now,
+                # httpx's timeouts are per phase (connect, write, each read): a send must
+                # end within its lease
+                total_timeout=config.timeout_seconds,
+            )
         except asyncio.CancelledError:
             self._done(route, None)  # stopping: its lease is given back
             raise
@@ -354,25 +407,6 @@ class Forwarder:
             log.exception("forwarding to %s: sending event %s failed", config.name, entry.event_id)
             attempt = Attempt(None, type(exc).__name__, 0.0, None, False)
         self._finish(route, entry, attempt)
-
-    async def _post(self, route: _Route, entry: Entry, event: Event) -> Attempt:
-        """One attempt, cut off after the route's timeout in all (httpx's timeout is per
-        phase: connect, write and each read), so a send always ends within its lease."""
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(route.config.timeout_seconds):
-                return await post_once(
-                    route.transport,
-                    route.url,
-                    route.credentials,
-                    entry.event_id,
-                    event,
-                    extensions=route.extensions,
-                    clock=time.monotonic,
-                    wall_clock=lambda: datetime.now(UTC),
-                )
-        except TimeoutError:
-            return Attempt(None, "timeout", time.monotonic() - started, None, False)
 
     def _finish(self, route: _Route, entry: Entry, attempt: Attempt) -> None:
         config = route.config
@@ -440,5 +474,5 @@ class Forwarder:
                 route.outstanding -= len(settled)
                 route.room.set()
                 route.wake.set()
-            if self._stopping and not route.pending and not route.tasks:
+            if self._stopping and not route.pending and not route.senders:
                 return

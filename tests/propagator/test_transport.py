@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
+from eventctl.auth import Credentials
+from eventctl.delivery import post_once, timeout_extensions
+from eventctl.events import Event
 from eventctl.retry import transport_error_text
 from eventctl.store import Store
 from eventctl.transport import LeanTransport
@@ -256,3 +261,103 @@ async def test_against_the_real_consumer(server: Server, sqlite_url: str) -> Non
         ]
     finally:
         store.close()
+
+
+class ThroughHttpx(httpx.AsyncBaseTransport):
+    """A LeanTransport seen only through httpx's interface (post_once's other path)."""
+
+    def __init__(self, lean: LeanTransport) -> None:
+        self.lean = lean
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.lean.handle_async_request(request)
+
+
+async def test_post_once_sends_the_same_bytes_by_both_paths(peer_factory: PeerFactory) -> None:
+    async def replayed_503(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 503 Busy\r\nRETRY-AFTER: 7\r\nidempotent-replayed: true\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+
+    peer = await peer_factory(replayed_503)
+    url = httpx.URL(peer.url)
+    credentials = Credentials(token="t0ken")
+    attempts = []
+    async with LeanTransport() as lean:
+        for transport in (lean, ThroughHttpx(lean), lean):
+            attempts.append(
+                await post_once(
+                    transport,
+                    url,
+                    credentials,
+                    "evt_1",
+                    Event("order.created", "x"),
+                    extensions=timeout_extensions(2.0),
+                    clock=time.monotonic,
+                    wall_clock=lambda: datetime.now(UTC),
+                )
+            )
+    assert [(a.status, a.retry_after, a.replayed, a.error) for a in attempts] == [
+        (503, 7.0, True, None)
+    ] * 3
+    assert peer.requests[0] == peer.requests[1] == peer.requests[2]
+    assert peer.requests[0].startswith(b"POST /event HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"\r\nAuthorization: Bearer t0ken\r\n" in peer.requests[0]
+    assert peer.connections == 1
+
+
+async def test_post_is_cut_off_at_its_deadline_however_the_peer_trickles(
+    peer_factory: PeerFactory,
+) -> None:
+    async def trickle(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(100):  # a byte every 50 ms: no per-read timeout ever fires
+            await writer.drain()
+            writer.write(b"x")
+            await asyncio.sleep(0.05)
+
+    peer = await peer_factory(trickle)
+    loop = asyncio.get_running_loop()
+    async with LeanTransport() as transport:
+        started = loop.time()
+        with pytest.raises(httpx.ReadTimeout) as caught:
+            await transport.post(
+                httpx.URL(peer.url),
+                [],
+                b"{}",
+                timeouts=httpx.Timeout(2.0).as_dict(),
+                deadline=started + 0.3,
+            )
+        assert loop.time() - started < 1.0
+    assert transport_error_text(caught.value) == "timeout"
+
+
+async def test_post_waiting_for_a_free_connection_is_cut_off_at_its_deadline(
+    peer_factory: PeerFactory,
+) -> None:
+    async def slow(request: bytes, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(1.0)
+        writer.write(OK + OK_BODY)
+
+    peer = await peer_factory(slow)
+    url = httpx.URL(peer.url)
+    loop = asyncio.get_running_loop()
+    timeouts = httpx.Timeout(5.0).as_dict()
+    async with LeanTransport(max_connections=1) as transport:
+        first = asyncio.create_task(transport.post(url, [], b"{}", timeouts=timeouts))
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        with pytest.raises(httpx.PoolTimeout):
+            await transport.post(url, [], b"{}", timeouts=timeouts, deadline=started + 0.2)
+        assert loop.time() - started < 0.6
+        status, headers = await first
+    assert status == 200
+    assert (b"Content-Type", b"application/json") in headers
+    assert peer.connections == 1
+
+
+async def test_post_over_https_is_refused() -> None:
+    async with LeanTransport() as transport:
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await transport.post(httpx.URL("https://127.0.0.1:1/event"), [], b"{}", timeouts={})
