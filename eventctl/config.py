@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from eventctl.errors import ConfigError
+from eventctl.timefmt import parse_duration
 
 DEFAULT_CONSUMER_CONFIG = Path("config/consumer_config.yaml")
 DEFAULT_PROPAGATOR_CONFIG = Path("config/propagator_config.yaml")
@@ -194,15 +195,14 @@ def _route_value(key: str, value: Any, where: str) -> Any:
     return coerced
 
 
-def _globs(value: Any, where: str) -> tuple[str, ...]:
-    """`match:`: a list of event-type globs, or one glob."""
+def _globs(value: Any, where: str, unmatched: str = "to forward every event") -> tuple[str, ...]:
+    """`match:`: a list of event-type globs, or one glob; `unmatched` says what leaving it
+    out does."""
     globs = [value] if isinstance(value, str) else value
     if not isinstance(globs, list) or not all(isinstance(glob, str) for glob in globs):
         raise ConfigError(f"{where}: must be a list of strings, not {value!r}")
     if not globs:
-        raise ConfigError(
-            f"{where}: must hold at least one glob; leave match out to forward every event"
-        )
+        raise ConfigError(f"{where}: must hold at least one glob; leave match out {unmatched}")
     for i, glob in enumerate(globs):
         if not glob.strip():
             at = where if isinstance(value, str) else f"{where}[{i}]"
@@ -234,6 +234,173 @@ def _url_routes(urls: list[str], where: str) -> tuple[ForwardRoute, ...]:
 
 
 ROUTES = KeyReader(_routes_from_yaml, _routes_from_text, _routes_from_flag)
+
+
+MAX_RESPONSE_RULES = 100
+"""Most rules in `responses:`."""
+MAX_RESPONSE_LATENCY_SECONDS = 60.0
+"""Longest latency a response rule may add (the high end of a range)."""
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+"""Largest `retry_after` of a response rule: a day."""
+MAX_RESPONSE_BODY_BYTES = 65_536
+"""Largest `body` of a response rule, as compact JSON (UTF-8)."""
+
+
+@dataclass(frozen=True)
+class ResponseRule:
+    """One rule of `responses:` (config/consumer_config.yaml): the ingest requests whose
+    event type matches wait `latency` (seconds, uniform in the range), then with
+    `probability` are answered `status` (with `Retry-After` and `body` if set) and stored
+    not at all. A rule without a status only waits; one with neither answers as usual,
+    which exempts its types from the rules after it."""
+
+    match: tuple[str, ...] = ()
+    status: int | None = None
+    probability: float = 1.0
+    latency: tuple[float, float] = (0.0, 0.0)
+    retry_after: float | None = None
+    body: str | None = None
+    """The answer's body as JSON text; None: the consumer's own problem body."""
+
+    def matches(self, event_type: str) -> bool:
+        return not self.match or any(fnmatchcase(event_type, glob) for glob in self.match)
+
+
+_RULE_KEYS = ("match", "status", "probability", "latency", "retry_after", "body")
+_NEEDS_STATUS = ("probability", "retry_after", "body")
+
+
+def _rules_from_yaml(value: Any, where: str) -> tuple[ResponseRule, ...]:
+    """`responses:`: a list of rule mappings, the first that matches answering; no value at
+    all is no rules."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: must be a list, not {value!r}")
+    if len(value) > MAX_RESPONSE_RULES:
+        raise ConfigError(
+            f"{where}: holds {len(value)} rules; at most {MAX_RESPONSE_RULES} are allowed"
+        )
+    return tuple(_rule(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _rules_from_text(text: str, where: str) -> tuple[ResponseRule, ...]:
+    """`EVENTCTL_RESPONSES` and `--responses`: the same list as YAML or JSON text; an empty
+    value is no rules."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML or JSON: {problem}") from None
+    return _rules_from_yaml(value, where)
+
+
+def _rule(item: Any, where: str) -> ResponseRule:
+    """One item of `responses:`: a mapping of _RULE_KEYS."""
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: must be a mapping of {', '.join(_RULE_KEYS)}, not {item!r}")
+    for key in item:
+        if key not in _RULE_KEYS:
+            raise _unknown_key(where, key, _RULE_KEYS)
+    for key in _NEEDS_STATUS:
+        if key in item and "status" not in item:
+            raise ConfigError(
+                f"{where}.{key}: applies to a status only; give the rule a status (400-599)"
+            )
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "match": lambda value, at: _globs(value, at, "to match every event type"),
+        "status": _status,
+        "probability": _probability,
+        "latency": _latency,
+        "retry_after": _retry_after,
+        "body": _body,
+    }
+    values: dict[str, Any] = {
+        key: readers[key](value, f"{where}.{key}") for key, value in item.items()
+    }
+    return ResponseRule(**values)
+
+
+def _status(value: Any, where: str) -> int:
+    status: int = _scalar(int).from_yaml(value, where)
+    if problem := _error_status(status):
+        raise ConfigError(f"{where}: {problem}, not {status!r}")
+    return status
+
+
+def _probability(value: Any, where: str) -> float:
+    probability: float = _scalar(float).from_yaml(value, where)
+    if problem := _fraction(probability):
+        raise ConfigError(f"{where}: {problem}, not {probability!r}")
+    return probability
+
+
+_LATENCY_FORMS = "a duration (50ms, 0.05) or a range (50ms-200ms, [0.05, 0.2])"
+
+
+def _seconds(value: Any, where: str) -> float:
+    """A number of seconds or a duration text (`50ms`), at least 0."""
+    if isinstance(value, str):
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise ConfigError(f"{where}: must be {_LATENCY_FORMS}, not {value!r}") from None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigError(f"{where}: must be {_LATENCY_FORMS}, not {value!r}")
+    if problem := _non_negative(seconds):
+        raise ConfigError(f"{where}: {problem}, not {value!r}")
+    return seconds
+
+
+def _latency(value: Any, where: str) -> tuple[float, float]:
+    """`latency:`: fixed (`50ms`, `0.05`) or a range (`50ms-200ms`, `[0.05, 0.2]`)."""
+    if isinstance(value, str) and "-" in value:
+        value = value.split("-")
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise ConfigError(f"{where}: must be {_LATENCY_FORMS}, not {value!r}")
+        low, high = (_seconds(end, where) for end in value)
+    else:
+        low = high = _seconds(value, where)
+    if low > high:
+        raise ConfigError(f"{where}: the range must run from low to high, not {low:g}-{high:g} s")
+    if high > MAX_RESPONSE_LATENCY_SECONDS:
+        raise ConfigError(
+            f"{where}: must be at most {MAX_RESPONSE_LATENCY_SECONDS:g} seconds, not {high:g}"
+        )
+    return (low, high)
+
+
+def _retry_after(value: Any, where: str) -> float:
+    seconds: float = _scalar(float).from_yaml(value, where)
+    if problem := _non_negative(seconds):
+        raise ConfigError(f"{where}: {problem}, not {value!r}")
+    if seconds > MAX_RETRY_AFTER_SECONDS:
+        raise ConfigError(
+            f"{where}: must be at most {MAX_RETRY_AFTER_SECONDS:g} seconds, not {value!r}"
+        )
+    return seconds
+
+
+def _body(value: Any, where: str) -> str:
+    """`body:`: any JSON value, kept as compact JSON text."""
+    if value is None:
+        raise ConfigError(f"{where}: is empty; leave body out for the consumer's own error body")
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: must be a JSON value, not {value!r}") from None
+    size = len(text.encode())
+    if size > MAX_RESPONSE_BODY_BYTES:
+        raise ConfigError(
+            f"{where}: must be at most {MAX_RESPONSE_BODY_BYTES} bytes as JSON, not {size}"
+        )
+    return text
+
+
+RESPONSES = KeyReader(_rules_from_yaml, _rules_from_text, _rules_from_text)
 
 
 @dataclass(frozen=True)
@@ -288,6 +455,14 @@ class ConsumerConfig:
         "--forward-to",
         ROUTES,
     )
+    responses: tuple[ResponseRule, ...] = _option(
+        (),
+        None,
+        "response rules by event type, as YAML or JSON text (replaces the config file's and "
+        "EVENTCTL_RESPONSES; '' for none)",
+        None,
+        RESPONSES,
+    )
 
     def to_json(self) -> str:
         """This config as JSON, for `serve --workers N` to hand its processes (from_json)."""
@@ -295,13 +470,20 @@ class ConsumerConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ConsumerConfig:
-        """The config to_json wrote, routes rebuilt as ForwardRoutes, lists as tuples."""
+        """The config to_json wrote, routes rebuilt as ForwardRoutes and response rules as
+        ResponseRules, lists as tuples."""
         data = json.loads(text)
         routes = tuple(
             ForwardRoute(**{**route, "match": tuple(route["match"])})
             for route in data.pop("forward", ())
         )
-        return cls(**data, forward=routes)
+        rules = tuple(
+            ResponseRule(
+                **{**rule, "match": tuple(rule["match"]), "latency": tuple(rule["latency"])}
+            )
+            for rule in data.pop("responses", ())
+        )
+        return cls(**data, forward=routes, responses=rules)
 
 
 def metrics_enabled(config: ConsumerConfig) -> bool:

@@ -67,6 +67,7 @@ def serve_command(
     max_connections: Annotated[int | None, config_option(C, "max_connections")] = None,
     allowed_hosts: Annotated[str | None, config_option(C, "allowed_hosts", metavar="NAMES")] = None,
     forward_to: Annotated[list[str] | None, config_option(C, "forward", metavar="URL")] = None,
+    responses: Annotated[str | None, config_option(C, "responses", metavar="RULES")] = None,
 ) -> None:
     """Run the Event Consumer: accept events on POST /event and store them."""
     from eventctl.consumer.server import listen, serve
@@ -98,6 +99,7 @@ def serve_command(
         max_connections=max_connections,
         allowed_hosts=allowed_hosts,
         forward=forward_to,
+        responses=responses,
     )
     env = current()
     serve(cfg, listen(cfg.host, cfg.port), env.console(stderr=True), environ=env.environ)

@@ -46,6 +46,7 @@ from eventctl.consumer.forwarder import Forwarder
 from eventctl.consumer.metrics import CONTENT_TYPE, Metrics
 from eventctl.consumer.openapi import LIST_PARAMETERS, SUMMARY_PARAMETERS, document
 from eventctl.consumer.problems import ApiError
+from eventctl.consumer.responses import Responses
 from eventctl.consumer.rules import (
     CURSOR_PATTERN,
     CURSOR_PREFIX,
@@ -317,7 +318,8 @@ async def _write(writer: Writer, records: list[Incoming], *, batch: bool) -> set
 class Ingest:
     """A plain-ASGI ingest handler: the checks every ingest request passes (Host, drill,
     token, media type, size, Idempotency-Key, signature, JSON), then `_store`, which the
-    endpoint's subclass defines."""
+    endpoint's subclass defines: the event rules, the response rules (responses.py; None
+    without any) and the commit."""
 
     path: str
 
@@ -336,6 +338,7 @@ class Ingest:
         self.metrics = metrics
         self.timer = metrics.request_seconds.labels(self.path) if metrics else None
         self.drills = config.fail_rate > 0 or config.latency_seconds > 0
+        self.responses = Responses(config.responses) if config.responses else None
         self.random = random.Random()
 
     async def _drill(self) -> None:
@@ -422,6 +425,8 @@ class IngestEvent(Ingest):
                 event = validate_event(_parse_unique(body))
         except InvalidEvent as exc:
             raise problems.INVALID_EVENT.error(str(exc), errors=[_invalid(exc)]) from None
+        if self.responses is not None:
+            await self.responses.answer((event.event_type,), self.random, batch=False)
         event_id = key or new_event_id()
         if self.metrics:
             self.metrics.received.inc()
@@ -457,6 +462,8 @@ class IngestBatch(Ingest):
                 f"(first: [{first['index']}] {first['message']})",
                 errors=errors,
             )
+        if self.responses is not None:
+            await self.responses.answer((e.event_type for e in events), self.random, batch=True)
         now = datetime.now(UTC)
         batch_id = key or new_event_id()
         records = [Incoming(f"{batch_id}/{i}", event, now) for i, event in enumerate(events)]

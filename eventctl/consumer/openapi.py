@@ -3,8 +3,9 @@
 `document()` walks the app's real routes: a route without a description here is an error, so
 the document cannot miss an endpoint, and it only lists what this server answers (`/metrics`
 when metrics are on, 401s when credentials are required, the drill's status when a drill is
-on). Each operation names the problems it can answer, and their statuses, codes, headers
-and descriptions come from the catalog (problems.py); limits and patterns come from the
+on, the response rules' statuses and bodies when the config has rules). Each operation
+names the problems it can answer, and their statuses, codes, headers and descriptions come
+from the catalog (problems.py, and responses.py for the rules'); limits and patterns come from the
 modules that enforce them (rules.py, events.py, timefmt.py, the config). So the document
 restates no rule; tests/consumer/test_openapi.py runs schemathesis against the live app to
 prove the two agree.
@@ -23,6 +24,7 @@ from eventctl.config import ConsumerConfig
 from eventctl.consumer import problems
 from eventctl.consumer.httpserver import REFUSALS
 from eventctl.consumer.problems import Problem
+from eventctl.consumer.responses import answered_statuses, custom_bodies
 from eventctl.consumer.rules import (
     CURSOR_PATTERN,
     DEFAULT_PAGE,
@@ -352,6 +354,7 @@ class Spec:
             answered.append(problems.INVALID_BATCH)
         if self.config.fail_rate > 0:
             answered.append(problems.INJECTED_FAULT.at(self.config.fail_status))
+        answered.extend(answered_statuses(self.config.responses))
         parameters: list[Schema] = [
             {
                 "name": "Idempotency-Key",
@@ -387,6 +390,10 @@ class Spec:
             "content": {JSON: {"schema": body}},
         }
         operation["responses"] = self._responses(ok, *answered)
+        for status, bodies in custom_bodies(self.config.responses).items():
+            # a rule's own body is answered as written, in place of the error shape
+            content = operation["responses"][str(status)]["content"][JSON]
+            content["schema"] = {"anyOf": [content["schema"], *({"const": b} for b in bodies)]}
         return operation
 
     def post_event(self) -> dict[str, Any]:

@@ -4,7 +4,8 @@ it says `Retry-After`, and what it means.
 The handlers raise `problems.X.error(message, ...)`, the HTTP layer (httpserver.py) writes
 `problems.X.answer(message)`, and the OpenAPI document (openapi.py) lists each endpoint's
 problems from here. docs/http-api.md has a row for each, which
-tests/consumer/test_problems.py checks. Every answer has one shape:
+tests/consumer/test_problems.py checks. The one answer outside the catalog is a response
+rule's (responses.py), which only a config with rules answers. Every answer has one shape:
     {"status": "error", "code": "...", "message": "...", "errors": [{"field": ..., ...}]}
 """
 
