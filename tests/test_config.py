@@ -9,9 +9,14 @@ import pytest
 from eventctl.config import (
     DEFAULT_CONSUMER_CONFIG,
     DEFAULT_PROPAGATOR_CONFIG,
+    MAX_RESPONSE_BODY_BYTES,
+    MAX_RESPONSE_LATENCY_SECONDS,
+    MAX_RESPONSE_RULES,
+    MAX_RETRY_AFTER_SECONDS,
     ConsumerConfig,
     ForwardRoute,
     PropagatorConfig,
+    ResponseRule,
     load_config,
 )
 from eventctl.consumer.server import WORKER_CONFIG_ENV, worker_environment
@@ -402,18 +407,253 @@ def test_routes_follow_the_one_precedence_with_the_scalar_keys(tmp_path: Path) -
 
 
 def test_the_worker_json_round_trip_rebuilds_routes(tmp_path: Path) -> None:
-    config = dataclasses.replace(consumer(write(tmp_path, FULL_ROUTE)), port=0, metrics=True)
+    config = dataclasses.replace(
+        consumer(write(tmp_path, FULL_ROUTE + FULL_RESPONSES)), port=0, metrics=True
+    )
     again = ConsumerConfig.from_json(config.to_json())
     assert again == config
     assert isinstance(again.forward, tuple)
     assert all(isinstance(route, ForwardRoute) for route in again.forward)
     assert again.forward[1].match == ("payment.*", "invoice.paid")
+    assert len(again.responses) == 4
+    assert all(isinstance(rule, ResponseRule) for rule in again.responses)
+    assert again.responses[0].match == ("payment.*",)
+    assert again.responses[1].latency == (0.05, 0.2)
     assert hash(again) == hash(config)  # frozen all the way down: tuples, not lists
     assert ConsumerConfig.from_json(ConsumerConfig().to_json()) == ConsumerConfig()
     # what `serve --workers N` puts in its workers' environment is that JSON
     handed = worker_environment(config, str(tmp_path / "metrics"), {})[WORKER_CONFIG_ENV]
     assert handed is not None
     assert ConsumerConfig.from_json(handed) == config
+
+
+# response rules: `responses:`, EVENTCTL_RESPONSES, --responses
+
+FULL_RESPONSES = """\
+responses:
+  - match: "payment.*"
+    status: 503
+    probability: 0.3
+    retry_after: 2
+  - match: order.*
+    latency: 50ms-200ms
+  - match: ["audit.*", "legacy.*"]
+    latency: [0.5, 1s]
+    status: 422
+    body: {"detail": "gone", "n": [1, 2.5, null, true], "é": "ü"}
+  - latency: 10
+"""
+
+
+def test_no_response_rules_by_default(tmp_path: Path) -> None:
+    assert ConsumerConfig().responses == ()
+    assert consumer(tmp_path / "absent.yaml").responses == ()
+    assert consumer(write(tmp_path, "responses:\n")).responses == ()
+    assert consumer(write(tmp_path, "responses: []\n")).responses == ()
+    shipped = load_config(ConsumerConfig, ROOT / DEFAULT_CONSUMER_CONFIG, required=True, environ={})
+    assert shipped.responses == ()  # the example in the shipped file is commented out
+
+
+def test_a_rule_sets_each_field(tmp_path: Path) -> None:
+    assert consumer(write(tmp_path, FULL_RESPONSES)).responses == (
+        ResponseRule(match=("payment.*",), status=503, probability=0.3, retry_after=2.0),
+        ResponseRule(match=("order.*",), latency=(0.05, 0.2)),
+        ResponseRule(
+            match=("audit.*", "legacy.*"),
+            status=422,
+            latency=(0.5, 1.0),
+            body='{"detail":"gone","n":[1,2.5,null,true],"é":"ü"}',
+        ),
+        ResponseRule(latency=(10.0, 10.0)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("latency", "seconds"),
+    [
+        ("50ms", (0.05, 0.05)),
+        (0.05, (0.05, 0.05)),
+        (0, (0.0, 0.0)),
+        ("'2'", (2.0, 2.0)),
+        ("50ms-200ms", (0.05, 0.2)),
+        ("50ms - 200ms", (0.05, 0.2)),
+        ("1s-1s", (1.0, 1.0)),
+        ("[0.05, 0.2]", (0.05, 0.2)),
+        ("['50ms', 1]", (0.05, 1.0)),
+        (str(MAX_RESPONSE_LATENCY_SECONDS), (60.0, 60.0)),
+    ],
+)
+def test_a_latency_is_fixed_or_a_range(tmp_path: Path, latency: Any, seconds: Any) -> None:
+    (rule,) = consumer(write(tmp_path, f"responses:\n  - latency: {latency}\n")).responses
+    assert rule.latency == seconds
+
+
+def rule(text: str) -> str:
+    return f"responses:\n  - {text}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("responses: {match: a}\n", "responses: must be a list, not {'match': 'a'}"),
+        (rule("payment.*"), "responses[0]: must be a mapping of match, status, probability"),
+        (
+            rule("{stauts: 503}"),
+            "responses[0]: unknown key 'stauts' (did you mean status?); known keys: match, "
+            "status, probability, latency, retry_after, body",
+        ),
+        (rule("{match: 5}"), "responses[0].match: must be a list of strings, not 5"),
+        (
+            rule("{match: [], status: 503}"),
+            "responses[0].match: must hold at least one glob; leave match out to match every "
+            "event type",
+        ),
+        (rule("{match: ''}"), "responses[0].match: must be a non-empty glob, not ''"),
+        (rule("{status: '503'}"), "responses[0].status: must be an integer, not '503'"),
+        (rule("{status: true}"), "responses[0].status: must be an integer, not True"),
+        (
+            rule("{status: 200}"),
+            "responses[0].status: must be an HTTP error status (400-599), not 200",
+        ),
+        (
+            rule("{status: 600}"),
+            "responses[0].status: must be an HTTP error status (400-599), not 600",
+        ),
+        (
+            rule("{status: 503, probability: 1.5}"),
+            "responses[0].probability: must be between 0 and 1, not 1.5",
+        ),
+        (
+            rule("{status: 503, probability: high}"),
+            "responses[0].probability: must be a number, not 'high'",
+        ),
+        (
+            rule("{probability: 0.5}"),
+            "responses[0].probability: applies to a status only; give the rule a status (400-599)",
+        ),
+        (
+            rule("{retry_after: 2}"),
+            "responses[0].retry_after: applies to a status only; give the rule a status",
+        ),
+        (rule("{body: {a: 1}}"), "responses[0].body: applies to a status only"),
+        (
+            rule("{latency: soon}"),
+            "responses[0].latency: must be a duration (50ms, 0.05) or a range (50ms-200ms, "
+            "[0.05, 0.2]), not 'soon'",
+        ),
+        (rule("{latency: true}"), "responses[0].latency: must be a duration"),
+        (rule("{latency: -1}"), "responses[0].latency: must be a number of at least 0, not -1"),
+        (rule("{latency: '-5ms'}"), "responses[0].latency: must be a duration"),
+        (rule("{latency: [1, 2, 3]}"), "responses[0].latency: must be a duration"),
+        (rule("{latency: 1s-1ms}"), "responses[0].latency: the range must run from low to high"),
+        (rule("{latency: 61}"), "responses[0].latency: must be at most 60 seconds, not 61"),
+        (rule("{latency: 1s-2m}"), "responses[0].latency: must be at most 60 seconds, not 120"),
+        (
+            rule("{status: 503, retry_after: -1}"),
+            "responses[0].retry_after: must be a number of at least 0, not -1",
+        ),
+        (
+            rule("{status: 503, retry_after: 2s}"),
+            "responses[0].retry_after: must be a number, not '2s'",
+        ),
+        (
+            rule("{status: 503, retry_after: 86401}"),
+            "responses[0].retry_after: must be at most 86400 seconds, not 86401",
+        ),
+        (
+            rule("{status: 503, body: null}"),
+            "responses[0].body: is empty; leave body out for the consumer's own error body",
+        ),
+        (
+            rule("{status: 503, body: .nan}"),
+            "responses[0].body: must be a JSON value, not nan",
+        ),
+        (
+            rule("{status: 503, body: 2026-01-01}"),
+            "responses[0].body: must be a JSON value, not datetime.date(2026, 1, 1)",
+        ),
+        (
+            "responses:\n  - {latency: 1}\n  - {status: 503, probability: 2}\n",
+            "responses[1].probability: must be between 0 and 1, not 2.0",
+        ),
+    ],
+)
+def test_rule_errors_name_file_position_and_field(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        consumer(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(caught.value)
+
+
+def test_rule_limits(tmp_path: Path) -> None:
+    most = "responses:\n" + "  - {status: 503}\n" * MAX_RESPONSE_RULES
+    assert len(consumer(write(tmp_path, most)).responses) == MAX_RESPONSE_RULES == 100
+    with pytest.raises(ConfigError, match=r"responses: holds 101 rules; at most 100 are allowed"):
+        consumer(write(tmp_path, most + "  - {status: 503}\n"))
+    assert MAX_RESPONSE_LATENCY_SECONDS == 60
+    assert MAX_RETRY_AFTER_SECONDS == 86_400
+    (longest,) = consumer(write(tmp_path, rule("{status: 503, retry_after: 86400}"))).responses
+    assert longest.retry_after == MAX_RETRY_AFTER_SECONDS
+    assert MAX_RESPONSE_BODY_BYTES == 65_536
+    fits = "x" * (MAX_RESPONSE_BODY_BYTES - 2)  # two bytes of quotes
+    (big,) = consumer(write(tmp_path, rule(f"{{status: 503, body: {fits}}}"))).responses
+    assert big.body is not None
+    assert len(big.body.encode()) == MAX_RESPONSE_BODY_BYTES
+    with pytest.raises(ConfigError, match=r"body: must be at most 65536 bytes as JSON, not 65537"):
+        consumer(write(tmp_path, rule(f"{{status: 503, body: {fits}x}}")))
+
+
+def test_the_environment_and_the_flag_take_the_rules_as_yaml_or_json(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL_RESPONSES)
+    environ = {"EVENTCTL_RESPONSES": '[{"match": "a.*", "status": 429, "retry_after": 1}]'}
+    from_env = ResponseRule(match=("a.*",), status=429, retry_after=1.0)
+    assert consumer(path, environ).responses == (from_env,)
+    flagged = consumer(path, environ, responses="[{match: b, latency: 1ms-2ms}]")
+    assert flagged.responses == (ResponseRule(match=("b",), latency=(0.001, 0.002)),)
+    assert consumer(path, environ, responses="").responses == ()  # --responses '': none
+    assert consumer(path, {"EVENTCTL_RESPONSES": ""}).responses == ()
+    with pytest.raises(ConfigError) as caught:
+        consumer(path, {"EVENTCTL_RESPONSES": "[{status: 200}]"})
+    assert str(caught.value) == (
+        "EVENTCTL_RESPONSES[0].status: must be an HTTP error status (400-599), not 200"
+    )
+    with pytest.raises(ConfigError, match=r"^--responses: not valid YAML or JSON: "):
+        consumer(path, responses="[{")
+
+
+def test_the_example_in_configuration_md_loads(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    example = text.split("### Response rules", 1)[1].split("```yaml\n", 1)[1].split("```")[0]
+    loaded = consumer(write(tmp_path, example)).responses
+    assert loaded[0] == ResponseRule(
+        match=("payment.*",), status=503, probability=0.3, retry_after=2.0
+    )
+    assert loaded[1] == ResponseRule(match=("order.*",), latency=(0.05, 0.2))
+    assert loaded[3] == ResponseRule(match=("health.*",))
+
+
+def test_every_rule_field_and_its_default_is_in_configuration_md() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    section = text.split("### Response rules", 1)[1].split("\n### ", 1)[0]
+    for f in dataclasses.fields(ResponseRule):
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{f.name}:` |"))
+        if f.name == "probability":
+            assert "| `1` |" in row
+        if f.name == "latency":
+            assert "| `0` |" in row
+    for limit in ("100 rules", "60 s", "86400 s", "65536 bytes"):
+        assert limit in section, limit
+
+
+def test_serve_names_a_bad_rule_in_its_config_file(tmp_path: Path) -> None:
+    config = write(tmp_path, "responses:\n  - {latency: 1}\n  - {match: 'a.*', status: 200}\n")
+    result = invoke("serve", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == ExitCode.CONFIG
+    assert result.stderr.strip().splitlines() == [
+        f"eventctl: error: {config}: responses[1].status: must be an HTTP error status "
+        "(400-599), not 200"
+    ]
 
 
 def test_every_route_field_and_its_default_is_in_configuration_md() -> None:

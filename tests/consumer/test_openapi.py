@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from eventctl.auth import Credentials
-from eventctl.config import ConsumerConfig
+from eventctl.config import ConsumerConfig, ResponseRule
 from eventctl.consumer.app import create_app
 from eventctl.consumer.openapi import EVENT
 from eventctl.errors import InvalidEvent
@@ -188,3 +188,63 @@ def test_the_event_type_schema_is_validate_event(event_type: str) -> None:
     else:
         by_rules = True
     assert by_schema == by_rules == (event_type in ACCEPTED)
+
+
+RULES = (
+    ResponseRule(match=("payment.*",), status=503, probability=0.3, retry_after=2.0),
+    ResponseRule(match=("legacy.*",), status=418, body='{"detail":"teapot"}'),
+    ResponseRule(match=("never.*",), status=429, probability=0.0),
+    ResponseRule(match=("bad.*",), status=502),
+    ResponseRule(match=("order.*",), latency=(0.05, 0.2)),
+)
+
+
+@pytest.mark.anyio
+async def test_the_document_lists_the_response_rules_statuses(store: Store) -> None:
+    async with in_process(create_app(ConsumerConfig(responses=RULES), store)) as client:
+        document = (await client.get("/openapi.json")).json()
+    async with in_process(create_app(ConsumerConfig(), store)) as client:
+        plain = (await client.get("/openapi.json")).json()
+    assert "injected_response" not in str(plain)
+    for path in ("/event", "/events"):
+        answers = document["paths"][path]["post"]["responses"]
+        assert "injected_response" in error_codes(document, "post", path, 503)
+        assert "Retry-After" in answers["503"]["headers"]
+        assert "a response rule of the config (responses:)" in answers["503"]["description"]
+        assert error_codes(document, "post", path, 502) == {"injected_response"}
+        assert "headers" not in answers["502"]  # that rule sends no Retry-After
+        assert "429" not in answers  # a rule that never fails answers no status
+        teapot = answers["418"]["content"]["application/json"]["schema"]["anyOf"]
+        assert teapot[1] == {"const": {"detail": "teapot"}}
+        assert set(teapot[0]["properties"]["code"]["enum"]) == {"injected_response"}
+    for path, operations in document["paths"].items():
+        if path not in ("/event", "/events"):
+            assert "injected_response" not in str(operations), path
+
+
+def test_schemathesis_with_response_rules(tmp_path: Path) -> None:
+    # statuses schemathesis.toml expects of a valid request (a 400 would be a rejection of
+    # valid data, ST202; many 429s read as rate limiting); a rule's 5xx is what it was asked
+    # for, not a server error (ST101)
+    config = tmp_path / "consumer.yaml"
+    config.write_text(
+        "responses:\n"
+        "  - {match: '[a-f]*', status: 503, probability: 0.5, retry_after: 1}\n"
+        "  - {match: '[g-m]*', status: 502, probability: 0.5, body: {detail: down}}\n"
+        "  - {match: '[n-s]*', status: 409, probability: 0.5, retry_after: 0.5}\n"
+        "  - {match: '[t-z]*', status: 422, probability: 0.5, body: [gone]}\n"
+        "  - {match: '[A-Z]*', latency: 1ms-3ms}\n"
+    )
+    server = Server(
+        f"sqlite:///{tmp_path / 'events.db'}",
+        tmp_path,
+        "--config",
+        str(config),
+        "--max-batch",
+        "20",
+    )
+    try:
+        result = schemathesis(server, tmp_path, "--exclude-checks", "not_a_server_error")
+    finally:
+        server.stop()
+    assert_no_issues(result)
