@@ -355,7 +355,7 @@ def _ms(seconds: float | None) -> float | None:
 def check_report_path(path: Path) -> None:
     """ValueError (one line) unless `path` ends in .json or .html."""
     if path.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"{path}: a report is written as .json or .html, not {path.suffix!r}")
+        raise ValueError(f"{path}: a report's file name must end in .json or .html")
 
 
 def write_report(path: Path, report: Report) -> None:
