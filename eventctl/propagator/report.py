@@ -719,15 +719,38 @@ def _result_colours(results: list[str]) -> dict[str, str]:
     return colours
 
 
-def _charts(timeline: Timeline) -> str:
+def _run_duration(meta: dict[str, Any]) -> float | None:
+    for key in ("duration", "duration_seconds"):
+        value = meta.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return None
+
+
+def _charts(timeline: Timeline, duration: float | None) -> str:
+    """The charts of `timeline`. With the run's `duration`, they end with the run: the row it
+    ends in has its rates per second of the part the run covered (or, under a quarter of a
+    row, is left out: too short to give a rate), and rows after it are left out."""
     width = timeline.width
     dense: list[Row | None] = list(timeline._rows)
-    xs = [float(i * width) for i in range(len(dense))]
-    end = float(len(dense) * width)
-    per_second = 1.0 / width
+    spans = [float(width)] * len(dense)
+    if dense and duration is not None:
+        # Rows from the run's end on (a last sample, taken as it stopped) are outside it.
+        del dense[max(1, math.ceil(duration / width)) :]
+        del spans[len(dense) :]
+        covered = duration - (len(dense) - 1) * width
+        if covered < width / 4 and len(dense) > 1:
+            dense.pop()
+            spans.pop()
+        elif 0 < covered < width:
+            spans[-1] = covered
+    xs = [i * width + span / 2 for i, span in enumerate(spans)]
+    end = (len(dense) - 1) * width + spans[-1] if dense else 0.0
 
     def counts(get: Callable[[Row], int]) -> list[float | None]:
-        return [0.0 if row is None else get(row) * per_second for row in dense]
+        return [
+            0.0 if row is None else get(row) / span for row, span in zip(dense, spans, strict=True)
+        ]
 
     def samples(get: Callable[[Row], float | None]) -> list[float | None]:
         return [None if row is None else get(row) for row in dense]
@@ -846,7 +869,7 @@ def render_html(report: Report) -> str:
             "<h2>Latency and service time</h2>",
             _percentile_table(report),
             "\n<h2>Over time</h2>\n",
-            _charts(report.timeline),
+            _charts(report.timeline, _run_duration(meta)),
             "\n</main>\n</body>\n</html>\n",
         ]
     )

@@ -350,3 +350,38 @@ def test_the_page_renders_in_chromium(browser_page: object, tmp_path: Path) -> N
     expect(page.locator("#chart-results .legend")).to_contain_text("<script>alert(4)</script>")
     assert errors == []
     assert requests == [path.as_uri()]
+
+
+def sent_line(report: Report) -> list[tuple[float, float]]:
+    """The points of the rate chart's `sent` line (its second series, after `target`)."""
+    page = render_html(report)
+    chart = page[page.index('id="chart-rate"') :]
+    chart = chart[: chart.index("</figure>")]
+    lines = re.findall(r'<polyline [^>]*points="([^"]*)"><title>sent</title>', chart)
+    assert len(lines) == 1
+    return [(float(x), float(y)) for x, y in (p.split(",") for p in lines[0].split())]
+
+
+@pytest.mark.parametrize("key", ["duration", "duration_seconds"])
+def test_the_last_row_is_a_rate_over_the_part_the_run_covered(key: str) -> None:
+    timeline = Timeline()
+    for i in range(25):  # 10 a second for 2.5 s
+        timeline.sent(i / 10)
+    points = sent_line(Report({key: 2.5}, {}, timeline=timeline))
+    assert len(points) == 3
+    assert len({y for _, y in points}) == 1  # the half row is 10/s too, not 5/s
+    assert points[0][0] < points[1][0] < points[2][0]
+
+    short = Timeline()
+    for i in range(21):  # the run ends 0.1 s into its third row: too short for a rate
+        short.sent(i / 10)
+    assert len(sent_line(Report({key: 2.1}, {}, timeline=short))) == 2
+    assert len(sent_line(Report({}, {}, timeline=short))) == 3  # no duration: as counted
+
+    after = Timeline()
+    for i in range(30):
+        after.sent(i / 10)
+    after.sample(3.0, 10.0, 0)  # the sample taken as the run stopped, in a row of its own
+    points = sent_line(Report({key: 3.0}, {}, timeline=after))
+    assert len(points) == 3
+    assert len({y for _, y in points}) == 1
