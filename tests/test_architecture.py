@@ -15,6 +15,7 @@ SHARED = {
     "config",
     "delivery",
     "errors",
+    "histogram",
     "events",
     "outbox",
     "replay",

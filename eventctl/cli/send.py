@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -72,14 +74,54 @@ def propagate(
     spool_max_pending: Annotated[int | None, config_option(P, "spool_max_pending")] = None,
     signing_secret_file: Annotated[str | None, config_option(P, "signing_secret_file")] = None,
     auth_token_file: Annotated[str | None, config_option(P, "auth_token_file")] = None,
+    stages_text: Annotated[
+        str | None,
+        typer.Option(
+            "--stages",
+            help="Rate plan: DURATION@RATE (hold) or DURATION@FROM-TO (ramp), comma-separated, "
+            "e.g. 30s@100,1m@100-2000,30s@2000.",
+            metavar="PLAN",
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a report of the run here at its end: run.html (a page) or run.json.",
+            dir_okay=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(help="Sender processes sharing the rate, the spool and the report.", min=1),
+    ] = 1,
 ) -> None:
     """Run the Event Propagator: send a random event from the events file every interval."""
     from eventctl.propagator.run import DisplayMode, propagate_events
+    from eventctl.propagator.schedule import Schedule, StagesError, parse_stages
+    from eventctl.propagator.workers import propagate_in_workers
 
     if rate is not None and interval is not None:
         raise typer.BadParameter("give either --interval or --rate", param_hint="--rate")
     if drain and (count is not None or duration_text is not None):
         raise typer.BadParameter("--drain sends only what is pending", param_hint="--drain")
+    schedule = None
+    if stages_text is not None:
+        if rate is not None or interval is not None or duration_text is not None:
+            raise typer.BadParameter(
+                "--stages sets the rate and the duration: leave out --rate, --interval and "
+                "--duration",
+                param_hint="--stages",
+            )
+        try:
+            schedule = Schedule(parse_stages(stages_text))
+        except StagesError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--stages") from None
+    if report is not None and report.suffix.lower() not in (".html", ".json"):
+        raise typer.BadParameter(
+            f"{report}: a report is .html (a page) or .json", param_hint="--report"
+        )
+    if report is not None and not report.resolve().parent.is_dir():
+        raise typer.BadParameter(f"{report}: no such directory", param_hint="--report")
     cfg = propagator_config(
         config,
         spool_path=spool,
@@ -97,12 +139,21 @@ def propagate(
         request_timeout_seconds=timeout,
     )
     seconds = duration(duration_text)
+    if schedule is not None:
+        seconds = schedule.seconds
+        rate = schedule.stages[0].start_rate or 1.0
+        cfg = dataclasses.replace(cfg, interval_seconds=1 / rate)
     if not drain:
         cfg = with_events(cfg)
     events = EventPool([]) if drain else load_events_file(Path(cfg.events_file))
     env = current()
     mode = DisplayMode.choose(quiet=quiet, json_log=json_log, tty=bool(env.stderr_isatty))
-    stats = propagate_events(
+    run = (
+        propagate_events
+        if workers == 1
+        else functools.partial(propagate_in_workers, workers=workers)
+    )
+    stats = run(
         cfg,
         events,
         count=0 if drain else count,
@@ -110,6 +161,9 @@ def propagate(
         seed=seed,
         mode=mode,
         new_run=new_run,
+        schedule=schedule,
+        report=report,
+        keys=mode is DisplayMode.LIVE and bool(env.stdin_isatty),
         environ=env.environ,
         stdout=env.stdout,
         stderr=env.stderr,

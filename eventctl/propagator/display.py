@@ -14,7 +14,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from eventctl.propagator.propagator import Record, Stats
+from eventctl.histogram import Histogram
+from eventctl.propagator.propagator import QUANTILES, Record, Stats
 from eventctl.textsafe import visible
 
 OUTCOME_STYLE = {"delivered": "green", "retrying": "yellow", "failed": "bold red"}
@@ -23,6 +24,7 @@ RATE_MIN_SECONDS = 1.0
 # below this many events, or this rate, CPU per event is mostly start-up and idle time
 CPU_MIN_EVENTS = 100
 CPU_MIN_RATE = 50.0
+LIVE_QUANTILES = (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
 
 
 def _ms(seconds: float | None) -> str:
@@ -65,6 +67,29 @@ def _counts(stats: Stats) -> Table:
     return counts
 
 
+def _pace(stats: Stats, now: float) -> tuple[str, str]:
+    """What paces the run: a replay's pacing, the schedule's stage and rate, or the interval."""
+    schedule = stats.schedule
+    keys = "   (+/- change it)" if stats.keys else ""
+    if stats.pacing is not None:
+        return "pacing", stats.pacing
+    if schedule is not None and (len(schedule.stages) > 1 or schedule.scaled):
+        t = now - stats.schedule_start
+        i = schedule.stage_at(t)
+        stage = f"stage {i + 1}/{len(schedule.stages)} {schedule.stages[i].label()}, "
+        if len(schedule.stages) == 1:
+            stage = ""
+        return "rate", f"{stage}target {schedule.rate_at(t):,.1f}/s{keys}"
+    if stats.interval > 0:
+        return "interval", f"{stats.interval:g} s ({1 / stats.interval:g}/s){keys}"
+    return "interval", "none: flat out"
+
+
+def _quantiles(histogram: Histogram) -> str:
+    parts = (f"{name} {_ms(histogram.quantile(q))}" for name, q in LIVE_QUANTILES)
+    return "   ".join(parts)
+
+
 def render(stats: Stats, now: float, *, title: str = TITLE) -> RenderableType:
     """The live status of a run as a Rich renderable. Pure: same input, same output."""
     head = Table.grid(padding=(0, 2))
@@ -81,13 +106,7 @@ def render(stats: Stats, now: float, *, title: str = TITLE) -> RenderableType:
     head.add_row(
         "endpoint", Text(visible(stats.endpoint)), "elapsed", _elapsed(now - stats.started_at)
     )
-    if stats.pacing is not None:
-        pace = ("pacing", stats.pacing)
-    elif stats.interval > 0:
-        pace = ("interval", f"{stats.interval:g} s ({1 / stats.interval:g}/s)")
-    else:
-        pace = ("interval", "none: flat out")
-    head.add_row(*pace, "in flight", in_flight)
+    head.add_row(*_pace(stats, now), "in flight", in_flight)
 
     counts = _counts(stats)
 
@@ -99,9 +118,8 @@ def render(stats: Stats, now: float, *, title: str = TITLE) -> RenderableType:
         "last",
         Text("-" if last is None else visible(f"{last.event_type}  {last.result}")),
     )
-    latency.add_row(
-        "latency", f"p50 {_ms(stats.percentile(0.5))}   p99 {_ms(stats.percentile(0.99))}"
-    )
+    latency.add_row("latency", _quantiles(stats.latency))
+    latency.add_row("service", _quantiles(stats.service))
     elapsed = now - stats.started_at
     # a rate over less than two intervals is one or two events over a sliver of time
     rate = (
@@ -116,7 +134,7 @@ def render(stats: Stats, now: float, *, title: str = TITLE) -> RenderableType:
     recent.add_column("event_type", max_width=28, no_wrap=True, overflow="ellipsis")
     recent.add_column("outcome")
     recent.add_column("status", justify="right")
-    recent.add_column("latency", justify="right")
+    recent.add_column("service", justify="right")
     recent.add_column("try", justify="right")
     for record in reversed(stats.recent):
         recent.add_row(
@@ -176,6 +194,29 @@ def _summary_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
+def _summary_quantiles(summary: dict[str, Any], name: str) -> str:
+    """`latency p50 3.2, p90 4.0, p99 5.1, p99.9 6.0, max 7.2 ms` (a dash for no value)."""
+    values = [summary.get(f"{name}_{key}_ms") for key in QUANTILES]
+    shown = ", ".join(
+        f"{key.replace('p999', 'p99.9')} {'-' if v is None else f'{v:.1f}'}"
+        for key, v in zip(QUANTILES, values, strict=True)
+    )
+    return f"{name} {shown}" + ("" if all(v is None for v in values) else " ms")
+
+
+def stage_lines(summary: dict[str, Any]) -> list[str]:
+    """A line per stage of the schedule: its plan, what was sent, and the ratio."""
+    lines = []
+    for i, stage in enumerate(summary.get("stages") or [], 1):
+        ratio = stage["achieved_vs_plan"]
+        lines.append(
+            f"stage {i} {stage['stage']}: {stage['sent']} sent of {stage['planned_events']:g} "
+            f"planned, {stage['achieved_rate']:,.1f}/s of {stage['planned_rate']:,.1f}/s"
+            + ("" if ratio is None else f" ({ratio:.2%})")
+        )
+    return lines
+
+
 def summary_lines(summary: dict[str, Any], *, title: str = TITLE) -> list[str]:
     """The end-of-run summary as a few plain lines, the first one starting with `title`.
 
@@ -194,10 +235,9 @@ def summary_lines(summary: dict[str, Any], *, title: str = TITLE) -> list[str]:
         f"delivered, {summary['failed']} failed, {summary['pending']} pending "
         f"in {elapsed:.1f}s ({_plural(summary['attempts'], 'attempt')}, {counted})"
     )
-    second = [
-        f"latency p50 {_summary_ms(summary['latency_p50_ms'])}, "
-        f"p99 {_summary_ms(summary['latency_p99_ms'])}"
-    ]
+    if summary.get("dropped"):
+        first += f"; {summary['dropped']} dropped: max-in-flight was full"
+    second = [_summary_quantiles(summary, "latency"), _summary_quantiles(summary, "service")]
     if summary["generated"] >= 2:
         achieved = f"achieved {summary['achieved_rate']:.1f}/s"
         if summary["lateness_p99_ms"] is not None:  # a replay flat out has nothing due later
@@ -207,7 +247,7 @@ def summary_lines(summary: dict[str, Any], *, title: str = TITLE) -> list[str]:
     cpu = summary["cpu_per_event_us"]
     if cpu is not None and sent >= CPU_MIN_EVENTS and sent >= CPU_MIN_RATE * elapsed:
         second.append(f"CPU {cpu:.1f} µs/event")
-    return [first, "; ".join(second)]
+    return [first, "; ".join(second), *stage_lines(summary)]
 
 
 class Display:

@@ -7,6 +7,7 @@ id maker); it reports through callbacks and never prints.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import shlex
 import statistics
@@ -30,6 +31,9 @@ from eventctl.delivery import (
 )
 from eventctl.errors import InvalidEvent, Unavailable
 from eventctl.events import Event, new_event_id
+from eventctl.histogram import Histogram
+from eventctl.propagator.report import Timeline
+from eventctl.propagator.schedule import Schedule
 from eventctl.propagator.spool import Spool
 from eventctl.propagator.templates import EventPool
 from eventctl.retry import RetryPolicy, transport_error_text
@@ -39,6 +43,7 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 LATENCY_WINDOW = 10_000
+GATHER_SECONDS = 0.001
 RECENT = 8
 
 
@@ -74,6 +79,7 @@ class Stats:
     max_in_flight: int
     pacing: str | None = None
     started_at: float = 0.0
+    schedule_start: float = 0.0
     finished_at: float | None = None
     cpu_seconds: float = 0.0
     generated: int = 0
@@ -85,13 +91,21 @@ class Stats:
     pending_at_exit: int = 0
     replayed: int = 0
     skipped_ticks: int = 0
+    dropped: int = 0
     resent: int = 0
     capped: bool = False
+    keys: bool = False
     spool_full: bool = False
     last: Record | None = None
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     recent: deque[Record] = field(default_factory=lambda: deque(maxlen=RECENT))
+    latency: Histogram = field(default_factory=Histogram)
+    service: Histogram = field(default_factory=Histogram)
+    timeline: Timeline | None = None
+    origin: float = 0.0
+    schedule: Schedule | None = None
+    stage_sent: list[int] = field(default_factory=list)
 
     def percentile(self, q: float, values: deque[float] | None = None) -> float | None:
         """Quantile (0-1) of the last LATENCY_WINDOW latencies (or `values`), in seconds."""
@@ -110,8 +124,35 @@ class Stats:
     def all_delivered(self) -> bool:
         return self.failed == 0 and self.pending_at_exit == 0
 
+    def target_rate(self, now: float) -> float | None:
+        """The rate the schedule plans now, events/s (None without a schedule)."""
+        schedule = self.schedule
+        return None if schedule is None else schedule.rate_at(now - self.schedule_start)
+
+    def stages(self) -> list[dict[str, object]]:
+        """Each stage of the schedule: the plan, what was sent in its time, and the ratio."""
+        schedule = self.schedule
+        if schedule is None or len(schedule.stages) < 2:
+            return []
+        rows = []
+        for i, planned in enumerate(schedule.describe()):
+            start, end = schedule.stage_window(i)
+            want = schedule.count_at(end) - schedule.count_at(start)
+            sent = self.stage_sent[i] if i < len(self.stage_sent) else 0
+            seconds = end - start
+            rows.append(
+                {
+                    **planned,
+                    "planned_events": round(want, 1),
+                    "sent": sent,
+                    "planned_rate": round(want / seconds, 2) if seconds else None,
+                    "achieved_rate": round(sent / seconds, 2) if seconds else None,
+                    "achieved_vs_plan": round(sent / want, 4) if want else None,
+                }
+            )
+        return rows
+
     def summary(self, now: float) -> dict[str, object]:
-        p50, p99 = self.percentile(0.5), self.percentile(0.99)
         sent = self.generated + self.resent
         return {
             "endpoint": self.endpoint,
@@ -123,14 +164,25 @@ class Stats:
             "attempts": self.attempts,
             "replayed": self.replayed,
             "skipped_ticks": self.skipped_ticks,
+            "dropped": self.dropped,
             "resent": self.resent,
-            "latency_p50_ms": _ms(p50),
-            "latency_p99_ms": _ms(p99),
+            **percentiles("latency", self.latency),
+            **percentiles("service", self.service),
             "achieved_rate": round(self.achieved_rate(now), 2),
             "lateness_p50_ms": _ms(self.percentile(0.5, self.lateness)),
             "lateness_p99_ms": _ms(self.percentile(0.99, self.lateness)),
             "cpu_per_event_us": round(self.cpu_seconds / sent * 1e6, 1) if sent else None,
+            "rate_changed": self.schedule is not None and self.schedule.scaled,
+            "stages": self.stages(),
         }
+
+
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999, "max": 1.0}
+
+
+def percentiles(name: str, histogram: Histogram) -> dict[str, float | None]:
+    """`name`_p50_ms, _p90_ms, _p99_ms, _p999_ms and _max_ms of `histogram`."""
+    return {f"{name}_{key}_ms": _ms(histogram.quantile(q)) for key, q in QUANTILES.items()}
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -160,14 +212,17 @@ class Plan:
     `k * interval` seconds after the start, until `count` events or `duration` seconds (with
     neither, until stop()). count=0 generates nothing: the run only resends what is pending.
 
-    With `replay`, the run sends instead the events of these pages, in order, each when it
-    is due; a full in-flight cap delays them (a replay skips nothing)."""
+    With `schedule`, tick k is due when it says instead (stages; `duration` and `interval`
+    then only describe it). With `replay`, the run sends instead the events of these pages,
+    in order, each when it is due; a full in-flight cap delays them (a replay skips
+    nothing)."""
 
     events: Sequence[Event] | EventPool = ()
     interval: float = 0.0
     count: int | None = None
     duration: float | None = None
     replay: Pages | None = None
+    schedule: Schedule | None = None
 
     def __post_init__(self) -> None:
         if self.replay is None and not self.events and self.count != 0:
@@ -266,10 +321,17 @@ class Propagator:
         self.stats = observers.stats or Stats(
             delivery.endpoint, plan.interval, delivery.max_in_flight
         )
+        self.schedule = plan.schedule
+        if self.schedule is None and plan.replay is None and plan.interval > 0:
+            self.schedule = Schedule.steady(1 / plan.interval, plan.duration)
+        self.stats.schedule = self.schedule
+        if self.schedule is not None:
+            self.stats.stage_sent = [0] * len(self.schedule.stages)
         self._stop = asyncio.Event()
         self._room = asyncio.Event()
         self._abort = asyncio.Event()
         self._sleeper: asyncio.Future[None] | None = None
+        self._rescaled = False
         self._tasks: set[asyncio.Task[None]] = set()
         # only a replay waits for room; propagate keeps the builtin, cheaper per event
         self._on_done: Callable[[asyncio.Task[None]], None] = (
@@ -303,6 +365,9 @@ class Propagator:
         try:
             await self._sleeper
         except asyncio.CancelledError:
+            if self._rescaled:
+                self._rescaled = False
+                return self._stop.is_set()
             if not self._stop.is_set():
                 raise
         finally:
@@ -314,6 +379,8 @@ class Propagator:
         done; return the stats."""
         stats, clock = self.stats, self.runtime.clock
         stats.started_at = clock()
+        if not stats.origin:  # a worker of several counts from the run's start
+            stats.origin = stats.started_at
         cpu_start = self.runtime.cpu_clock()
         for event_id, event in () if self.spooling is None else self.spooling.resend:
             if len(self._tasks) >= self.delivery.max_in_flight and await self._wait_for_slot():
@@ -337,28 +404,52 @@ class Propagator:
         return stats
 
     async def _generate(self) -> None:
-        """The ticks of the plan, each due on time, until done or stopped."""
-        clock, interval = self.runtime.clock, self.plan.interval
+        """The ticks of the schedule, each due on time, until done or stopped."""
+        clock, schedule, stats = self.runtime.clock, self.schedule, self.stats
+        assert schedule is not None
         spool = None if self.spooling is None else self.spooling.spool
-        start = clock()
+        start = stats.schedule_start = clock()
+        stage, stage_end = 0, schedule.stage_window(0)[1]
         tick = 0
-        while not self._done(tick):
-            due = start + tick * interval
-            if await self._sleep_or_stop(due - clock()):
+        offset = schedule.due(tick)
+        committed = -math.inf
+        while offset is not None and not self._done():
+            # at most one spool commit per GATHER_SECONDS: fast, ticks share commits
+            wake = max(start + offset, committed + GATHER_SECONDS)
+            if await self._sleep_or_stop(wake - clock()):
                 break
-            # every tick already due goes out together: one spool commit, one wake-up
             now = clock()
+            if start + offset > now:  # woken early: the rate changed
+                offset = schedule.due(tick)
+                continue
+            # every tick already due goes out together: one spool commit, one wake-up
+            while now - start >= stage_end and stage + 1 < len(schedule.stages):
+                stage += 1
+                stage_end = schedule.stage_window(stage)[1]
             fresh: list[tuple[str, Event]] = []
+            dues: list[float] = []
             while True:
-                self._tick(due, fresh)
+                self._tick(start + offset, fresh, dues)
                 tick += 1
-                due = start + tick * interval
-                if due > now or self._done(tick):
+                offset = schedule.due(tick)
+                if offset is None or start + offset > now or self._done():
                     break
-            if fresh and spool is not None:
+            if not fresh:
+                continue
+            if spool is not None:
                 spool.add_many(fresh)
-            for event_id, event in fresh:
-                self._launch(event_id, event)
+                committed = now
+            stats.stage_sent[stage] += len(fresh)
+            for (event_id, event), due in zip(fresh, dues, strict=True):
+                self._launch(event_id, event, due)
+
+    def rescale(self, factor: float) -> None:
+        """Multiply the planned rate by `factor` from now on (the display's `+` and `-`)."""
+        if self.schedule is not None:
+            self.schedule.scale(factor, self.runtime.clock() - self.stats.schedule_start)
+            if self._sleeper is not None:  # the next tick may be due sooner now
+                self._rescaled = True
+                self._sleeper.cancel()
 
     async def _replay(self, pages: Pages) -> None:
         """Send each page's events when due and there is room in flight, until the pages end
@@ -394,7 +485,7 @@ class Propagator:
                     for item in batch:
                         if item.due > 0:  # due at once (flat out, the first): never late
                             stats.lateness.append(now - start - item.due)
-                        self._launch(item.event_id, item.event)
+                        self._launch(item.event_id, item.event, start + item.due)
                     stats.generated += len(batch)
                     i = j
         finally:
@@ -415,14 +506,13 @@ class Propagator:
             self.stats.capped = False
         return self._stop.is_set()
 
-    def _done(self, tick: int) -> bool:
-        plan = self.plan
-        if plan.count is not None and self.stats.generated >= plan.count:
-            return True
-        return plan.duration is not None and tick * plan.interval >= plan.duration
+    def _done(self) -> bool:
+        count = self.plan.count
+        return count is not None and self.stats.generated >= count
 
-    def _tick(self, due: float, fresh: list[tuple[str, Event]]) -> None:
-        """Generate the event of the tick due at `due` into `fresh`, unless a cap is full."""
+    def _tick(self, due: float, fresh: list[tuple[str, Event]], dues: list[float]) -> None:
+        """Generate the event of the tick due at `due` into `fresh` (and `due` into `dues`),
+        unless a cap is full."""
         stats, runtime, spooling = self.stats, self.runtime, self.spooling
         stats.capped = len(self._tasks) + len(fresh) >= self.delivery.max_in_flight
         stats.spool_full = (
@@ -431,6 +521,10 @@ class Propagator:
         )
         if stats.capped or stats.spool_full:
             stats.skipped_ticks += 1
+            if stats.capped:
+                stats.dropped += 1
+                if stats.timeline is not None:
+                    stats.timeline.dropped(due - stats.origin)
             return
         stats.lateness.append(runtime.clock() - due)
         event_id = runtime.new_id()
@@ -442,6 +536,7 @@ class Propagator:
             self._report(Record("failed", event_id, "?", 0, runtime.clock(), error=str(exc)))
             return
         fresh.append((event_id, event))
+        dues.append(due)
 
     async def _wait_for_slot(self) -> bool:
         """Wait until fewer than max_in_flight are unsettled; True if stopped meanwhile."""
@@ -453,9 +548,16 @@ class Propagator:
             stopper.cancel()
         return self._stop.is_set()
 
-    def _launch(self, event_id: str, event: Event) -> None:
+    def _launch(self, event_id: str, event: Event, due: float | None = None) -> None:
+        """Deliver the event in a task of its own; its latency counts from `due` (the
+        moment it was due to be sent; now when not given)."""
         self.stats.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._deliver(event_id, event))
+        if due is None:
+            due = self.runtime.clock()
+        timeline = self.stats.timeline
+        if timeline is not None:
+            timeline.sent(due - self.stats.origin)
+        task = asyncio.get_running_loop().create_task(self._deliver(event_id, event, due))
         self._tasks.add(task)
         task.add_done_callback(self._on_done)
 
@@ -526,18 +628,29 @@ class Propagator:
             return record, None
         return Record("failed", event_id, event.event_type, attempt, now, status), tried.retry_after
 
-    async def _deliver(self, event_id: str, event: Event) -> None:
+    async def _deliver(self, event_id: str, event: Event, due: float) -> None:
+        """Attempt until delivered, refused, or out of attempts or time; settle the event.
+        The latency of an answer counts from `due`, its service time from its attempt."""
         stats, clock, policy = self.stats, self.runtime.clock, self.delivery.policy
         spool = None if self.spooling is None else self.spooling.spool
+        timeline = stats.timeline
         deadline = clock() + policy.max_elapsed_seconds
         try:
             for attempt in range(1, policy.attempts + 1):
                 stats.attempts += 1
                 record, retry_after = await self._post(event_id, event, attempt)
+                if timeline is not None:
+                    at = record.at - stats.origin
+                    if attempt > 1:
+                        timeline.retried(at)
+                    timeline.answered(at, record.result, record.at - due, record.latency or 0.0)
                 if record.outcome == "delivered":
                     stats.delivered += 1
                     stats.replayed += record.replayed
-                    stats.latencies.append(record.latency or 0.0)
+                    service = record.latency or 0.0
+                    stats.latencies.append(service)
+                    stats.service.record(service)
+                    stats.latency.record(record.at - due)
                     if spool is not None:
                         spool.settle(event_id, "delivered", attempt, record.result)
                     self._report(record)

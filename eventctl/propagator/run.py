@@ -19,8 +19,9 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 import httpx
 
@@ -28,11 +29,16 @@ try:
     import uvloop
 except ImportError:  # not on Windows
     uvloop = None  # type: ignore[assignment]
+try:
+    import termios
+    import tty
+except ImportError:  # not on Windows
+    termios = None  # type: ignore[assignment]
 from rich.console import Console
 
 from eventctl.auth import SIGNING_SECRET_ENV, Credentials
 from eventctl.config import PropagatorConfig
-from eventctl.errors import Unavailable
+from eventctl.errors import EventctlError, ExitCode, Unavailable
 from eventctl.events import Event
 from eventctl.propagator.display import TITLE, Display, JsonDisplay, LiveDisplay, LogDisplay
 from eventctl.propagator.propagator import (
@@ -45,15 +51,31 @@ from eventctl.propagator.propagator import (
     Spooling,
     Stats,
 )
+from eventctl.propagator.report import Report, Timeline, write_report
+from eventctl.propagator.schedule import Schedule
 from eventctl.propagator.spool import Entry, Run, Spool
 from eventctl.propagator.templates import EventPool
 from eventctl.retry import RetryPolicy
 from eventctl.transport import http_transport
 
 REFRESH_SECONDS = 0.25
+T = TypeVar("T")
+
+
+class Rescalable(Protocol):
+    def rescale(self, factor: float) -> None: ...
+
+
+RATE_STEP = 1.1
 
 
 GRACE_SECONDS = 3.0
+
+
+class ReportError(EventctlError):
+    """The report of a run cannot be written."""
+
+    exit_code = ExitCode.FAILURE
 
 
 def propagator_credentials(
@@ -124,9 +146,10 @@ def delivery(
     )
 
 
-async def _propagate(propagator: Propagator, display: Display) -> Stats:
+async def _propagate(propagator: Propagator, display: Display, *, keys: bool = False) -> Stats:
     """Run `propagator` on this loop with `display`, until done or interrupted: Ctrl-C (or
-    SIGTERM) stops it with a grace period for what is in flight, a second one at once."""
+    SIGTERM) stops it with a grace period for what is in flight, a second one at once.
+    With `keys`, `+` and `-` typed on the terminal (stdin) raise and lower the rate."""
 
     def interrupted() -> None:
         if propagator.stopping:
@@ -141,7 +164,7 @@ async def _propagate(propagator: Propagator, display: Display) -> Stats:
 
     clock = propagator.runtime.clock
     async with propagator.delivery.transport:
-        with _process_state(interrupted), display:
+        with _process_state(interrupted), _rate_keys(propagator, keys), display:
             refresher = asyncio.ensure_future(_refresh(display, clock))
             try:
                 stats = await propagator.run(grace=GRACE_SECONDS)
@@ -181,9 +204,47 @@ def propagator_transport(cfg: PropagatorConfig) -> httpx.AsyncBaseTransport:
 
 
 async def _refresh(display: Display, clock: Callable[[], float]) -> None:
+    stats = display.stats
     while True:
-        display.refresh(clock())
+        now = clock()
+        display.refresh(now)
+        if stats.timeline is not None:
+            target = stats.target_rate(now)
+            stats.timeline.sample(now - stats.origin, target or 0.0, stats.in_flight)
         await asyncio.sleep(REFRESH_SECONDS)
+
+
+@contextlib.contextmanager
+def _rate_keys(propagator: Rescalable, enabled: bool) -> Iterator[None]:
+    """While it lasts, `+` (or `=`) typed on stdin multiplies the rate by RATE_STEP and `-`
+    (or `_`) divides it, one key at a time (the terminal in cbreak mode, put back after)."""
+    saved = None
+    if enabled and termios is not None:
+        fd = sys.stdin.fileno()
+        with contextlib.suppress(termios.error, OSError):
+            saved = termios.tcgetattr(fd)
+    if saved is None or termios is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def typed() -> None:
+        data = os.read(fd, 64)
+        if not data:  # the terminal is gone
+            loop.remove_reader(fd)
+        for key in data.decode(errors="replace"):
+            if key in "+=":
+                propagator.rescale(RATE_STEP)
+            elif key in "-_":
+                propagator.rescale(1 / RATE_STEP)
+
+    tty.setcbreak(fd)
+    loop.add_reader(fd, typed)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 @contextlib.contextmanager
@@ -226,12 +287,12 @@ def _on_signals(handler: Callable[[], None]) -> Iterator[None]:
                 signal.signal(sig, previous)
 
 
-def _run_async(coroutine: Coroutine[Any, Any, Stats]) -> Stats:
+def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     """asyncio.run, on uvloop where it is installed (uvicorn's loop too)."""
     if uvloop is None:
         return asyncio.run(coroutine)
-    stats: Stats = uvloop.run(coroutine)
-    return stats
+    result: T = uvloop.run(coroutine)
+    return result
 
 
 def _resend(spool: Spool, pending: list[Entry]) -> list[tuple[str, Event]]:
@@ -255,6 +316,40 @@ def _begin_run(
     return run, count
 
 
+def write_run_report(  # noqa: PLR0913 - the run's stats, summary and settings; where
+    path: Path,
+    stats: Stats,
+    summary: dict[str, Any],
+    cfg: PropagatorConfig,
+    *,
+    started: datetime,
+    workers: int,
+) -> None:
+    """Write the report of a run to `path` (.html or .json)."""
+    assert stats.timeline is not None
+    meta = {
+        "command": "eventctl propagate",
+        "endpoint": cfg.api_endpoint,
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_seconds": summary["elapsed_seconds"],
+        "workers": workers,
+        "max_in_flight": cfg.max_in_flight,
+        "stages": summary.get("stages") or [],
+    }
+    totals = {key: value for key, value in summary.items() if key != "stages"}
+    report = Report(
+        meta=meta,
+        summary=totals,
+        latency=stats.latency,
+        service=stats.service,
+        timeline=stats.timeline,
+    )
+    try:
+        write_report(path, report)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot write the report: {exc.strerror or exc}") from None
+
+
 def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; title, environ, streams
     cfg: PropagatorConfig,
     events: EventPool,
@@ -264,14 +359,20 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
     seed: int | None,
     mode: DisplayMode,
     new_run: bool = False,
+    schedule: Schedule | None = None,
+    report: Path | None = None,
+    keys: bool = False,
     title: str = TITLE,
     environ: Mapping[str, str] = os.environ,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> Stats:
     """Resend what the spool holds as pending, then run the propagator until Ctrl-C/SIGTERM,
-    `count` or `duration` (count=0: only resend); show it on `mode`, on `stdout` and
-    `stderr` (the process's when not given). Secrets named by `cfg` are read from `environ`.
+    `count` or `duration` or the end of `schedule` (count=0: only resend); show it on
+    `mode`, on `stdout` and `stderr` (the process's when not given), with `+`/`-` on the
+    terminal changing the rate when `keys`; write `report` (.html or .json) at the end.
+    Secrets named by `cfg` are read from `environ`. (workers.propagate_in_workers does the
+    same with several sender processes.)
 
     Events are generated in a run (see spool.py): with `count`, the latest run when it is
     unfinished with the same count, endpoint and events file (unless `new_run`), which then
@@ -282,9 +383,13 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
         run, count = _begin_run(spool, cfg, count, new=new_run)
         resend = _resend(spool, spool.entries("pending", kind="propagate"))
         stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
+        stats.keys = keys
+        if report is not None:
+            stats.timeline = Timeline()
         display = make_display(mode, stats, title=title, stdout=stdout, stderr=stderr)
+        started = datetime.now(UTC)
         propagator = Propagator(
-            Plan(events, cfg.interval_seconds, count, duration),
+            Plan(events, cfg.interval_seconds, count, duration, schedule=schedule),
             delivery(cfg, propagator_transport(cfg), credentials),
             spooling=Spooling(spool, cfg.spool_max_pending, resend),
             runtime=Runtime(rng=random.Random(seed)),
@@ -295,12 +400,15 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
                 f"resuming run {run.run_id} ({run.generated} of "
                 f"{run.target} generated, {len(resend)} pending); --new-run starts afresh"
             )
-        stats = _run_async(_propagate(propagator, display))
+        stats = _run_async(_propagate(propagator, display, keys=keys))
         summary = stats.summary(propagator.runtime.clock())
         after = None if run is None else spool.run(run.run_id)
         if after is not None:
             summary.update(run=after.run_id, run_target=after.target, run_generated=after.generated)
         display.summary(summary)
+        if report is not None:
+            write_run_report(report, stats, summary, cfg, started=started, workers=1)
+            display.print(f"report: {report}")
         for line in spool_hints(stats, cfg, after):
             display.print(line)
         return stats

@@ -100,8 +100,8 @@ def summary_of(**fields: Any) -> dict[str, Any]:
         "replayed": 0,
         "skipped_ticks": 0,
         "resent": 0,
-        "latency_p50_ms": 3.217,
-        "latency_p99_ms": 3.217,
+        **{f"latency_{key}_ms": 3.417 for key in ("p50", "p90", "p99", "p999", "max")},
+        **{f"service_{key}_ms": 3.217 for key in ("p50", "p90", "p99", "p999", "max")},
         "achieved_rate": 5.0,
         "lateness_p50_ms": 0.1,
         "lateness_p99_ms": 0.1,
@@ -115,7 +115,8 @@ def test_a_quiet_run_has_no_cpu_per_event_and_singular_words() -> None:
     assert lines == [
         "eventctl propagate: 1 sent, 1 delivered, 0 failed, 0 pending in 0.2s "
         "(1 attempt, 0 replayed, 0 ticks skipped)",
-        "latency p50 3.2 ms, p99 3.2 ms",
+        "latency p50 3.4, p90 3.4, p99 3.4, p99.9 3.4, max 3.4 ms; "
+        "service p50 3.2, p90 3.2, p99 3.2, p99.9 3.2, max 3.2 ms",
     ]
 
 
@@ -127,18 +128,43 @@ def test_a_fast_long_run_shows_rate_lateness_and_cpu_per_event() -> None:
     assert summary_lines(summary) == [
         "eventctl propagate: 2000 sent, 2000 delivered, 0 failed, 0 pending in 10.0s "
         "(2001 attempts, 0 replayed, 1 tick skipped)",
-        "latency p50 3.2 ms, p99 3.2 ms; achieved 200.0/s, lateness p99 1.5 ms; CPU 151.3 µs/event",
+        "latency p50 3.4, p90 3.4, p99 3.4, p99.9 3.4, max 3.4 ms; "
+        "service p50 3.2, p90 3.2, p99 3.2, p99.9 3.2, max 3.2 ms; "
+        "achieved 200.0/s, lateness p99 1.5 ms; CPU 151.3 µs/event",
     ]
     slow = {**summary, "elapsed_seconds": 2000.0, "achieved_rate": 1.0}
     assert "CPU" not in summary_lines(slow)[1]
 
 
 def test_no_latency_is_a_dash_without_a_unit() -> None:
+    nothing = {
+        f"{name}_{key}_ms": None
+        for name in ("latency", "service")
+        for key in ("p50", "p90", "p99", "p999", "max")
+    }
     summary = summary_of(
-        generated=0, delivered=0, attempts=0, latency_p50_ms=None, latency_p99_ms=None,
+        generated=0, delivered=0, attempts=0, **nothing,
         achieved_rate=0.0, lateness_p50_ms=None, lateness_p99_ms=None, cpu_per_event_us=None,
     )  # fmt: skip
-    assert summary_lines(summary)[1] == "latency p50 -, p99 -"
+    assert summary_lines(summary)[1] == (
+        "latency p50 -, p90 -, p99 -, p99.9 -, max -; service p50 -, p90 -, p99 -, p99.9 -, max -"
+    )
+
+
+def test_dropped_sends_and_stages_are_said() -> None:
+    stage = {
+        "stage": "2s@100-300",
+        "sent": 399,
+        "planned_events": 400.0,
+        "achieved_rate": 199.5,
+        "planned_rate": 200.0,
+        "achieved_vs_plan": 0.9975,
+    }
+    lines = summary_lines(summary_of(dropped=7, skipped_ticks=7, stages=[stage]))
+    assert lines[0].endswith(
+        "(1 attempt, 0 replayed, 7 ticks skipped); 7 dropped: max-in-flight was full"
+    )
+    assert lines[2] == "stage 1 2s@100-300: 399 sent of 400 planned, 199.5/s of 200.0/s (99.75%)"
 
 
 def test_a_spool_retry_summary_has_its_own_title_and_no_achieved_rate() -> None:
@@ -178,7 +204,9 @@ def readme_stats() -> Stats:
         record = Record("delivered", f"id{i}", event_type, 1, 100.0 + i, 200, latency=latency)
         stats.recent.append(record)
         stats.latencies.append(latency)
+        stats.service.record(latency)
         stats.lateness.append(0.0004 + i * 0.0001)
+        stats.latency.record(latency + 0.0004 + i * 0.0001)
         stats.last = record
     stats.generated = stats.delivered = stats.attempts = len(types)
     stats.finished_at = 105.6

@@ -349,6 +349,8 @@ def test_the_display_renders_the_state_to_text() -> None:
         stats.recent.append(record)
         stats.last = record
     stats.latencies.extend([0.002, 0.004, 0.010])
+    for seconds in (0.002, 0.004, 0.010):
+        stats.service.record(seconds)
     text = render_text(stats, 75.0)
     assert ENDPOINT in text
     assert "0:01:05" in text

@@ -1,0 +1,497 @@
+"""`propagate --workers N`: N sender processes that share one run's rate, spool and report.
+
+The parent begins (or resumes) the run in the spool and starts N workers, `python -m
+eventctl.propagator.workers`, each in a session of its own (so that the terminal's Ctrl-C
+reaches the parent alone). It hands each a spec (one JSON line on its stdin): the settings,
+its share of the count and of the rate (every stage's rates divided by N), its share of the
+pending events to resend, the run, and the parent's start on the monotonic clock, which the
+processes share, so every timeline counts from the same moment. Each worker sends its
+events in the same run of the same spool file (SQLite, WAL: the writes of N processes
+interleave), so `eventctl verify` covers them all.
+
+Over its stdout a worker sends JSON lines: `stats` snapshots twice a second (its counts and
+histograms, which the parent adds up for the live display), `record`s when the parent
+shows records (log lines, NDJSON), `error` if it cannot run, and last `final` with its
+histograms and timeline, which the parent merges into one summary and one report. Over its
+stdin the parent sends `scale F` (the `+` and `-` keys), `stop` (Ctrl-C: the grace period)
+and `abort` (a second Ctrl-C); the end of stdin (the parent gone) is a stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+
+from eventctl.config import PropagatorConfig
+from eventctl.errors import EventctlError, ExitCode
+from eventctl.histogram import Histogram
+from eventctl.propagator.display import TITLE, Display
+from eventctl.propagator.propagator import (
+    Observers,
+    Plan,
+    Propagator,
+    Record,
+    Runtime,
+    Spooling,
+    Stats,
+)
+from eventctl.propagator.report import Timeline
+from eventctl.propagator.run import (
+    REFRESH_SECONDS,
+    DisplayMode,
+    _begin_run,
+    _on_signals,
+    _propagate,
+    _rate_keys,
+    _run_async,
+    delivery,
+    make_display,
+    propagator_credentials,
+    propagator_transport,
+    spool_hints,
+    write_run_report,
+)
+from eventctl.propagator.schedule import Schedule, Stage
+from eventctl.propagator.spool import Run, Spool
+from eventctl.propagator.templates import EventPool, load_events_file
+
+SNAPSHOT_SECONDS = 0.5
+STOP_SECONDS = 30.0
+COUNTS = (
+    "generated",
+    "attempts",
+    "delivered",
+    "failed",
+    "retrying",
+    "in_flight",
+    "pending_at_exit",
+    "replayed",
+    "skipped_ticks",
+    "dropped",
+    "resent",
+)
+LATENESS_SAMPLES = 2_000
+
+
+class WorkerError(EventctlError):
+    """A sender process could not run, or ended without its results."""
+
+
+def _shares(total: int, n: int) -> list[int]:
+    return [total // n + (i < total % n) for i in range(n)]
+
+
+def _stages_json(schedule: Schedule, n: int) -> list[list[float | None]]:
+    """The stages with every rate divided by `n`; an endless stage's length as None."""
+    return [
+        [None if math.isinf(s.seconds) else s.seconds, s.start_rate / n, s.end_rate / n]
+        for s in schedule.stages
+    ]
+
+
+def _stages_from_json(rows: list[list[float | None]]) -> Schedule:
+    return Schedule(
+        [Stage(math.inf if t is None else t, float(r0 or 0), float(r1 or 0)) for t, r0, r1 in rows]
+    )
+
+
+def _snapshot(stats: Stats, kind: str) -> dict[str, Any]:
+    data: dict[str, Any] = {"kind": kind, **{name: getattr(stats, name) for name in COUNTS}}
+    data.update(
+        capped=stats.capped,
+        spool_full=stats.spool_full,
+        latency=stats.latency.to_json(),
+        service=stats.service.to_json(),
+        recent=[list(record) for record in stats.recent],
+    )
+    if kind == "final":
+        data.update(
+            stage_sent=stats.stage_sent,
+            cpu_seconds=stats.cpu_seconds,
+            started_at=stats.started_at,
+            finished_at=stats.finished_at,
+            lateness=list(stats.lateness)[-LATENESS_SAMPLES:],
+            latencies=list(stats.latencies)[-LATENESS_SAMPLES:],
+            timeline=None if stats.timeline is None else stats.timeline.to_json(),
+        )
+    return data
+
+
+class _PipeDisplay(Display):
+    """A worker's display: JSON lines to the parent on `stream`, nothing on a terminal."""
+
+    def __init__(self, stats: Stats, stream: TextIO, *, records: bool) -> None:
+        super().__init__(stats, Console(file=io.StringIO()))
+        self.stream = stream
+        self.records = records
+        self._sent_at = -math.inf
+
+    def _send(self, data: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(data) + "\n")
+        self.stream.flush()
+
+    def record(self, record: Record) -> None:
+        if self.records:
+            self._send({"kind": "record", "record": list(record)})
+
+    def refresh(self, now: float) -> None:
+        if now - self._sent_at >= SNAPSHOT_SECONDS:
+            self._sent_at = now
+            self._send(_snapshot(self.stats, "stats"))
+
+    def print(self, line: str) -> None:
+        self._send({"kind": "print", "line": line})
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        return None
+
+
+async def _worker(spec: dict[str, Any], stream: TextIO) -> Stats:
+    cfg = PropagatorConfig(**spec["config"])
+    environ = os.environ
+    credentials = propagator_credentials(cfg, environ)
+    events = load_events_file(Path(cfg.events_file), environ)
+    spool = Spool.open(Path(cfg.spool_path))
+    try:
+        if spec["run_id"] is not None:
+            run = spool.run(spec["run_id"])
+            if run is None:
+                raise WorkerError(f"{cfg.spool_path}: run {spec['run_id']} is not in the spool")
+            spool.resume(run)
+        wanted = set(spec["resend"])
+        pending = [e for e in spool.entries("pending", kind="propagate") if e.event_id in wanted]
+        spool.track(pending)
+        spool.pending_count = len(pending)
+        stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
+        stats.origin = spec["origin"]
+        if spec["timeline"]:
+            stats.timeline = Timeline()
+        display = _PipeDisplay(stats, stream, records=spec["records"])
+        seed = spec["seed"]
+        propagator = Propagator(
+            Plan(
+                events,
+                cfg.interval_seconds,
+                spec["count"],
+                schedule=_stages_from_json(spec["stages"]),
+            ),
+            delivery(cfg, propagator_transport(cfg), credentials),
+            spooling=Spooling(
+                spool, cfg.spool_max_pending, [(e.event_id, e.event) for e in pending]
+            ),
+            runtime=Runtime(rng=random.Random(seed)),
+            observers=Observers(stats, display.record),
+        )
+        loop = asyncio.get_running_loop()
+        buffered = b""
+
+        def control() -> None:
+            nonlocal buffered
+            data = os.read(0, 4096)
+            if not data:  # the parent is gone: stop as on Ctrl-C
+                loop.remove_reader(0)
+                propagator.stop()
+                return
+            buffered += data
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                word, _, value = line.decode().partition(" ")
+                if word == "scale":
+                    propagator.rescale(float(value))
+                elif word == "stop":
+                    propagator.stop()
+                elif word == "abort":
+                    propagator.abort()
+
+        loop.add_reader(0, control)
+        try:
+            stats = await _propagate(propagator, display)
+        finally:
+            loop.remove_reader(0)
+        display._send(_snapshot(stats, "final"))
+        return stats
+    finally:
+        spool.close()
+
+
+def worker_main() -> int:
+    """A sender process: its spec on the first line of stdin, then control lines."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(0, 1)
+        if not chunk:
+            return int(ExitCode.USAGE)
+        line += chunk
+    spec = json.loads(line)
+    stream = sys.stdout
+    try:
+        _run_async(_worker(spec, stream))
+    except EventctlError as exc:
+        stream.write(json.dumps({"kind": "error", "message": str(exc), "exit": exc.exit_code}))
+        stream.write("\n")
+        stream.flush()
+        return int(exc.exit_code)
+    return 0
+
+
+class _Worker:
+    """The parent's end of one sender process."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.snapshot: dict[str, Any] = {}
+        self.final: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+
+    def tell(self, line: str) -> None:
+        stdin = self.process.stdin
+        if stdin is not None and not stdin.is_closing():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                stdin.write(line.encode() + b"\n")
+
+
+class _Fleet:
+    """The workers as the parent drives them: the keys rescale all, Ctrl-C stops all."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.workers: list[_Worker] = []
+        self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def rescale(self, factor: float) -> None:
+        if self.stats.schedule is not None:
+            self.stats.schedule.scale(factor, time.monotonic() - self.stats.schedule_start)
+        for worker in self.workers:
+            worker.tell(f"scale {factor!r}")
+
+    def stop(self) -> None:
+        self._stopping = True
+        for worker in self.workers:
+            worker.tell("stop")
+
+    def abort(self) -> None:
+        for worker in self.workers:
+            worker.tell("abort")
+
+    def add_up(self) -> None:
+        """The stats shown: the sum of the workers' latest snapshots."""
+        stats, found = self.stats, [w.final or w.snapshot for w in self.workers]
+        found = [data for data in found if data]
+        for name in COUNTS:
+            setattr(stats, name, sum(int(data[name]) for data in found))
+        stats.capped = any(data["capped"] for data in found)
+        stats.spool_full = any(data["spool_full"] for data in found)
+        latency, service = Histogram(), Histogram()
+        for data in found:
+            latency.merge(Histogram.from_json(data["latency"]))
+            service.merge(Histogram.from_json(data["service"]))
+        stats.latency, stats.service = latency, service
+        recent = sorted(
+            (Record(*row) for data in found for row in data["recent"]), key=lambda r: r.at
+        )
+        stats.recent.clear()
+        stats.recent.extend(recent[-(stats.recent.maxlen or 0) :])
+        if recent:
+            stats.last = recent[-1]
+
+
+async def _read(worker: _Worker, fleet: _Fleet, display: Display) -> None:
+    stdout = worker.process.stdout
+    assert stdout is not None
+    while line := await stdout.readline():
+        data = json.loads(line)
+        kind = data["kind"]
+        if kind == "stats":
+            worker.snapshot = data
+        elif kind == "record":
+            display.record(Record(*data["record"]))
+        elif kind == "print":
+            display.print(data["line"])
+        elif kind == "final":
+            worker.final = data
+        elif kind == "error":
+            worker.error = data
+            fleet.stop()
+
+
+async def _run_fleet(
+    specs: list[dict[str, Any]],
+    fleet: _Fleet,
+    display: Display,
+    environ: Mapping[str, str],
+    keys: bool,
+) -> None:
+    command = [sys.executable, "-m", "eventctl.propagator.workers"]
+    for spec in specs:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=dict(environ),
+            start_new_session=True,
+            limit=2**24,
+        )
+        worker = _Worker(process)
+        worker.tell(json.dumps(spec))
+        fleet.workers.append(worker)
+
+    def interrupted() -> None:
+        if fleet.stopping:
+            fleet.abort()
+            return
+        fleet.stop()
+        if fleet.stats.in_flight:
+            display.print(
+                f"stopping: {fleet.stats.in_flight} in flight get their grace period to settle "
+                "(Ctrl-C again stops now; they stay pending)"
+            )
+
+    readers = [asyncio.ensure_future(_read(w, fleet, display)) for w in fleet.workers]
+    waiting = asyncio.ensure_future(asyncio.gather(*(w.process.wait() for w in fleet.workers)))
+    with _on_signals(interrupted), _rate_keys(fleet, keys), display:
+        try:
+            while not waiting.done():
+                await asyncio.wait({waiting}, timeout=REFRESH_SECONDS)
+                fleet.add_up()
+                display.refresh(time.monotonic())
+        finally:
+            if not waiting.done():  # this process is going: take the workers along
+                for worker in fleet.workers:
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.process.kill()
+            await asyncio.gather(*readers, return_exceptions=True)
+            await asyncio.gather(waiting, return_exceptions=True)
+    fleet.add_up()
+
+
+def propagate_in_workers(  # noqa: PLR0913 - propagate_events' keywords, and workers
+    cfg: PropagatorConfig,
+    events: EventPool,
+    *,
+    workers: int,
+    count: int | None,
+    duration: float | None,
+    seed: int | None,
+    mode: DisplayMode,
+    new_run: bool = False,
+    schedule: Schedule | None = None,
+    report: Path | None = None,
+    keys: bool = False,
+    title: str = TITLE,
+    environ: Mapping[str, str] = os.environ,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> Stats:
+    """propagate_events with `workers` sender processes (see the module's docstring); the
+    workers read `events` again from cfg.events_file."""
+    del events  # checked by the caller; each worker loads the file itself
+    spool = Spool.open(Path(cfg.spool_path))
+    try:
+        run, count = _begin_run(spool, cfg, count, new=new_run)
+        pending = [e.event_id for e in spool.entries("pending", kind="propagate")]
+    finally:
+        spool.close()
+    if schedule is None:
+        schedule = Schedule.steady(1 / cfg.interval_seconds, duration)
+    stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight * workers)
+    stats.keys = keys
+    stats.schedule = schedule
+    stats.stage_sent = [0] * len(schedule.stages)
+    display = make_display(
+        mode, stats, title=f"{title} ({workers} workers)", stdout=stdout, stderr=stderr
+    )
+    started = datetime.now(UTC)
+    stats.started_at = stats.origin = stats.schedule_start = time.monotonic()
+    counts: list[int | None] = [None] * workers if count is None else [*_shares(count, workers)]
+    config = dataclasses.asdict(cfg)
+    config["spool_max_pending"] = max(cfg.spool_max_pending // workers, 1)
+    specs = [
+        {
+            "config": config,
+            "count": counts[i],
+            "stages": _stages_json(schedule, workers),
+            "seed": None if seed is None else seed + i,
+            "run_id": None if run is None else run.run_id,
+            "resend": pending[i::workers],
+            "origin": stats.origin,
+            "timeline": report is not None,
+            "records": mode in (DisplayMode.LOG, DisplayMode.JSON),
+        }
+        for i in range(workers)
+    ]
+    fleet = _Fleet(stats)
+    _run_async(_run_fleet(specs, fleet, display, environ, keys))
+    _merge_finals(stats, _finals(fleet))
+    summary = stats.summary(stats.finished_at or time.monotonic())
+    summary["workers"] = workers
+    after = None if run is None else _run_after(cfg, run.run_id)
+    if after is not None:
+        summary.update(run=after.run_id, run_target=after.target, run_generated=after.generated)
+    display.summary(summary)
+    if report is not None:
+        write_run_report(report, stats, summary, cfg, started=started, workers=workers)
+        display.print(f"report: {report}")
+    for line in spool_hints(stats, cfg, after):
+        display.print(line)
+    return stats
+
+
+def _finals(fleet: _Fleet) -> list[dict[str, Any]]:
+    """Every worker's final report, or the error of the first that has none."""
+    for worker in fleet.workers:
+        if worker.error:
+            raise WorkerError(f"a sender process failed: {worker.error['message']}")
+    finals = [w.final for w in fleet.workers if w.final is not None]
+    if len(finals) < len(fleet.workers):
+        codes = [w.process.returncode for w in fleet.workers]
+        raise WorkerError(f"a sender process ended without its results (exit codes {codes})")
+    return finals
+
+
+def _run_after(cfg: PropagatorConfig, run_id: int) -> Run | None:
+    spool = Spool.open(Path(cfg.spool_path))
+    try:
+        return spool.run(run_id)
+    finally:
+        spool.close()
+
+
+def _merge_finals(stats: Stats, finals: list[dict[str, Any]]) -> None:
+    """The run's stats from the workers' final reports."""
+    stats.stage_sent = [sum(row) for row in zip(*(f["stage_sent"] for f in finals), strict=True)]
+    stats.started_at = min(f["started_at"] for f in finals)
+    stats.finished_at = max(f["finished_at"] for f in finals)
+    stats.cpu_seconds = sum(f["cpu_seconds"] for f in finals)
+    stats.lateness.clear()
+    stats.latencies.clear()
+    for final in finals:
+        stats.lateness.extend(final["lateness"])
+        stats.latencies.extend(final["latencies"])
+    timelines = [Timeline.from_json(f["timeline"]) for f in finals if f["timeline"]]
+    if timelines:
+        merged = timelines[0]
+        for other in timelines[1:]:
+            merged.merge(other)
+        stats.timeline = merged
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
