@@ -3,17 +3,41 @@
     python bench/propagate.py                    # rates 500, 1000, 2000/s for 5 s each
     python bench/propagate.py --repeat 3         # three rounds; each row its median
     python bench/propagate.py --before REV --together --repeat 10   # a change, A/B
+    python bench/propagate.py --rates 500 --duration 1 --requests 1000 \
+        --stages 1s@200,1s@200-400,1s@400 --report-events 100000     # a smoke run
 
 The sink is bench/baselines.py's bare ASGI app, pinned to CPU 1; every client runs pinned to
-CPU 0, on uvloop as `eventctl propagate` does. In one run it measures, for 4,000 requests
-each: bare asyncio-streams HTTP/1.1 loops (one keep-alive connection; and 8 connections),
+CPU 0, on uvloop as `eventctl propagate` does. In one run it measures, for --requests (4,000)
+requests each: bare asyncio-streams HTTP/1.1 loops (one keep-alive connection; and 8 connections),
 httpx.AsyncClient with 8 sequential workers, the same over httpx-aiohttp's transport, the
 httpx API over eventctl's LeanTransport, and the synchronous httpx.Client. Then, for each
 rate R, the bare loop paced at R, and `eventctl propagate --rate R`: the achieved rate, the
 lateness of each send against its due time, and the CPU per event (measured by the propagator
 over its sending loop, start-up excluded). Last, `propagate` flat out (a rate far above what
 one core can send) gives its CPU per event at full load, the figure to set against the bare
-loops, which also run flat out. Traffic stays on 127.0.0.1; every loop is bounded.
+loops, which also run flat out; its row gives `cpu_vs_fastest_bare`, its CPU per event over
+that of the bare loop flat out (one connection or 8) with the most requests/s in the same
+round (the target of issue 15: at most 2x, with the spool).
+
+Then what issue 15 asks, each in a row of its own `kind`:
+- `stages`: `propagate --stages PLAN` (--stages, default 5s@500,10s@500-3000,5s@3000),
+  pinned like the other propagate runs, read from its `--report run.json`: per stage the
+  planned events, sent, planned and achieved rate and their ratio (`within_1pct`: the
+  target), the run's latency (from each event's due time) and service time percentiles
+  (p50, p90, p99, p99.9, max, in ms), dropped sends and CPU per event.
+- `flat_out_workers`: `propagate --rate 50000 --workers N` for N in --workers (1,2): the
+  achieved events/s and CPU per event over all workers, and the ratios to the first N. On
+  2 cores two pinned workers would share one core, so every N runs the same way, unpinned
+  (the sink stays pinned to its CPU): the ratio compares like with like, and the 1-worker
+  row is not the pinned flat-out row above.
+- `report`: bench/report.py for --report-events events (1,000,000) as a subprocess,
+  pinned to the client CPU: the write times of .html and .json, their sizes, the memory
+  (tracemalloc peaks, peak RSS); `write_under_2s` is the target.
+A Markdown table of these figures follows on stderr. With --repeat every number of a row
+is its median over the rounds, per stage too (`rounds_all_within_1pct` counts the rounds
+in which every stage was within 1%).
+--json PATH also writes the JSON that goes to stdout. Traffic stays on 127.0.0.1; every
+loop is bounded.
 
 With --before REV, it measures instead `eventctl propagate` as it is here (`eventctl`)
 against REV (`before`, checked out in a temporary git worktree and run with that worktree
@@ -42,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -68,7 +92,7 @@ from ingest import (  # noqa: E402
 from eventctl.transport import LeanTransport  # noqa: E402
 
 BODY = b'{"event_type":"order.created","event_payload":"{\\"order_id\\": 5531}"}'
-REQUESTS = 4000
+REQUESTS = 4000  # per client loop; --requests
 FLAT_OUT_RATE = 50_000
 
 
@@ -142,25 +166,24 @@ def httpx_sync(url: str, n: int) -> None:
             client.post(url, content=BODY, headers={"Content-Type": "application/json"})
 
 
-CLIENTS = {
-    "bare asyncio loop": lambda url: uvloop.run(raw_loop(url, REQUESTS)),
-    "bare asyncio, 8 connections": lambda url: uvloop.run(raw_connections(url, REQUESTS)),
-    "httpx.AsyncClient, 8 workers": lambda url: uvloop.run(
-        httpx_workers(url, REQUESTS, aiohttp=False)
-    ),
-    "httpx over aiohttp, 8 workers": lambda url: uvloop.run(
-        httpx_workers(url, REQUESTS, aiohttp=True)
-    ),
-    "httpx over LeanTransport, 8 workers": lambda url: uvloop.run(lean_workers(url, REQUESTS)),
-    "httpx.Client, sequential": lambda url: httpx_sync(url, REQUESTS),
+CLIENTS: dict[str, Callable[[str, int], None]] = {
+    "bare asyncio loop": lambda url, n: uvloop.run(raw_loop(url, n)),
+    "bare asyncio, 8 connections": lambda url, n: uvloop.run(raw_connections(url, n)),
+    "httpx.AsyncClient, 8 workers": lambda url, n: uvloop.run(httpx_workers(url, n, aiohttp=False)),
+    "httpx over aiohttp, 8 workers": lambda url, n: uvloop.run(httpx_workers(url, n, aiohttp=True)),
+    "httpx over LeanTransport, 8 workers": lambda url, n: uvloop.run(lean_workers(url, n)),
+    "httpx.Client, sequential": httpx_sync,
 }
+BARE_FLAT_OUT = ("bare asyncio loop", "bare asyncio, 8 connections")
 
 
-def run_client(name: str, url: str, rate: float | None = None) -> dict[str, float]:
-    n = REQUESTS if rate is None else int(rate * 5)
+def run_client(
+    name: str, url: str, requests: int, rate: float | None = None, duration: float = 5.0
+) -> dict[str, float]:
+    n = requests if rate is None else int(rate * duration)
     started, cpu = time.perf_counter(), client_cpu()
     if rate is None:
-        CLIENTS[name](url)
+        CLIENTS[name](url, n)
     else:
         uvloop.run(raw_loop(url, n, rate))
     elapsed, used = time.perf_counter() - started, client_cpu() - cpu
@@ -184,10 +207,13 @@ def _environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("EVENTCTL_")}
 
 
-def client_row(name: str, url: str, cpu: int, rate: float | None = None) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--client", name, url]
+def client_row(
+    name: str, url: str, args: argparse.Namespace, rate: float | None = None
+) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--client", name, url, str(args.requests)]
     if rate is not None:
-        command.append(f"{rate:g}")
+        command += [f"{rate:g}", f"{args.duration:g}"]
+    cpu = args.client_cpu
     out = subprocess.run(pinned(cpu, command), capture_output=True, text=True, check=True)
     row = {"client": name, **json.loads(out.stdout)}
     print(
@@ -227,6 +253,8 @@ def propagate_row(
         "cpu_us_per_event": float(find(r"CPU ([\d.]+) µs/event")),
     }
     row["achieved_vs_rate"] = row["achieved_per_s"] / rate
+    dropped = re.search(r"(\d+) dropped", stderr)  # said only when some were
+    row["dropped"] = int(dropped.group(1)) if dropped else 0
     print(
         f"{row['client']:40} achieved {row['achieved_per_s']:8.1f}/s "
         f"({row['achieved_vs_rate']:.4f} of R), lateness p99 {row['lateness_p99_ms']} ms, "
@@ -236,15 +264,213 @@ def propagate_row(
     return row
 
 
+# --- issue 15: stages, latency, workers, the report's cost ---------------------------------
+
+DEFAULT_STAGES = "5s@500,10s@500-3000,5s@3000"
+STAGE_TOLERANCE = 0.01  # the issue's target: each stage within 1% of its plan
+PERCENTILES = ("p50", "p90", "p99", "p999", "max")
+SUMMARY_KEYS = (
+    "generated",
+    "delivered",
+    "failed",
+    "pending",
+    "dropped",
+    "skipped_ticks",
+    "achieved_rate",
+    "lateness_p99_ms",
+    "cpu_per_event_us",
+    *(f"{measure}_{p}_ms" for measure in ("latency", "service") for p in PERCENTILES),
+)
+
+
+def run_report(
+    options: list[str], url: str, cpu: int | None, workdir: Path, limit: float
+) -> dict[str, Any]:
+    """`eventctl propagate --quiet --report run.json OPTIONS` (pinned to `cpu` unless None),
+    and the report it wrote; `limit` seconds bound a run gone wrong."""
+    report = workdir / f"run-{time.monotonic_ns()}.json"
+    spool = {"EVENTCTL_SPOOL_PATH": str(workdir / f"spool-{time.monotonic_ns()}.db")}
+    argv = [
+        *(sys.executable, "-m", "eventctl", "propagate", *options, "--quiet"),
+        *("--report", str(report), "--endpoint", url),
+        *("--events-file", str(ROOT / "events" / "events.json")),
+    ]
+    try:
+        result = subprocess.run(
+            pinned(cpu, argv),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**_environ(), **spool},
+            check=False,
+            timeout=limit,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise SystemExit(f"bench: propagate {' '.join(options)} ran over {limit:g} s") from error
+    if f"report: {report}" not in result.stderr or not report.exists():
+        raise SystemExit(
+            f"bench: propagate {' '.join(options)} wrote no report (exit {result.returncode}):\\n"
+            f"{result.stderr}"
+        )
+    data: dict[str, Any] = json.loads(report.read_text())
+    data["json_bytes"] = report.stat().st_size
+    data["exit_code"] = result.returncode
+    report.unlink()
+    return data
+
+
+def summary_figures(report: dict[str, Any]) -> dict[str, Any]:
+    summary = report["summary"]
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise SystemExit(f"bench: no {', '.join(missing)} in the report's summary: {summary}")
+    figures = {key: summary[key] for key in SUMMARY_KEYS}
+    figures["achieved_per_s"] = figures.pop("achieved_rate")
+    figures["cpu_us_per_event"] = figures.pop("cpu_per_event_us")
+    figures["exit_code"] = report["exit_code"]
+    return figures
+
+
+def stages_row(url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """`propagate --stages PLAN`, pinned like the other propagate runs: a line per stage
+    (planned vs sent, planned vs achieved rate), both latency measures, dropped."""
+    planned = sum(parse_seconds(stage.split("@")[0]) for stage in args.stages.split(","))
+    report = run_report(["--stages", args.stages], url, args.client_cpu, workdir, planned + 120)
+    stages = [
+        {
+            key: stage[key]
+            for key in ("stage", "planned_events", "sent", "planned_rate", "achieved_rate")
+        }
+        | {
+            "achieved_vs_plan": stage["achieved_vs_plan"],
+            "within_1pct": abs(stage["achieved_vs_plan"] - 1) <= STAGE_TOLERANCE,
+        }
+        for stage in report["meta"]["stages"]
+    ]
+    row: dict[str, Any] = {
+        "client": f"eventctl propagate --stages {args.stages}",
+        "kind": "stages",
+        "plan": args.stages,
+        "stages": stages,
+        "all_within_1pct": all(stage["within_1pct"] for stage in stages),
+        "worst_achieved_vs_plan": min(
+            (stage["achieved_vs_plan"] for stage in stages), key=lambda r: -abs(r - 1)
+        ),
+        **summary_figures(report),
+        "report_json_bytes": report["json_bytes"],
+    }
+    for stage in stages:
+        print(
+            f"{'  stage ' + stage['stage']:40} {stage['sent']:6} sent of "
+            f"{stage['planned_events']:8.1f}, {stage['achieved_rate']:8.1f}/s of "
+            f"{stage['planned_rate']:8.1f}/s ({stage['achieved_vs_plan']:.4f})",
+            file=sys.stderr,
+        )
+    print(
+        f"{'eventctl propagate --stages':40} latency p99 {row['latency_p99_ms']} ms, service p99 "
+        f"{row['service_p99_ms']} ms, {row['dropped']} dropped, "
+        f"{row['cpu_us_per_event']:.1f} us CPU/event",
+        file=sys.stderr,
+    )
+    return row
+
+
+def parse_seconds(text: str) -> float:
+    """`90`, `30s`, `5m`, `1h30m`, `1.5s`: seconds (the plan's length, to bound the run)."""
+    parts = re.findall(r"([\d.]+)([hms]?)", text)
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[unit] for n, unit in parts)
+
+
+def workers_rows(url: str, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    """`propagate --rate 50000 --workers N` for each N, all unpinned (the sink on its CPU):
+    achieved events/s and CPU per event over all workers; each N against the first."""
+    rows: list[dict[str, Any]] = []
+    for workers in (int(n) for n in args.workers.split(",")):
+        options = ["--rate", f"{FLAT_OUT_RATE}", "--duration", f"{args.duration:g}"]
+        report = run_report(
+            [*options, "--workers", str(workers)], url, None, workdir, args.duration + 120
+        )
+        row: dict[str, Any] = {
+            "client": f"eventctl propagate flat out, {workers} worker{'s' * (workers > 1)}",
+            "kind": "flat_out_workers",
+            "workers": workers,
+            "rate": float(FLAT_OUT_RATE),
+            "pinning": f"workers unpinned, sink on CPU {args.sink_cpu}",
+            **summary_figures(report),
+        }
+        if rows:
+            first = rows[0]
+            row[f"events_per_s_vs_{first['workers']}_worker"] = (
+                row["achieved_per_s"] / first["achieved_per_s"]
+            )
+            row[f"cpu_vs_{first['workers']}_worker"] = (
+                row["cpu_us_per_event"] / first["cpu_us_per_event"]
+            )
+        rows.append(row)
+        print(
+            f"{row['client']:40} achieved {row['achieved_per_s']:8.1f}/s, "
+            f"{row['cpu_us_per_event']:.1f} us CPU/event (unpinned), {row['dropped']} dropped",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def report_row(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """bench/report.py for --report-events events, pinned to the client CPU: the time to
+    write the report as .html and .json, the files' sizes and the memory."""
+    out = workdir / f"report-figures-{time.monotonic_ns()}.json"
+    command = [
+        *(sys.executable, str(ROOT / "bench" / "report.py")),
+        *("--events", str(args.report_events), "--seconds", f"{args.report_seconds:g}"),
+        *("--json", str(out)),
+    ]
+    subprocess.run(
+        pinned(args.client_cpu, command), capture_output=True, check=True, cwd=ROOT, timeout=600
+    )
+    figures: dict[str, Any] = json.loads(out.read_text())
+    row: dict[str, Any] = {
+        "client": f"bench/report.py --events {args.report_events}",
+        "kind": "report",
+        **figures,
+        "write_under_2s": figures["write_html_s"] < 2 and figures["write_json_s"] < 2,
+    }
+    print(
+        f"{row['client']:40} write .html {row['write_html_s']} s, .json {row['write_json_s']} s, "
+        f"{row['html_bytes']:,} + {row['json_bytes']:,} bytes, peak RSS {row['max_rss_mb']} MB",
+        file=sys.stderr,
+    )
+    return row
+
+
+def fastest_bare(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of this round's bare client loops flat out, the one with the most requests/s."""
+    bare_rows = [row for row in rows if row["client"] in BARE_FLAT_OUT]
+    return max(bare_rows, key=lambda row: row["requests_per_s"])
+
+
 def one_round(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = [client_row(name, url, args.client_cpu) for name in CLIENTS]
+    rows = [client_row(name, url, args) for name in CLIENTS]
+    fastest = fastest_bare(rows)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for rate in (float(r) for r in args.rates.split(",")):
-            paced = client_row("bare asyncio loop", url, args.client_cpu, rate)
+            paced = client_row("bare asyncio loop", url, args, rate)
             rows.append({**paced, "client": f"bare asyncio loop paced at {rate:g}/s"})
             rows.append(propagate_row(url, rate, args.duration, args.client_cpu, workdir))
-        rows.append(propagate_row(url, FLAT_OUT_RATE, args.duration, args.client_cpu, workdir))
+        flat = propagate_row(url, FLAT_OUT_RATE, args.duration, args.client_cpu, workdir)
+        flat["pinning"] = f"pinned to CPU {args.client_cpu}, sink on CPU {args.sink_cpu}"
+        flat["fastest_bare"] = fastest["client"]
+        flat["fastest_bare_cpu_us_per_request"] = fastest["cpu_us_per_request"]
+        flat["cpu_vs_fastest_bare"] = flat["cpu_us_per_event"] / fastest["cpu_us_per_request"]
+        label = f"  flat out vs {fastest['client']}"
+        print(f"{label:40} CPU/event {flat['cpu_vs_fastest_bare']:.2f}x", file=sys.stderr)
+        rows.append(flat)
+        if args.stages:
+            rows.append(stages_row(url, args, workdir))
+        if args.workers:
+            rows.extend(workers_rows(url, args, workdir))
+        if args.report_events:
+            rows.append(report_row(args, workdir))
     return rows
 
 
@@ -422,19 +648,163 @@ def run_compare_round(
 
 
 def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row of every round, each number its median over the rounds."""
-    row = dict(samples[0])
-    for key, value in row.items():
-        if isinstance(value, float) and key != "rate":
-            row[key] = statistics.median(s[key] for s in samples)
+    """One row of every round, each number its median over the rounds, also inside the
+    per-stage lists; an exit code is the worst. A stage's `within_1pct` is that of its
+    median ratio; `rounds_all_within_1pct` counts the rounds in which every stage was."""
+    row: dict[str, Any] = median_of("", samples)
+    if row.get("kind") == "stages":
+        for stage in row["stages"]:
+            stage["within_1pct"] = abs(stage["achieved_vs_plan"] - 1) <= STAGE_TOLERANCE
+        row["all_within_1pct"] = all(stage["within_1pct"] for stage in row["stages"])
+        row["rounds_all_within_1pct"] = sum(bool(s["all_within_1pct"]) for s in samples)
     row["rounds"] = len(samples)
     return row
 
 
+def median_of(key: str, values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, bool):
+        return all(values)
+    if key == "exit_code":
+        return max(values)
+    if isinstance(first, int | float) and key != "rate":
+        return statistics.median(values)
+    if isinstance(first, dict) and all(
+        isinstance(v, dict) and v.keys() == first.keys() for v in values
+    ):
+        return {k: median_of(k, [v[k] for v in values]) for k in first}
+    if isinstance(first, list) and all(
+        isinstance(v, list) and len(v) == len(first) for v in values
+    ):
+        return [median_of(key, list(items)) for items in zip(*values, strict=True)]
+    return first
+
+
+def markdown(rows: list[dict[str, Any]], rounds: int) -> str:
+    """The new figures (issue 15) as Markdown tables."""
+    note = f"median of {rounds} rounds" if rounds > 1 else "one round"
+    lines: list[str] = []
+
+    def table(title: str, header: list[str], body: list[list[Any]]) -> None:
+        lines.extend([f"### {title} ({note})", "", "| " + " | ".join(header) + " |"])
+        lines.append("|" + "---|" * len(header))
+        lines.extend("| " + " | ".join(str(cell) for cell in cells) + " |" for cells in body)
+        lines.append("")
+
+    kind = {row.get("kind"): row for row in rows}
+    if stages := kind.get("stages"):
+        table(
+            f"`propagate --stages {stages['plan']}` (client CPU pinned)",
+            [
+                "stage",
+                "planned events",
+                "sent",
+                "planned /s",
+                "achieved /s",
+                "achieved/plan",
+                "within 1%",
+            ],
+            [
+                [
+                    f"`{s['stage']}`",
+                    f"{s['planned_events']:,.0f}",
+                    f"{s['sent']:,.0f}",
+                    f"{s['planned_rate']:,.1f}",
+                    f"{s['achieved_rate']:,.1f}",
+                    f"{s['achieved_vs_plan']:.4f}",
+                    "yes" if s["within_1pct"] else "**no**",
+                ]
+                for s in stages["stages"]
+            ],
+        )
+        table(
+            "Latency of the staged run (ms; from the due time, and service time)",
+            ["measure", "p50", "p90", "p99", "p99.9", "max", "dropped"],
+            [
+                [measure]
+                + [stages[f"{measure}_{p}_ms"] for p in PERCENTILES]
+                + [f"{stages['dropped']:,.0f}"]
+                for measure in ("latency", "service")
+            ],
+        )
+    flat = [row for row in rows if row.get("rate") == FLAT_OUT_RATE]
+    if flat:
+        body = []
+        for row in flat:
+            ratio = next(
+                (v for k, v in row.items() if k.startswith("cpu_vs_") and "worker" in k), None
+            )
+            speed = next((v for k, v in row.items() if k.startswith("events_per_s_vs_")), None)
+            body.append(
+                [
+                    row["client"],
+                    row["pinning"],
+                    f"{row['achieved_per_s']:,.0f}",
+                    f"{row['cpu_us_per_event']:.1f}",
+                    f"{row['cpu_vs_fastest_bare']:.2f}x" if "cpu_vs_fastest_bare" in row else "",
+                    f"{speed:.2f}x" if speed is not None else "",
+                    f"{ratio:.2f}x" if ratio is not None else "",
+                    f"{row['dropped']:,.0f}",
+                ]
+            )
+        table(
+            f"Flat out (`--rate {FLAT_OUT_RATE}`)",
+            [
+                "run",
+                "pinning",
+                "events/s",
+                "CPU µs/event",
+                "CPU vs fastest bare",
+                "events/s vs 1 worker",
+                "CPU vs 1 worker",
+                "dropped",
+            ],
+            body,
+        )
+    if report := kind.get("report"):
+        table(
+            f"Report of {report['events']:,.0f} events (bench/report.py)",
+            [
+                "write .html (s)",
+                "write .json (s)",
+                ".html bytes",
+                ".json bytes",
+                "write peak (MB)",
+                "in memory (MB)",
+                "peak RSS (MB)",
+                "under 2 s",
+            ],
+            [
+                [
+                    report["write_html_s"],
+                    report["write_json_s"],
+                    f"{report['html_bytes']:,.0f}",
+                    f"{report['json_bytes']:,.0f}",
+                    max(report["write_html_peak_mb"], report["write_json_peak_mb"]),
+                    report["report_in_memory_mb"],
+                    report["max_rss_mb"],
+                    "yes" if report["write_under_2s"] else "**no**",
+                ]
+            ],
+        )
+    return "\n".join(lines)
+
+
+def emit(figures: dict[str, Any], path: Path | None) -> None:
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if path is not None:
+        path.write_text(text + "\n")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        rate = float(sys.argv[4]) if len(sys.argv) > 4 else None
-        print(json.dumps(run_client(sys.argv[2], sys.argv[3], rate)))
+        name, url, requests, *paced = sys.argv[2:]
+        if paced:
+            figures = run_client(name, url, int(requests), float(paced[0]), float(paced[1]))
+        else:
+            figures = run_client(name, url, int(requests))
+        print(json.dumps(figures))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--sink":
         counting_sink(int(sys.argv[2]))
@@ -443,7 +813,42 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rates", default="500,1000,2000")
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=5.0,
+        help="seconds of each paced loop, `propagate --rate` and flat-out run (default 5)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=REQUESTS, help=f"per client loop (default {REQUESTS})"
+    )
+    parser.add_argument(
+        "--stages",
+        default=DEFAULT_STAGES,
+        metavar="PLAN",
+        help=f"`propagate --stages PLAN` (default {DEFAULT_STAGES}); '' to leave it out",
+    )
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        metavar="N,M",
+        help="flat out with `--workers N`, each unpinned (default 1,2); '' to leave it out",
+    )
+    parser.add_argument(
+        "--report-events",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="bench/report.py --events N (default 1,000,000); 0 to leave it out",
+    )
+    parser.add_argument(
+        "--report-seconds",
+        type=float,
+        default=500.0,
+        metavar="S",
+        help="bench/report.py --seconds S (default 500)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here")
     parser.add_argument("--client-cpu", type=int, default=0)
     parser.add_argument("--sink-cpu", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1, help="rounds; each row reports its median")
@@ -462,7 +867,7 @@ def main() -> None:
     if args.together and not args.before:
         parser.error("--together compares with --before REV")
     if args.before:
-        print(json.dumps(compare(args), indent=2))
+        emit(compare(args), args.json)
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}/event"
@@ -482,7 +887,8 @@ def main() -> None:
         sink.terminate()
         sink.wait(10)
     rows = [median_row([r[i] for r in rounds]) for i in range(len(rounds[0]))]
-    print(json.dumps({"rows": rows}, indent=2))
+    emit({"rows": rows}, args.json)
+    print("\n" + markdown(rows, args.repeat), file=sys.stderr)
     if shutil.which("taskset") is None:
         print("note: taskset not found; nothing was pinned", file=sys.stderr)
 
