@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shlex
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -164,6 +166,7 @@ def propagate(
         schedule=schedule,
         report=report,
         keys=mode is DisplayMode.LIVE and bool(env.stdin_isatty),
+        command=shlex.join(["eventctl", *sys.argv[1:]]),
         environ=env.environ,
         stdout=env.stdout,
         stderr=env.stderr,

@@ -68,18 +68,19 @@ def _counts(stats: Stats) -> Table:
 
 
 def _pace(stats: Stats, now: float) -> tuple[str, str]:
-    """What paces the run: a replay's pacing, the schedule's stage and rate, or the interval."""
+    """What paces the run: a replay's pacing, the schedule's stage and rate, or the interval;
+    `(+/-)` when those keys change the rate."""
     schedule = stats.schedule
-    keys = "   (+/- change it)" if stats.keys else ""
+    keys = "  (+/-)" if stats.keys else ""
     if stats.pacing is not None:
         return "pacing", stats.pacing
     if schedule is not None and (len(schedule.stages) > 1 or schedule.scaled):
         t = now - stats.schedule_start
         i = schedule.stage_at(t)
-        stage = f"stage {i + 1}/{len(schedule.stages)} {schedule.stages[i].label()}, "
+        stage = f"{i + 1}/{len(schedule.stages)} {schedule.stages[i].label()}: "
         if len(schedule.stages) == 1:
             stage = ""
-        return "rate", f"{stage}target {schedule.rate_at(t):,.1f}/s{keys}"
+        return "plan", f"{stage}{schedule.rate_at(t):,.1f}/s{keys}"
     if stats.interval > 0:
         return "interval", f"{stats.interval:g} s ({1 / stats.interval:g}/s){keys}"
     return "interval", "none: flat out"

@@ -324,11 +324,12 @@ def write_run_report(  # noqa: PLR0913 - the run's stats, summary and settings; 
     *,
     started: datetime,
     workers: int,
+    command: str,
 ) -> None:
-    """Write the report of a run to `path` (.html or .json)."""
+    """Write the report of a run to `path` (.html or .json); `command` as typed."""
     assert stats.timeline is not None
     meta = {
-        "command": "eventctl propagate",
+        "command": command,
         "endpoint": cfg.api_endpoint,
         "started_at": started.isoformat(timespec="seconds"),
         "duration_seconds": summary["elapsed_seconds"],
@@ -362,6 +363,7 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
     schedule: Schedule | None = None,
     report: Path | None = None,
     keys: bool = False,
+    command: str = "eventctl propagate",
     title: str = TITLE,
     environ: Mapping[str, str] = os.environ,
     stdout: TextIO | None = None,
@@ -402,12 +404,15 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
             )
         stats = _run_async(_propagate(propagator, display, keys=keys))
         summary = stats.summary(propagator.runtime.clock())
+        summary["workers"] = 1
         after = None if run is None else spool.run(run.run_id)
         if after is not None:
             summary.update(run=after.run_id, run_target=after.target, run_generated=after.generated)
         display.summary(summary)
         if report is not None:
-            write_run_report(report, stats, summary, cfg, started=started, workers=1)
+            write_run_report(
+                report, stats, summary, cfg, started=started, workers=1, command=command
+            )
             display.print(f"report: {report}")
         for line in spool_hints(stats, cfg, after):
             display.print(line)

@@ -395,6 +395,7 @@ def propagate_in_workers(  # noqa: PLR0913 - propagate_events' keywords, and wor
     schedule: Schedule | None = None,
     report: Path | None = None,
     keys: bool = False,
+    command: str = "eventctl propagate",
     title: str = TITLE,
     environ: Mapping[str, str] = os.environ,
     stdout: TextIO | None = None,
@@ -447,7 +448,9 @@ def propagate_in_workers(  # noqa: PLR0913 - propagate_events' keywords, and wor
         summary.update(run=after.run_id, run_target=after.target, run_generated=after.generated)
     display.summary(summary)
     if report is not None:
-        write_run_report(report, stats, summary, cfg, started=started, workers=workers)
+        write_run_report(
+            report, stats, summary, cfg, started=started, workers=workers, command=command
+        )
         display.print(f"report: {report}")
     for line in spool_hints(stats, cfg, after):
         display.print(line)

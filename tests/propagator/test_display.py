@@ -12,6 +12,7 @@ from rich.console import Console
 
 from eventctl.propagator.display import Display, LogDisplay, log_line, render, summary_lines
 from eventctl.propagator.propagator import Record, Stats
+from eventctl.propagator.schedule import Schedule, parse_stages
 from eventctl.textsafe import json_text, visible
 from tests.helpers import HOSTILE, HOSTILE_SHOWN, ROOT, UNSAFE_CATEGORIES, unsafe_characters
 
@@ -256,3 +257,14 @@ def test_a_replay_says_its_pacing_and_already_stored_and_skips_no_tick() -> None
     flat = Console(file=StringIO(), width=100, color_system=None)
     flat.print(render(Stats("http://x/event", 0.0, 100), 0.0))
     assert "none: flat out" in flat.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_the_live_view_shows_the_stage_its_target_rate_and_the_keys() -> None:
+    stats = Stats("http://127.0.0.1:8000/event", 0.01, 100, started_at=0.0)
+    stats.schedule = Schedule(parse_stages("30s@100,1m@100-2000,30s@2000"))
+    stats.keys = True
+    assert "plan      2/3 60s@100-2000: 575.0/s  (+/-)" in rendered(stats, 45.0)
+    stats.keys = False
+    assert "(+/-)" not in rendered(stats, 45.0)
+    stats.schedule.scale(2.0, 100.0)
+    assert "3/3 30s@2000: 4,000.0/s" in rendered(stats, 100.5)
