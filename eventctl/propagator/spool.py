@@ -191,6 +191,10 @@ class Spool:
         # pending in several runs (replays), and settling it must touch its own run only
         self._runs: dict[str, int | None] = {}
         self._settled: list[tuple[str, float, int, str, str, bool, int | None]] = []
+        # the row of each event added by this spool and not yet settled: settled by rowid,
+        # which costs less than finding it by event_id and run
+        self._seqs: dict[str, int] = {}
+        self._settled_rows: list[tuple[str, float, int, str, int]] = []
 
     @classmethod
     def open(cls, path: Path) -> Spool:
@@ -217,17 +221,23 @@ class Spool:
 
     def _commit(
         self, inserts: list[tuple[str, str, str, float, int | None]], cursor: int | None = None
-    ) -> None:
-        """One transaction: the new events, the run's cursor, every settlement noted since."""
+    ) -> int:
+        """One transaction: the new events, the run's cursor, every settlement noted since;
+        the rowid of the last event inserted (those before it have the ones just below:
+        the transaction holds the write lock, so nobody inserts in between)."""
         settled, self._settled = self._settled, []
+        rows, self._settled_rows = self._settled_rows, []
+        last = 0
         try:
             with self.connection:
                 self.connection.execute("BEGIN")
-                self.connection.executemany(
-                    "INSERT INTO spool (event_id, event_type, event_payload, state, "
-                    "created_at, run_id) VALUES (?, ?, ?, 'pending', ?, ?)",
-                    inserts,
-                )
+                if inserts:
+                    self.connection.executemany(
+                        "INSERT INTO spool (event_id, event_type, event_payload, state, "
+                        "created_at, run_id) VALUES (?, ?, ?, 'pending', ?, ?)",
+                        inserts,
+                    )
+                    (last,) = self.connection.execute("SELECT last_insert_rowid()").fetchone()
                 if cursor is not None:
                     self.connection.execute(
                         "UPDATE runs SET cursor = ? WHERE run_id = ?", (cursor, self.run_id)
@@ -238,8 +248,14 @@ class Spool:
                     "AND (? OR run_id IS ?)",
                     settled,
                 )
+                self.connection.executemany(
+                    "UPDATE spool SET state = ?, settled_at = ?, attempts = attempts + ?, "
+                    "last_result = ? WHERE seq = ? AND state = 'pending'",
+                    rows,
+                )
         except sqlite3.Error as exc:
             raise SpoolError(f"{self.path}: cannot write the spool: {exc}") from None
+        return int(last)
 
     def add(self, event_id: str, event: Event, created_at: float | None = None) -> None:
         """Record a new event as pending; committed before this returns."""
@@ -256,8 +272,11 @@ class Spool:
         before this returns; with `cursor`, the run's source position in the same one."""
         at = created_at or time.time()
         run = self.run_id
-        self._commit([(i, e.event_type, e.event_payload, at, run) for i, e in events], cursor)
-        self._runs.update((i, run) for i, _ in events)
+        last = self._commit(
+            [(i, e.event_type, e.event_payload, at, run) for i, e in events], cursor
+        )
+        first = last - len(events) + 1
+        self._seqs.update((event_id, first + k) for k, (event_id, _) in enumerate(events))
         self.pending_count += len(events)
 
     def track(self, entries: list[Entry]) -> None:
@@ -269,16 +288,20 @@ class Spool:
         """Note a pending event as delivered or failed. Settlements are committed with the
         next `add` (or `flush`): losing them to a crash only means the event is sent again,
         and the consumer stores a resent id once."""
-        anywhere = event_id not in self._runs  # not added here: the pending row of any run
-        run = self._runs.pop(event_id, None)
-        self._settled.append((state, time.time(), attempts, result, event_id, anywhere, run))
         self.pending_count -= 1
-        if len(self._settled) >= SETTLE_BATCH:
+        seq = self._seqs.pop(event_id, None)
+        if seq is not None:
+            self._settled_rows.append((state, time.time(), attempts, result, seq))
+        else:
+            anywhere = event_id not in self._runs  # not added here: the row of any run
+            run = self._runs.pop(event_id, None)
+            self._settled.append((state, time.time(), attempts, result, event_id, anywhere, run))
+        if len(self._settled) + len(self._settled_rows) >= SETTLE_BATCH:
             self.flush()
 
     def flush(self) -> None:
         """Commit the settlements noted so far."""
-        if self._settled:
+        if self._settled or self._settled_rows:
             self._commit([])
 
     def entries(
