@@ -108,6 +108,8 @@ def propagate(
         raise typer.BadParameter("--drain sends only what is pending", param_hint="--drain")
     schedule = None
     if stages_text is not None:
+        if drain:
+            raise typer.BadParameter("--drain sends only what is pending", param_hint="--stages")
         if rate is not None or interval is not None or duration_text is not None:
             raise typer.BadParameter(
                 "--stages sets the rate and the duration: leave out --rate, --interval and "

@@ -132,7 +132,10 @@ class Stats:
     def stages(self) -> list[dict[str, object]]:
         """Each stage of the schedule: the plan, what was sent in its time, and the ratio."""
         schedule = self.schedule
-        if schedule is None or len(schedule.stages) < 2:
+        if schedule is None or (
+            len(schedule.stages) == 1
+            and schedule.stages[0].start_rate == schedule.stages[0].end_rate
+        ):
             return []
         rows = []
         for i, planned in enumerate(schedule.describe()):
@@ -332,6 +335,8 @@ class Propagator:
         self._abort = asyncio.Event()
         self._sleeper: asyncio.Future[None] | None = None
         self._rescaled = False
+        self._generating = False
+        self._factors: list[float] = []
         self._tasks: set[asyncio.Task[None]] = set()
         # only a replay waits for room; propagate keeps the builtin, cheaper per event
         self._on_done: Callable[[asyncio.Task[None]], None] = (
@@ -409,7 +414,12 @@ class Propagator:
         assert schedule is not None
         spool = None if self.spooling is None else self.spooling.spool
         start = stats.schedule_start = clock()
+        for factor in self._factors:  # typed while what was pending was resent
+            schedule.scale(factor, 0.0)
+        self._factors.clear()
+        self._generating = True
         stage, stage_end = 0, schedule.stage_window(0)[1]
+        last_stage = len(schedule.stages) - 1
         tick = 0
         offset = schedule.due(tick)
         committed = -math.inf
@@ -423,13 +433,15 @@ class Propagator:
                 offset = schedule.due(tick)
                 continue
             # every tick already due goes out together: one spool commit, one wake-up
-            while now - start >= stage_end and stage + 1 < len(schedule.stages):
-                stage += 1
-                stage_end = schedule.stage_window(stage)[1]
             fresh: list[tuple[str, Event]] = []
             dues: list[float] = []
             while True:
+                while offset >= stage_end and stage < last_stage:
+                    stage += 1
+                    stage_end = schedule.stage_window(stage)[1]
+                before = len(fresh)
                 self._tick(start + offset, fresh, dues)
+                stats.stage_sent[stage] += len(fresh) - before
                 tick += 1
                 offset = schedule.due(tick)
                 if offset is None or start + offset > now or self._done():
@@ -439,17 +451,23 @@ class Propagator:
             if spool is not None:
                 spool.add_many(fresh)
                 committed = now
-            stats.stage_sent[stage] += len(fresh)
             for (event_id, event), due in zip(fresh, dues, strict=True):
                 self._launch(event_id, event, due)
+        if offset is None and last_stage and not self._done():
+            # the plan's last events are sent; a stage that sends nothing (a cool-down at
+            # rate 0) still lasts its time
+            await self._sleep_or_stop(start + schedule.seconds - clock())
 
     def rescale(self, factor: float) -> None:
         """Multiply the planned rate by `factor` from now on (the display's `+` and `-`)."""
-        if self.schedule is not None:
-            self.schedule.scale(factor, self.runtime.clock() - self.stats.schedule_start)
-            if self._sleeper is not None:  # the next tick may be due sooner now
-                self._rescaled = True
-                self._sleeper.cancel()
+        if self.schedule is None:
+            return
+        if not self._generating:
+            self._factors.append(factor)
+            return
+        self.schedule.scale(factor, self.runtime.clock() - self.stats.schedule_start)
+        if self._sleeper is not None and self._sleeper.cancel():  # the next may be due sooner
+            self._rescaled = True
 
     async def _replay(self, pages: Pages) -> None:
         """Send each page's events when due and there is room in flight, until the pages end
@@ -613,7 +631,10 @@ class Propagator:
         status = tried.status
         if status is None:
             error = tried.error
-            return Record("failed", event_id, event.event_type, attempt, now, None, error), None
+            record = Record(
+                "failed", event_id, event.event_type, attempt, now, None, error, tried.latency
+            )
+            return record, None
         if classify(status) is Answer.DELIVERED:
             record = Record(
                 "delivered",
@@ -626,7 +647,10 @@ class Propagator:
                 replayed=tried.replayed,
             )
             return record, None
-        return Record("failed", event_id, event.event_type, attempt, now, status), tried.retry_after
+        record = Record(
+            "failed", event_id, event.event_type, attempt, now, status, latency=tried.latency
+        )
+        return record, tried.retry_after
 
     async def _deliver(self, event_id: str, event: Event, due: float) -> None:
         """Attempt until delivered, refused, or out of attempts or time; settle the event.

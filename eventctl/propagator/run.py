@@ -222,7 +222,10 @@ def _rate_keys(propagator: Rescalable, enabled: bool) -> Iterator[None]:
     if enabled and termios is not None:
         fd = sys.stdin.fileno()
         with contextlib.suppress(termios.error, OSError):
-            saved = termios.tcgetattr(fd)
+            # a job in the background (`propagate ... &`) is stopped by SIGTTOU if it
+            # changes the terminal: the keys are for the job in the foreground only
+            if os.tcgetpgrp(fd) == os.getpgrp():
+                saved = termios.tcgetattr(fd)
     if saved is None or termios is None:
         yield
         return

@@ -20,7 +20,8 @@ from eventctl.timefmt import parse_duration
 
 MAX_STAGES = 100
 MAX_RATE = 1_000_000.0
-STAGE_PATTERN = re.compile(r"^(?P<time>[^@]+)@(?P<start>[^-]+)(?:-(?P<end>.+))?$")
+_RATE = r"[^-@]*?(?:[eE]-[^-@]*)?"
+STAGE_PATTERN = re.compile(rf"^(?P<time>[^@]+)@(?P<start>{_RATE})(?:-(?P<end>{_RATE}))?$")
 
 
 class StagesError(ValueError):
@@ -51,8 +52,10 @@ class Stage:
             return 0.0
         if slope == 0.0:
             return n / r0
-        # r0 t + slope t^2 / 2 = n, in the form that loses no precision when slope is small
-        return 2 * n / (r0 + math.sqrt(r0 * r0 + 2 * slope * n))
+        # r0 t + slope t^2 / 2 = n, in the form that loses no precision when slope is small;
+        # at the end of a ramp down to 0 rounding may leave a tiny negative under the root
+        t = 2 * n / (r0 + math.sqrt(max(0.0, r0 * r0 + 2 * slope * n)))
+        return min(t, self.seconds)
 
     def rate_at(self, t: float) -> float:
         if math.isinf(self.seconds):
@@ -125,6 +128,13 @@ class Schedule:
         # (from t, the count N(t) there, the plan's count B(t) there, the factor since)
         self._anchors: list[tuple[float, float, float, float]] = [(0.0, 0.0, 0.0, 1.0)]
         self.factor = 1.0
+        self.phase, self.stride = 0, 1
+
+    def share(self, i: int, n: int) -> Schedule:
+        """Worker i's share of n: events i, i + n, i + 2n, ... of this plan (as a copy)."""
+        shared = Schedule(self.stages)
+        shared.phase, shared.stride = i, n
+        return shared
 
     @classmethod
     def steady(cls, rate: float, seconds: float | None = None) -> Schedule:
@@ -144,7 +154,9 @@ class Schedule:
         return self._starts[i] + self.stages[i].offset(n - self._firsts[i])
 
     def due(self, k: int) -> float | None:
-        """When event k (from 0) is due, in seconds after the start; None: after the end."""
+        """When event k (from 0) is due, in seconds after the start; None: after the end.
+        (Of a share, its k-th event: event phase + k * stride of the plan.)"""
+        k = self.phase + k * self.stride
         anchors = self._anchors
         i = len(anchors) - 1
         while i and anchors[i][1] > k:  # due before the last change of the rate
@@ -154,7 +166,10 @@ class Schedule:
         return None if t is None or t >= self.seconds else max(t, at)
 
     def count_at(self, t: float) -> float:
-        """N(t): events due by `t` as planned and scaled so far."""
+        """N(t): events due by `t` as planned and scaled so far (of a share, its part)."""
+        return self._count_at(t) / self.stride
+
+    def _count_at(self, t: float) -> float:
         for at, count, base, factor in reversed(self._anchors):
             if t >= at:
                 return count + factor * (self._base_count(min(t, self.seconds)) - base)
@@ -166,7 +181,7 @@ class Schedule:
             return 0.0
         i = bisect.bisect_right(self._starts, t) - 1
         factor = next(f for at, _, _, f in reversed(self._anchors) if t >= at)
-        return factor * self.stages[i].rate_at(t - self._starts[i])
+        return factor * self.stages[i].rate_at(t - self._starts[i]) / self.stride
 
     def stage_at(self, t: float) -> int:
         """The index of the stage running at `t`; the last one after the end."""
@@ -177,7 +192,7 @@ class Schedule:
 
     def scale(self, factor: float, at: float) -> None:
         """Multiply the rate by `factor` from `at` seconds after the start on."""
-        count = self.count_at(at)
+        count = self._count_at(at)
         self.factor *= factor
         self._anchors.append((at, count, self._base_count(min(at, self.seconds)), self.factor))
 

@@ -28,8 +28,9 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -70,7 +71,9 @@ from eventctl.propagator.spool import Run, Spool
 from eventctl.propagator.templates import EventPool, load_events_file
 
 SNAPSHOT_SECONDS = 0.5
-STOP_SECONDS = 30.0
+READY_SECONDS = 60.0
+KILL_SECONDS = 5.0
+LINE_LIMIT = 2**24
 COUNTS = (
     "generated",
     "attempts",
@@ -95,10 +98,10 @@ def _shares(total: int, n: int) -> list[int]:
     return [total // n + (i < total % n) for i in range(n)]
 
 
-def _stages_json(schedule: Schedule, n: int) -> list[list[float | None]]:
-    """The stages with every rate divided by `n`; an endless stage's length as None."""
+def _stages_json(schedule: Schedule) -> list[list[float | None]]:
+    """The stages as JSON: an endless stage's length as None."""
     return [
-        [None if math.isinf(s.seconds) else s.seconds, s.start_rate / n, s.end_rate / n]
+        [None if math.isinf(s.seconds) else s.seconds, s.start_rate, s.end_rate]
         for s in schedule.stages
     ]
 
@@ -139,10 +142,19 @@ class _PipeDisplay(Display):
         self.stream = stream
         self.records = records
         self._sent_at = -math.inf
+        self.broken = False
+        self.on_broken: Callable[[], None] | None = None
 
     def _send(self, data: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(data) + "\n")
-        self.stream.flush()
+        if self.broken:
+            return
+        try:
+            self.stream.write(json.dumps(data) + "\n")
+            self.stream.flush()
+        except OSError:  # the parent is gone: stop as on Ctrl-C (stdin's end says so too)
+            self.broken = True
+            if self.on_broken is not None:
+                self.on_broken()
 
     def record(self, record: Record) -> None:
         if self.records:
@@ -160,91 +172,112 @@ class _PipeDisplay(Display):
         return None
 
 
-async def _worker(spec: dict[str, Any], stream: TextIO) -> Stats:
+def _build(spec: dict[str, Any], spool: Spool, stream: TextIO) -> tuple[Propagator, _PipeDisplay]:
+    """The propagator of a worker's spec, in its run of `spool`, reporting on `stream`."""
     cfg = PropagatorConfig(**spec["config"])
     environ = os.environ
     credentials = propagator_credentials(cfg, environ)
-    events = load_events_file(Path(cfg.events_file), environ)
-    spool = Spool.open(Path(cfg.spool_path))
+    count = spec["count"]
+    events = EventPool([]) if count == 0 else load_events_file(Path(cfg.events_file), environ)
+    if spec["run_id"] is not None:
+        run = spool.run(spec["run_id"])
+        if run is None:
+            raise WorkerError(f"{cfg.spool_path}: run {spec['run_id']} is not in the spool")
+        spool.resume(run)
+    wanted = set(spec["resend"])
+    pending = [e for e in spool.entries("pending", kind="propagate") if e.event_id in wanted]
+    spool.track(pending)
+    spool.pending_count = len(pending)
+    stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
+    if spec["timeline"]:
+        stats.timeline = Timeline()
+    display = _PipeDisplay(stats, stream, records=spec["records"])
+    schedule = _stages_from_json(spec["stages"]).share(spec["index"], spec["workers"])
+    propagator = Propagator(
+        Plan(events, cfg.interval_seconds, count, schedule=schedule),
+        delivery(cfg, propagator_transport(cfg), credentials),
+        spooling=Spooling(spool, cfg.spool_max_pending, [(e.event_id, e.event) for e in pending]),
+        runtime=Runtime(rng=random.Random(spec["seed"])),
+        observers=Observers(stats, display.record),
+    )
+    display.on_broken = propagator.stop
+    return propagator, display
+
+
+async def _worker(spec: dict[str, Any], stream: TextIO, buffered: bytes) -> None:
+    """Build the propagator the spec says, say `ready`, start at the parent's `go`, and
+    write the final report to spec["final_path"]."""
+    spool = Spool.open(Path(spec["config"]["spool_path"]))
     try:
-        if spec["run_id"] is not None:
-            run = spool.run(spec["run_id"])
-            if run is None:
-                raise WorkerError(f"{cfg.spool_path}: run {spec['run_id']} is not in the spool")
-            spool.resume(run)
-        wanted = set(spec["resend"])
-        pending = [e for e in spool.entries("pending", kind="propagate") if e.event_id in wanted]
-        spool.track(pending)
-        spool.pending_count = len(pending)
-        stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
-        stats.origin = spec["origin"]
-        if spec["timeline"]:
-            stats.timeline = Timeline()
-        display = _PipeDisplay(stats, stream, records=spec["records"])
-        seed = spec["seed"]
-        propagator = Propagator(
-            Plan(
-                events,
-                cfg.interval_seconds,
-                spec["count"],
-                schedule=_stages_from_json(spec["stages"]),
-            ),
-            delivery(cfg, propagator_transport(cfg), credentials),
-            spooling=Spooling(
-                spool, cfg.spool_max_pending, [(e.event_id, e.event) for e in pending]
-            ),
-            runtime=Runtime(rng=random.Random(seed)),
-            observers=Observers(stats, display.record),
-        )
+        propagator, display = _build(spec, spool, stream)
+        stats = propagator.stats
         loop = asyncio.get_running_loop()
-        buffered = b""
+        go = asyncio.Event()
+
+        def obey(line: bytes) -> None:
+            word, _, value = line.decode().partition(" ")
+            if word == "go":
+                stats.origin = float(value)
+            elif word == "scale":
+                propagator.rescale(float(value))
+            elif word == "stop":
+                propagator.stop()
+            elif word == "abort":
+                propagator.abort()
+            if word in ("go", "stop", "abort"):
+                go.set()
 
         def control() -> None:
             nonlocal buffered
-            data = os.read(0, 4096)
+            data = os.read(0, 65536)
             if not data:  # the parent is gone: stop as on Ctrl-C
                 loop.remove_reader(0)
                 propagator.stop()
+                go.set()
                 return
             buffered += data
             *lines, buffered = buffered.split(b"\n")
             for line in lines:
-                word, _, value = line.decode().partition(" ")
-                if word == "scale":
-                    propagator.rescale(float(value))
-                elif word == "stop":
-                    propagator.stop()
-                elif word == "abort":
-                    propagator.abort()
+                obey(line)
 
+        *early, buffered = buffered.split(b"\n")
+        for line in early:
+            obey(line)
         loop.add_reader(0, control)
         try:
+            display._send({"kind": "ready"})
+            await go.wait()
             stats = await _propagate(propagator, display)
         finally:
             loop.remove_reader(0)
-        display._send(_snapshot(stats, "final"))
-        return stats
+        final = _snapshot(stats, "final")
+        Path(spec["final_path"]).write_text(json.dumps(final), encoding="utf-8")
+        display._send({"kind": "final"})
     finally:
         spool.close()
 
 
 def worker_main() -> int:
-    """A sender process: its spec on the first line of stdin, then control lines."""
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = os.read(0, 1)
+    """A sender process: its spec on the first line of stdin, then control lines. What
+    stops it (an EventctlError, or anything else) is said to the parent as an `error`."""
+    data = bytearray()
+    while b"\n" not in data:
+        chunk = os.read(0, 65536)
         if not chunk:
             return int(ExitCode.USAGE)
-        line += chunk
+        data += chunk
+    line, _, rest = bytes(data).partition(b"\n")
     spec = json.loads(line)
     stream = sys.stdout
     try:
-        _run_async(_worker(spec, stream))
-    except EventctlError as exc:
-        stream.write(json.dumps({"kind": "error", "message": str(exc), "exit": exc.exit_code}))
-        stream.write("\n")
-        stream.flush()
-        return int(exc.exit_code)
+        _run_async(_worker(spec, stream, rest))
+    except BaseException as exc:  # every end, KeyboardInterrupt too, is told to the parent
+        code = exc.exit_code if isinstance(exc, EventctlError) else ExitCode.FAILURE
+        message = str(exc) if isinstance(exc, EventctlError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(OSError):
+            stream.write(json.dumps({"kind": "error", "message": message, "exit": code}) + "\n")
+            stream.flush()
+        return int(code)
     return 0
 
 
@@ -256,6 +289,9 @@ class _Worker:
         self.snapshot: dict[str, Any] = {}
         self.final: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
+        self.ready = asyncio.Event()
+        self.lost = False
+        self.final_path: Path | None = None
 
     def tell(self, line: str) -> None:
         stdin = self.process.stdin
@@ -314,22 +350,49 @@ class _Fleet:
 
 
 async def _read(worker: _Worker, fleet: _Fleet, display: Display) -> None:
+    """Follow one worker's lines until its stdout ends; a worker that ends without its
+    results (killed, or a line that is not the protocol's) stops the others."""
     stdout = worker.process.stdout
     assert stdout is not None
-    while line := await stdout.readline():
-        data = json.loads(line)
-        kind = data["kind"]
-        if kind == "stats":
-            worker.snapshot = data
-        elif kind == "record":
-            display.record(Record(*data["record"]))
-        elif kind == "print":
-            display.print(data["line"])
-        elif kind == "final":
-            worker.final = data
-        elif kind == "error":
-            worker.error = data
+    try:
+        while line := await stdout.readline():
+            data = json.loads(line)
+            kind = data["kind"]
+            if kind == "stats":
+                worker.snapshot = data
+            elif kind == "record":
+                display.record(Record(*data["record"]))
+            elif kind == "print":
+                display.print(data["line"])
+            elif kind == "ready":
+                worker.ready.set()
+            elif kind == "final":
+                assert worker.final_path is not None
+                worker.final = json.loads(worker.final_path.read_text(encoding="utf-8"))
+            elif kind == "error":
+                worker.error = data
+    except (ValueError, KeyError, OSError):
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.kill()
+    finally:
+        worker.ready.set()
+        if worker.final is None:
+            worker.lost = worker.error is None
             fleet.stop()
+
+
+async def _start(fleet: _Fleet) -> None:
+    """Once every worker is ready (or gone), the same start for all: `go T`."""
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(w.ready.wait() for w in fleet.workers)), timeout=READY_SECONDS
+        )
+    except TimeoutError:
+        raise WorkerError(f"the sender processes did not start in {READY_SECONDS:g}s") from None
+    start = time.monotonic()
+    fleet.stats.started_at = fleet.stats.origin = fleet.stats.schedule_start = start
+    for worker in fleet.workers:
+        worker.tell(f"go {start!r}")
 
 
 async def _run_fleet(
@@ -347,15 +410,23 @@ async def _run_fleet(
             stdout=asyncio.subprocess.PIPE,
             env=dict(environ),
             start_new_session=True,
-            limit=2**24,
+            limit=LINE_LIMIT,
         )
         worker = _Worker(process)
+        worker.final_path = Path(spec["final_path"])
         worker.tell(json.dumps(spec))
         fleet.workers.append(worker)
+    loop = asyncio.get_running_loop()
+
+    def kill_all() -> None:
+        for worker in fleet.workers:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
 
     def interrupted() -> None:
         if fleet.stopping:
             fleet.abort()
+            loop.call_later(KILL_SECONDS, kill_all)  # a worker that does not stop is ended
             return
         fleet.stop()
         if fleet.stats.in_flight:
@@ -368,15 +439,14 @@ async def _run_fleet(
     waiting = asyncio.ensure_future(asyncio.gather(*(w.process.wait() for w in fleet.workers)))
     with _on_signals(interrupted), _rate_keys(fleet, keys), display:
         try:
+            await _start(fleet)
             while not waiting.done():
                 await asyncio.wait({waiting}, timeout=REFRESH_SECONDS)
                 fleet.add_up()
                 display.refresh(time.monotonic())
         finally:
             if not waiting.done():  # this process is going: take the workers along
-                for worker in fleet.workers:
-                    with contextlib.suppress(ProcessLookupError):
-                        worker.process.kill()
+                kill_all()
             await asyncio.gather(*readers, return_exceptions=True)
             await asyncio.gather(waiting, return_exceptions=True)
     fleet.add_up()
@@ -424,49 +494,60 @@ def propagate_in_workers(  # noqa: PLR0913 - propagate_events' keywords, and wor
     counts: list[int | None] = [None] * workers if count is None else [*_shares(count, workers)]
     config = dataclasses.asdict(cfg)
     config["spool_max_pending"] = max(cfg.spool_max_pending // workers, 1)
-    specs = [
-        {
-            "config": config,
-            "count": counts[i],
-            "stages": _stages_json(schedule, workers),
-            "seed": None if seed is None else seed + i,
-            "run_id": None if run is None else run.run_id,
-            "resend": pending[i::workers],
-            "origin": stats.origin,
-            "timeline": report is not None,
-            "records": mode in (DisplayMode.LOG, DisplayMode.JSON),
-        }
-        for i in range(workers)
-    ]
     fleet = _Fleet(stats)
-    _run_async(_run_fleet(specs, fleet, display, environ, keys))
-    _merge_finals(stats, _finals(fleet))
+    with tempfile.TemporaryDirectory(prefix="eventctl-workers-") as finals_dir:
+        specs = [
+            {
+                "config": config,
+                "count": counts[i],
+                "stages": _stages_json(schedule),
+                "index": i,
+                "workers": workers,
+                "seed": None if seed is None else seed + i,
+                "run_id": None if run is None else run.run_id,
+                "resend": pending[i::workers],
+                "timeline": report is not None,
+                "records": mode in (DisplayMode.LOG, DisplayMode.JSON),
+                "final_path": str(Path(finals_dir) / f"worker-{i}.json"),
+            }
+            for i in range(workers)
+        ]
+        if run is not None and run.generated:
+            display.print(
+                f"resuming run {run.run_id} ({run.generated} of {run.target} generated, "
+                f"{len(pending)} pending); --new-run starts afresh"
+            )
+        _run_async(_run_fleet(specs, fleet, display, environ, keys))
+    error = next((w.error for w in fleet.workers if w.error), None)
+    if error is not None:
+        raise WorkerError(f"a sender process failed: {error['message']}")
+    finals = [w.final for w in fleet.workers if w.final is not None]
+    lost = [w for w in fleet.workers if w.final is None]
+    if finals:
+        _merge_finals(stats, finals)
+    after = None if run is None else _run_after(cfg, run.run_id)
+    if lost and after is not None:  # what the lost ones left pending, the spool says
+        stats.pending_at_exit = after.pending
     summary = stats.summary(stats.finished_at or time.monotonic())
     summary["workers"] = workers
-    after = None if run is None else _run_after(cfg, run.run_id)
     if after is not None:
         summary.update(run=after.run_id, run_target=after.target, run_generated=after.generated)
     display.summary(summary)
-    if report is not None:
+    if report is not None and finals:
         write_run_report(
             report, stats, summary, cfg, started=started, workers=workers, command=command
         )
-        display.print(f"report: {report}")
+        display.print(f"report: {report}" + (" (without the lost workers)" if lost else ""))
     for line in spool_hints(stats, cfg, after):
         display.print(line)
+    if lost:
+        codes = ", ".join(str(w.process.returncode) for w in lost)
+        raise WorkerError(
+            f"{len(lost)} of {workers} sender processes ended without their results "
+            f"(exit code {codes}); the summary counts the others, the spool all: what they "
+            "left pending is resent by the next run (or `eventctl propagate --drain`)"
+        )
     return stats
-
-
-def _finals(fleet: _Fleet) -> list[dict[str, Any]]:
-    """Every worker's final report, or the error of the first that has none."""
-    for worker in fleet.workers:
-        if worker.error:
-            raise WorkerError(f"a sender process failed: {worker.error['message']}")
-    finals = [w.final for w in fleet.workers if w.final is not None]
-    if len(finals) < len(fleet.workers):
-        codes = [w.process.returncode for w in fleet.workers]
-        raise WorkerError(f"a sender process ended without its results (exit codes {codes})")
-    return finals
 
 
 def _run_after(cfg: PropagatorConfig, run_id: int) -> Run | None:

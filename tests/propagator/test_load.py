@@ -7,12 +7,15 @@ Counts and rates only; no timing is asserted beyond what the plan itself fixes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import select
+import shlex
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -122,6 +125,12 @@ def test_load_flags_refuse_what_they_cannot_do(args: list[str], says: str, tmp_p
     assert "Traceback" not in result.stderr
 
 
+def take_the_terminal() -> None:
+    """In the child: stdin (the pseudo-terminal) becomes its controlling terminal, with the
+    child's process group in the foreground, as in a shell."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def test_plus_on_the_terminal_raises_the_rate(server: Server, tmp_path: Path) -> None:
     """On a terminal, `+` typed while it runs multiplies the rate by 1.1 each time."""
     report = tmp_path / "run.json"
@@ -139,6 +148,8 @@ def test_plus_on_the_terminal_raises_the_rate(server: Server, tmp_path: Path) ->
         stderr=terminal,
         env=env,
         cwd=tmp_path,
+        start_new_session=True,
+        preexec_fn=take_the_terminal,  # noqa: PLW1509 - no thread runs before it
     )
     os.close(terminal)
     shown = b""
@@ -162,3 +173,98 @@ def test_plus_on_the_terminal_raises_the_rate(server: Server, tmp_path: Path) ->
     assert data["summary"]["rate_changed"] is True
     # 4 s at 50/s is 200; raised early to 107/s, well above
     assert data["summary"]["generated"] > 280
+
+
+def test_a_job_in_the_background_of_a_shell_is_not_stopped_by_the_keys(
+    server: Server, tmp_path: Path
+) -> None:
+    """`propagate ... &` from a shell with job control: not in the terminal's foreground,
+    it must not touch the terminal (SIGTTOU would stop it); the keys are off, it runs."""
+    controller, terminal = pty.openpty()
+    command = [
+        sys.executable,
+        *("-m", "eventctl", "propagate", "--endpoint", server.url + "/event"),
+        *("--events-file", EVENTS, "--rate", "20", "--count", "10"),
+    ]
+    script = f"set -m; {shlex.join(command)} & wait $!; echo rc=$?"
+    process = subprocess.Popen(
+        ["bash", "-c", script],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env=cli_env(COLUMNS="100", TERM="xterm"),
+        cwd=tmp_path,
+        start_new_session=True,
+        preexec_fn=take_the_terminal,  # noqa: PLW1509 - no thread runs before it
+        text=True,
+    )
+    os.close(terminal)
+    try:
+        out, _ = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+    assert "rc=0" in out, out
+
+
+def test_a_worker_killed_mid_run_stops_the_others_and_the_rerun_completes(
+    server: Server, tmp_path: Path
+) -> None:
+    args = [
+        sys.executable,
+        *("-m", "eventctl", "propagate", "--endpoint", server.url + "/event"),
+        *("--events-file", EVENTS, "--workers", "2", "--rate", "300", "--count", "1500"),
+        "--json-log",
+    ]
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), text=True
+    )
+    assert process.stdout is not None
+    delivered = 0
+    while delivered < 200:
+        line = process.stdout.readline()
+        assert line, process.communicate()
+        delivered += '"delivered"' in line
+    workers = subprocess.run(
+        ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[0]), 9)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    assert "1 of 2 sender processes ended without their results (exit code -9)" in err
+    assert "Traceback" not in err
+    assert json.loads(out.splitlines()[-1])["kind"] == "summary"
+    again = run_cli(*args[3:], timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "resuming run" in again.stderr
+    checked = verified(server.database_url)
+    assert (checked["verdict"], checked["acknowledged"], checked["lost"]) == ("OK", 1500, 0)
+    assert checked["duplicated"] == 0
+
+
+def test_workers_drain_without_an_events_file(tmp_path: Path) -> None:
+    result = run_cli(
+        "propagate", "--drain", "--workers", "2", "--endpoint", "http://127.0.0.1:9/event",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "0 sent" in result.stderr
+
+
+def test_the_workers_start_together_so_the_report_counts_from_their_start(
+    server: Server, tmp_path: Path
+) -> None:
+    report = tmp_path / "run.json"
+    result = run_cli(
+        "propagate",
+        *("--endpoint", server.url + "/event", "--events-file", EVENTS),
+        *("--stages", "1s@0,1s@0-100,1s@50", "--workers", "2", "--quiet"),
+        *("--report", str(report)),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(report.read_text())
+    sent = {row["t"]: row["sent"] for row in data["timeline"]["rows"] if row["sent"]}
+    assert sum(sent.values()) == 100
+    assert set(sent) <= {1, 2}  # nothing in the first second (rate 0), nothing after 3 s
+    assert [s["sent"] for s in data["meta"]["stages"]] == [0, 50, 50]

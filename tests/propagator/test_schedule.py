@@ -182,3 +182,49 @@ async def test_latency_counts_from_the_due_time_so_a_queue_cannot_hide() -> None
     summary = stats.summary(clock.now)
     assert summary["latency_p999_ms"] == pytest.approx(18_100, rel=0.01)
     assert summary["service_max_ms"] == pytest.approx(1_000, rel=0.01)
+
+
+def test_a_ramp_down_to_zero_ends_without_a_math_error() -> None:
+    stage = Stage(3.0, 7.0, 0.0)
+    end = math.nextafter(stage.events, -math.inf)
+    assert 0 <= stage.offset(end) <= 3.0
+    for n in (0.0, 1.0, stage.events / 2, end):
+        assert stage.offset(n) <= stage.seconds
+
+
+def test_rates_may_be_written_with_an_exponent() -> None:
+    assert parse_stages("1s@1e-3,2s@1e-3-5e2") == (Stage(1, 0.001, 0.001), Stage(2, 0.001, 500))
+
+
+def test_worker_shares_interleave_to_the_whole_plan_exactly() -> None:
+    plan = Schedule(parse_stages("1s@10,1s@10-40,1s@7"))
+    shares = [plan.share(i, 3) for i in range(3)]
+    together = sorted(t for share in shares for t in due_times(share))
+    assert together == due_times(plan)
+    assert sum(share.count_at(3.0) for share in shares) == pytest.approx(plan.count_at(3.0))
+    assert shares[0].rate_at(0.5) == pytest.approx(10 / 3)
+
+
+async def test_a_rate_change_before_generation_starts_is_kept_for_it() -> None:
+    clock = VirtualClock()
+    peer = Peer(clock)
+    propagator = make(peer, Plan(EVENTS, 0.1, duration=2.0))
+    propagator.rescale(2.0)  # as the keys may while what was pending is resent
+    stats = await clock.run(propagator.run())
+    assert stats.generated == 40
+
+
+async def test_a_late_batch_is_counted_in_the_stages_its_events_were_due_in() -> None:
+    clock = VirtualClock()
+    peer = Peer(clock)
+    schedule = Schedule(parse_stages("1s@10,1s@10"))
+    propagator = make(peer, Plan(EVENTS, 0.1, schedule=schedule))
+
+    async def block() -> None:  # the loop stalls from 0.5 s to 1.5 s: one late batch
+        await clock.sleep(0.45)
+        clock.now = 1.5
+
+    blocker = asyncio.ensure_future(block())
+    stats = await clock.run(propagator.run())
+    await blocker
+    assert stats.stage_sent == [10, 10]
