@@ -129,6 +129,9 @@ class Schedule:
         self._anchors: list[tuple[float, float, float, float]] = [(0.0, 0.0, 0.0, 1.0)]
         self.factor = 1.0
         self.phase, self.stride = 0, 1
+        only = self.stages[0] if len(self.stages) == 1 else None
+        # one rate, never changed: due(k) is k / rate (most runs; due runs for every tick)
+        self._steady = only.start_rate if only and only.start_rate == only.end_rate else 0.0
 
     def share(self, i: int, n: int) -> Schedule:
         """Worker i's share of n: events i, i + n, i + 2n, ... of this plan (as a copy)."""
@@ -157,6 +160,9 @@ class Schedule:
         """When event k (from 0) is due, in seconds after the start; None: after the end.
         (Of a share, its k-th event: event phase + k * stride of the plan.)"""
         k = self.phase + k * self.stride
+        if self._steady:
+            t = k / self._steady
+            return None if t >= self.seconds else t
         anchors = self._anchors
         i = len(anchors) - 1
         while i and anchors[i][1] > k:  # due before the last change of the rate
@@ -193,6 +199,7 @@ class Schedule:
     def scale(self, factor: float, at: float) -> None:
         """Multiply the rate by `factor` from `at` seconds after the start on."""
         count = self._count_at(at)
+        self._steady = 0.0
         self.factor *= factor
         self._anchors.append((at, count, self._base_count(min(at, self.seconds)), self.factor))
 

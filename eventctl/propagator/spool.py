@@ -52,10 +52,16 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 )
 INDEXES = """
-CREATE INDEX IF NOT EXISTS spool_state ON spool (state, created_at);
+DROP INDEX IF EXISTS spool_state;
+DROP INDEX IF EXISTS spool_run;
 CREATE UNIQUE INDEX IF NOT EXISTS spool_event ON spool (event_id, run_id);
-CREATE INDEX IF NOT EXISTS spool_run ON spool (run_id, state);
+CREATE INDEX IF NOT EXISTS spool_run_id ON spool (run_id);
+CREATE INDEX IF NOT EXISTS spool_pending ON spool (run_id, created_at) WHERE state = 'pending';
 """
+"""A settle changes only a row's state: no index holds the state but spool_pending, which
+holds pending rows alone, so a settle removes one index entry (before, it moved two, in
+(state, created_at) and (run_id, state)). Older spools lose those two here."""
+STATES = ("pending", "delivered", "failed")
 # Older spools: events before runs existed lack run_id (and belong to no run); before
 # replay, event_id was the primary key, so one id could not be in two runs; runs lack the
 # columns of replay (kind, run_key, cursor: the last source position spooled, upto: the
@@ -314,9 +320,16 @@ class Spool:
             "SELECT event_id, event_type, event_payload, state, created_at, settled_at, "
             "attempts, last_result, run_id FROM spool WHERE 1"
         )
-        params: list[object] = list(states)
+        params: list[object] = []
         if states:
-            sql += f" AND state IN ({', '.join('?' * len(states))})"
+            unknown = set(states) - set(STATES)
+            if unknown:
+                raise ValueError(f"not a state of the spool: {sorted(unknown)}")
+            # literals, so that the query planner takes spool_pending for `pending`
+            if len(states) == 1:
+                sql += f" AND state = '{states[0]}'"
+            else:
+                sql += f" AND state IN ({', '.join(repr(state) for state in states)})"
         if run_id is not None:
             sql += " AND run_id = ?"
             params.append(run_id)

@@ -391,3 +391,31 @@ def test_verify_is_not_ok_when_events_of_the_run_failed_or_are_pending(
     assert report.to_json()["verdict"] == "INCOMPLETE"
     spool.close()
     store.close()
+
+
+def test_a_settle_touches_no_index_but_the_pending_one_and_pending_reads_use_it(
+    tmp_path: Path,
+) -> None:
+    """The state is in one index only, of pending rows (a settle removes one entry); the
+    reads of what is pending find it there, not by scanning every row of every run."""
+    spool = Spool.open(tmp_path / "spool.db")
+    spool.new_run(None, "http://x/event", "events.json")
+    spool.add_many([(f"id-{i}", Event("t", "p")) for i in range(5)])
+    spool.settle("id-0", "delivered", 1, "200")
+    spool.flush()
+    indexed = {
+        row[0]: row[1]
+        for row in spool.connection.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'spool'"
+        )
+    }
+    assert {name for name, sql in indexed.items() if sql and "state" in sql} == {"spool_pending"}
+    plan = spool.connection.execute(
+        "EXPLAIN QUERY PLAN SELECT event_id FROM spool WHERE 1 AND state = 'pending' "
+        "AND run_id = ? ORDER BY created_at, rowid",
+        (1,),
+    ).fetchall()
+    assert any("spool_pending" in row[-1] for row in plan)
+    assert [e.event_id for e in spool.entries("pending")] == [f"id-{i}" for i in range(1, 5)]
+    assert spool.counts() == {"pending": 4, "delivered": 1, "failed": 0}
+    spool.close()
