@@ -6,7 +6,6 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,35 +19,13 @@ from eventctl.events import Event
 from eventctl.outbox import Outbox
 from eventctl.store import Incoming, Store
 from tests.consumer.test_routes_api import BILLING_URL, PLAIN, fill_routes
-from tests.helpers import ROOT, Server
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.helpers import ROOT, Server, chromium_page
 
 
 @pytest.fixture
 def browser_page() -> Iterator[object]:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but there is no chromium (apt-get install chromium)")
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 760})
-        try:
-            yield page
-        finally:
-            browser.close()
+    with chromium_page(1280, 760) as page:
+        yield page
 
 
 def post(server: Server, events: list[tuple[str, str]]) -> None:

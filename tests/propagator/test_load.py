@@ -27,6 +27,14 @@ from tests.helpers import ROOT, Server, cli_env, run_cli
 EVENTS = str(ROOT / "events" / "events.json")
 
 
+def propagate(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    """`eventctl propagate ARGS` of the repository's events to `server`, as a subprocess."""
+    return run_cli(
+        "propagate", "--endpoint", server.url + "/event", "--events-file", EVENTS, *args,
+        timeout=60,
+    )  # fmt: skip
+
+
 def ndjson_summary(stdout: str) -> dict[str, Any]:
     last: dict[str, Any] = json.loads(stdout.splitlines()[-1])
     assert last["kind"] == "summary"
@@ -50,12 +58,10 @@ def test_two_workers_share_the_rate_the_spool_and_one_report(
     server: Server, tmp_path: Path
 ) -> None:
     report = tmp_path / "run.json"
-    result = run_cli(
-        "propagate",
-        *("--endpoint", server.url + "/event", "--events-file", EVENTS),
+    result = propagate(
+        server,
         *("--workers", "2", "--rate", "400", "--count", "601", "--json-log"),
         *("--report", str(report)),
-        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     summary = ndjson_summary(result.stdout)
@@ -75,11 +81,9 @@ def test_two_workers_share_the_rate_the_spool_and_one_report(
 
 
 def test_stages_send_what_each_stage_plans(server: Server) -> None:
-    result = run_cli(
-        "propagate",
-        *("--endpoint", server.url + "/event", "--events-file", EVENTS),
+    result = propagate(
+        server,
         *("--stages", "2s@100,2s@100-300,2s@300", "--json-log"),
-        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     summary = ndjson_summary(result.stdout)
@@ -95,9 +99,8 @@ def test_stages_send_what_each_stage_plans(server: Server) -> None:
 
 def test_an_html_report_is_written_after_the_run(server: Server, tmp_path: Path) -> None:
     report = tmp_path / "run.html"
-    result = run_cli(
-        "propagate",
-        *("--endpoint", server.url + "/event", "--events-file", EVENTS),
+    result = propagate(
+        server,
         *("--rate", "100", "--count", "50", "--quiet", "--report", str(report)),
     )
     assert result.returncode == 0, result.stderr
@@ -255,12 +258,10 @@ def test_the_workers_start_together_so_the_report_counts_from_their_start(
     server: Server, tmp_path: Path
 ) -> None:
     report = tmp_path / "run.json"
-    result = run_cli(
-        "propagate",
-        *("--endpoint", server.url + "/event", "--events-file", EVENTS),
+    result = propagate(
+        server,
         *("--stages", "1s@0,1s@0-100,1s@50", "--workers", "2", "--quiet"),
         *("--report", str(report)),
-        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(report.read_text())

@@ -323,6 +323,7 @@ async def test_the_in_flight_cap_skips_ticks_and_says_so() -> None:
     assert stats.generated == 6
     assert stats.delivered == 6
     assert stats.skipped_ticks > 0
+    assert stats.summary(clock.now)["dropped"] == stats.skipped_ticks  # the cap, not the spool
     assert max(n for n, _ in snapshots) == 3
     assert any(capped for _, capped in snapshots)
 

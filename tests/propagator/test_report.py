@@ -6,7 +6,6 @@ import json
 import os
 import random
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from eventctl.propagator.report import (
     render_html,
     write_report,
 )
-from tests.consumer.test_web import CHROMIUM_ARGS
+from tests.helpers import chromium_page
 
 HOSTILE = "http://x/<script>alert(1)</script>"
 
@@ -304,20 +303,8 @@ def test_an_empty_report_renders() -> None:
 
 @pytest.fixture
 def browser_page() -> Iterator[object]:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but there is no chromium (apt-get install chromium)")
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        try:
-            yield page
-        finally:
-            browser.close()
+    with chromium_page(1280, 900) as page:
+        yield page
 
 
 def test_the_page_renders_in_chromium(browser_page: object, tmp_path: Path) -> None:
