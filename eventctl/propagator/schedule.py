@@ -161,8 +161,8 @@ class Schedule:
         (Of a share, its k-th event: event phase + k * stride of the plan.)"""
         k = self.phase + k * self.stride
         if self._steady:
-            t = k / self._steady
-            return None if t >= self.seconds else t
+            steady = k / self._steady
+            return None if steady >= self.seconds else steady
         anchors = self._anchors
         i = len(anchors) - 1
         while i and anchors[i][1] > k:  # due before the last change of the rate
