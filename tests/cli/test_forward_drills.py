@@ -56,7 +56,10 @@ def verified(database_url: str) -> dict[str, Any]:
 def test_kill_9_the_forwarding_consumer_mid_run(
     running: Fleet, tmp_path: Path, database_url: str, downstream: str
 ) -> None:
-    b = running.serve("b", downstream)
+    # B answers in 50 ms, so the route (32 in flight) forwards at most ~640/s of A's
+    # 1000/s: A's outbox holds events not yet forwarded when it is killed (a forwarder
+    # that keeps up would leave nothing for the restart to deliver)
+    b = running.serve("b", downstream, "--latency", "50ms")
     config = forward_config(tmp_path / "a.yaml", b.url + "/event")
     a = running.serve("a-1", database_url, "--config", str(config))
     sender = running.propagate("propagate", a.url, 2000, 1000)

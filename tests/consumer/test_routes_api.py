@@ -256,7 +256,10 @@ def test_with_workers_each_ones_forwarding_counts_add_up(tmp_path: Path) -> None
             while True:
                 # each worker copies its counts every second; any worker answers for all
                 values = metric_values(client.get("/metrics").text)
-                if all(values.get(key) == 60 for key in counted):
+                # an entry is counted delivered when answered, and leaves the queue when
+                # its settle is committed, a moment after
+                queued = values.get(f'eventctl_forward_queued{{route="{route}"}}')
+                if all(values.get(key) == 60 for key in counted) and queued == 0:
                     break
                 assert time.monotonic() < deadline, {key: values.get(key) for key in counted}
                 time.sleep(0.2)
