@@ -98,6 +98,7 @@ def propagate(
     ] = 1,
 ) -> None:
     """Run the Event Propagator: send a random event from the events file every interval."""
+    from eventctl.propagator.report import check_report_path
     from eventctl.propagator.run import DisplayMode, propagate_events
     from eventctl.propagator.schedule import Schedule, StagesError, parse_stages
     from eventctl.propagator.workers import propagate_in_workers
@@ -120,12 +121,13 @@ def propagate(
             schedule = Schedule(parse_stages(stages_text))
         except StagesError as exc:
             raise typer.BadParameter(str(exc), param_hint="--stages") from None
-    if report is not None and report.suffix.lower() not in (".html", ".json"):
-        raise typer.BadParameter(
-            f"{report}: a report is .html (a page) or .json", param_hint="--report"
-        )
-    if report is not None and not report.resolve().parent.is_dir():
-        raise typer.BadParameter(f"{report}: no such directory", param_hint="--report")
+    if report is not None:
+        try:
+            check_report_path(report)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--report") from None
+        if not report.resolve().parent.is_dir():
+            raise typer.BadParameter(f"{report}: no such directory", param_hint="--report")
     cfg = propagator_config(
         config,
         spool_path=spool,

@@ -74,11 +74,7 @@ def _pace(stats: Stats, now: float) -> tuple[str, str]:
     keys = "  (+/-)" if stats.keys else ""
     if stats.pacing is not None:
         return "pacing", stats.pacing
-    if schedule is not None and (
-        len(schedule.stages) > 1
-        or schedule.scaled
-        or schedule.stages[0].start_rate != schedule.stages[0].end_rate
-    ):
+    if schedule is not None and schedule.varies:
         t = now - stats.schedule_start
         i = schedule.stage_at(t)
         stage = f"{i + 1}/{len(schedule.stages)} {schedule.stages[i].label()}: "

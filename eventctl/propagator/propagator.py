@@ -97,7 +97,6 @@ class Stats:
     keys: bool = False
     spool_full: bool = False
     last: Record | None = None
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     recent: deque[Record] = field(default_factory=lambda: deque(maxlen=RECENT))
     latency: Histogram = field(default_factory=Histogram)
@@ -107,9 +106,8 @@ class Stats:
     schedule: Schedule | None = None
     stage_sent: list[int] = field(default_factory=list)
 
-    def percentile(self, q: float, values: deque[float] | None = None) -> float | None:
-        """Quantile (0-1) of the last LATENCY_WINDOW latencies (or `values`), in seconds."""
-        data = self.latencies if values is None else values
+    def percentile(self, q: float, data: deque[float]) -> float | None:
+        """Quantile (0-1) of the last LATENCY_WINDOW values of `data` (lateness), seconds."""
         if not data:
             return None
         if len(data) == 1:
@@ -132,10 +130,7 @@ class Stats:
     def stages(self) -> list[dict[str, object]]:
         """Each stage of the schedule: the plan, what was sent in its time, and the ratio."""
         schedule = self.schedule
-        if schedule is None or (
-            len(schedule.stages) == 1
-            and schedule.stages[0].start_rate == schedule.stages[0].end_rate
-        ):
+        if schedule is None or not schedule.varies:
             return []
         rows = []
         for i, planned in enumerate(schedule.describe()):
@@ -671,9 +666,7 @@ class Propagator:
                 if record.outcome == "delivered":
                     stats.delivered += 1
                     stats.replayed += record.replayed
-                    service = record.latency or 0.0
-                    stats.latencies.append(service)
-                    stats.service.record(service)
+                    stats.service.record(record.latency or 0.0)
                     stats.latency.record(record.at - due)
                     if spool is not None:
                         spool.settle(event_id, "delivered", attempt, record.result)

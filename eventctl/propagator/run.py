@@ -146,10 +146,11 @@ def delivery(
     )
 
 
-async def _propagate(propagator: Propagator, display: Display, *, keys: bool = False) -> Stats:
+async def _propagate(propagator: Propagator, display: Display) -> Stats:
     """Run `propagator` on this loop with `display`, until done or interrupted: Ctrl-C (or
     SIGTERM) stops it with a grace period for what is in flight, a second one at once.
-    With `keys`, `+` and `-` typed on the terminal (stdin) raise and lower the rate."""
+    When its stats say so (`keys`), `+` and `-` typed on the terminal raise and lower the
+    rate."""
 
     def interrupted() -> None:
         if propagator.stopping:
@@ -164,7 +165,7 @@ async def _propagate(propagator: Propagator, display: Display, *, keys: bool = F
 
     clock = propagator.runtime.clock
     async with propagator.delivery.transport:
-        with _process_state(interrupted), _rate_keys(propagator, keys), display:
+        with _process_state(interrupted), _rate_keys(propagator, propagator.stats.keys), display:
             refresher = asyncio.ensure_future(_refresh(display, clock))
             try:
                 stats = await propagator.run(grace=GRACE_SECONDS)
@@ -226,7 +227,7 @@ def _rate_keys(propagator: Rescalable, enabled: bool) -> Iterator[None]:
             # changes the terminal: the keys are for the job in the foreground only
             if os.tcgetpgrp(fd) == os.getpgrp():
                 saved = termios.tcgetattr(fd)
-    if saved is None or termios is None:
+    if saved is None:
         yield
         return
     loop = asyncio.get_running_loop()
@@ -405,7 +406,7 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
                 f"resuming run {run.run_id} ({run.generated} of "
                 f"{run.target} generated, {len(resend)} pending); --new-run starts afresh"
             )
-        stats = _run_async(_propagate(propagator, display, keys=keys))
+        stats = _run_async(_propagate(propagator, display))
         summary = stats.summary(propagator.runtime.clock())
         summary["workers"] = 1
         after = None if run is None else spool.run(run.run_id)

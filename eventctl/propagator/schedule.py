@@ -207,6 +207,11 @@ class Schedule:
     def scaled(self) -> bool:
         return len(self._anchors) > 1
 
+    @property
+    def varies(self) -> bool:
+        """The rate is not one rate throughout: several stages, a ramp, or a change."""
+        return not self._steady  # which is set for one unchanged rate, and only then
+
     def describe(self) -> list[dict[str, object]]:
         """The plan, a dict per stage: as typed, seconds, rates, planned events."""
         return [

@@ -128,7 +128,6 @@ def _snapshot(stats: Stats, kind: str) -> dict[str, Any]:
             started_at=stats.started_at,
             finished_at=stats.finished_at,
             lateness=list(stats.lateness)[-LATENESS_SAMPLES:],
-            latencies=list(stats.latencies)[-LATENESS_SAMPLES:],
             timeline=None if stats.timeline is None else stats.timeline.to_json(),
         )
     return data
@@ -400,7 +399,6 @@ async def _run_fleet(
     fleet: _Fleet,
     display: Display,
     environ: Mapping[str, str],
-    keys: bool,
 ) -> None:
     command = [sys.executable, "-m", "eventctl.propagator.workers"]
     for spec in specs:
@@ -437,7 +435,7 @@ async def _run_fleet(
 
     readers = [asyncio.ensure_future(_read(w, fleet, display)) for w in fleet.workers]
     waiting = asyncio.ensure_future(asyncio.gather(*(w.process.wait() for w in fleet.workers)))
-    with _on_signals(interrupted), _rate_keys(fleet, keys), display:
+    with _on_signals(interrupted), _rate_keys(fleet, fleet.stats.keys), display:
         try:
             await _start(fleet)
             while not waiting.done():
@@ -517,7 +515,7 @@ def propagate_in_workers(  # noqa: PLR0913 - propagate_events' keywords, and wor
                 f"resuming run {run.run_id} ({run.generated} of {run.target} generated, "
                 f"{len(pending)} pending); --new-run starts afresh"
             )
-        _run_async(_run_fleet(specs, fleet, display, environ, keys))
+        _run_async(_run_fleet(specs, fleet, display, environ))
     error = next((w.error for w in fleet.workers if w.error), None)
     if error is not None:
         raise WorkerError(f"a sender process failed: {error['message']}")
@@ -565,10 +563,8 @@ def _merge_finals(stats: Stats, finals: list[dict[str, Any]]) -> None:
     stats.finished_at = max(f["finished_at"] for f in finals)
     stats.cpu_seconds = sum(f["cpu_seconds"] for f in finals)
     stats.lateness.clear()
-    stats.latencies.clear()
     for final in finals:
         stats.lateness.extend(final["lateness"])
-        stats.latencies.extend(final["latencies"])
     timelines = [Timeline.from_json(f["timeline"]) for f in finals if f["timeline"]]
     if timelines:
         merged = timelines[0]

@@ -204,7 +204,6 @@ def readme_stats() -> Stats:
     for i, (event_type, latency) in enumerate(zip(types, latencies, strict=True)):
         record = Record("delivered", f"id{i}", event_type, 1, 100.0 + i, 200, latency=latency)
         stats.recent.append(record)
-        stats.latencies.append(latency)
         stats.service.record(latency)
         stats.lateness.append(0.0004 + i * 0.0001)
         stats.latency.record(latency + 0.0004 + i * 0.0001)

@@ -116,7 +116,10 @@ def test_an_html_report_is_written_after_the_run(server: Server, tmp_path: Path)
         (["--stages", "1s@5", "--rate", "5"], "--stages sets the rate and the duration"),
         (["--stages", "1s@5", "--duration", "5s"], "--stages sets the rate and the duration"),
         (["--stages", "1s@fast"], "'fast' is not a rate"),
-        (["--report", "run.txt", "--count", "1"], "a report is .html (a page) or .json"),
+        (
+            ["--report", "run.txt", "--count", "1"],
+            "a report's file name must end in .json or .html",
+        ),
         (["--report", "no/such/dir/run.json", "--count", "1"], "no such directory"),
         (["--workers", "0"], "--workers"),
     ],
