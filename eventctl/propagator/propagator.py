@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import httpx
 
@@ -187,6 +187,16 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+async def _first(done: asyncio.Future[None], *waits: Awaitable[object]) -> None:
+    """Wait until `done` or the first of `waits` is done; cancel the waits (not `done`)."""
+    futures: list[asyncio.Future[Any]] = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait({done, *futures}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in futures:
+            future.cancel()
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -332,11 +342,14 @@ class Propagator:
         self._rescaled = False
         self._generating = False
         self._factors: list[float] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        # only a replay waits for room; propagate keeps the builtin, cheaper per event
-        self._on_done: Callable[[asyncio.Task[None]], None] = (
-            self._settled if plan.replay is not None else self._tasks.discard
-        )
+        # events are delivered by up to max_in_flight sender coroutines, which live while the
+        # run does (a task per event cost more CPU): launched events wait in _queue for one
+        self._queue: deque[tuple[str, Event, float]] = deque()
+        self._senders: set[asyncio.Task[None]] = set()
+        self._idle: list[asyncio.Future[None]] = []  # senders waiting for an event
+        self._unsettled = 0  # launched and not yet settled (queued or being delivered)
+        self._drained: asyncio.Future[None] | None = None  # set when _unsettled drops to 0
+        self._failure: Exception | None = None  # the first delivery that raised (the spool's)
 
     def stop(self) -> None:
         """Stop generating; run() then gives in-flight events the grace period and returns."""
@@ -383,7 +396,7 @@ class Propagator:
             stats.origin = stats.started_at
         cpu_start = self.runtime.cpu_clock()
         for event_id, event in () if self.spooling is None else self.spooling.resend:
-            if len(self._tasks) >= self.delivery.max_in_flight and await self._wait_for_slot():
+            if self._unsettled >= self.delivery.max_in_flight and await self._wait_for_slot():
                 break
             stats.resent += 1
             self._launch(event_id, event)
@@ -399,6 +412,8 @@ class Propagator:
             await self._settle(grace)
             raise
         await self._settle(grace)
+        if self._failure is not None:
+            raise self._failure
         stats.finished_at = clock()
         stats.cpu_seconds = self.runtime.cpu_clock() - cpu_start
         return stats
@@ -486,7 +501,7 @@ class Propagator:
                     if await self._wait_for_room():
                         return
                     now = clock()
-                    room = self.delivery.max_in_flight - len(self._tasks)
+                    room = self.delivery.max_in_flight - self._unsettled
                     j = i + 1
                     while j < len(page) and j - i < room and start + page[j].due <= now:
                         j += 1
@@ -510,10 +525,10 @@ class Propagator:
         """Wait for a free place in flight (for an eighth of them, once the cap is full, so
         that a replay running flat out commits its spool in batches); True if stopped."""
         cap = self.delivery.max_in_flight
-        if len(self._tasks) >= cap:
+        if self._unsettled >= cap:
             self.stats.capped = True
             most = cap - max(1, cap // 8)
-            while len(self._tasks) > most and not self._stop.is_set():
+            while self._unsettled > most and not self._stop.is_set():
                 self._room.clear()
                 await self._room.wait()
             self.stats.capped = False
@@ -527,7 +542,7 @@ class Propagator:
         """Generate the event of the tick due at `due` into `fresh` (and `due` into `dues`),
         unless a cap is full."""
         stats, runtime, spooling = self.stats, self.runtime, self.spooling
-        stats.capped = len(self._tasks) + len(fresh) >= self.delivery.max_in_flight
+        stats.capped = self._unsettled + len(fresh) >= self.delivery.max_in_flight
         stats.spool_full = (
             spooling is not None
             and spooling.spool.pending_count + len(fresh) >= spooling.max_pending
@@ -553,55 +568,74 @@ class Propagator:
 
     async def _wait_for_slot(self) -> bool:
         """Wait until fewer than max_in_flight are unsettled; True if stopped meanwhile."""
-        while len(self._tasks) >= self.delivery.max_in_flight:
-            if self._stop.is_set():
-                return True
-            stopper = asyncio.ensure_future(self._stop.wait())
-            await asyncio.wait({*self._tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
+        while self._unsettled >= self.delivery.max_in_flight and not self._stop.is_set():
+            self._room.clear()
+            await self._room.wait()
         return self._stop.is_set()
 
     def _launch(self, event_id: str, event: Event, due: float | None = None) -> None:
-        """Deliver the event in a task of its own; its latency counts from `due` (the
-        moment it was due to be sent; now when not given)."""
+        """Queue the event for a sender (an idle one, else a new one up to max_in_flight);
+        its latency counts from `due` (the moment it was due to be sent; now when not
+        given)."""
         self.stats.in_flight += 1
         if due is None:
             due = self.runtime.clock()
         timeline = self.stats.timeline
         if timeline is not None:
             timeline.sent(due - self.stats.origin)
-        task = asyncio.get_running_loop().create_task(self._deliver(event_id, event, due))
-        self._tasks.add(task)
-        task.add_done_callback(self._on_done)
+        self._queue.append((event_id, event, due))
+        self._unsettled += 1
+        idle = self._idle
+        while idle:
+            waiter = idle.pop()
+            if not waiter.done():  # not one whose sender was cancelled
+                waiter.set_result(None)
+                return
+        if len(self._senders) < self.delivery.max_in_flight:
+            task = asyncio.get_running_loop().create_task(self._sender())
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._room.set()
+    async def _sender(self) -> None:
+        """Deliver queued events one after another; wait (idle) while there are none."""
+        loop, queue = asyncio.get_running_loop(), self._queue
+        while True:
+            if not queue:
+                waiter = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+                continue
+            event_id, event, due = queue.popleft()
+            try:
+                await self._deliver(event_id, event, due)
+            except Exception as exc:  # a spool that cannot be written: the run stops
+                if self._failure is None:
+                    self._failure = exc
+                self.stop()
+            finally:
+                self._unsettled -= 1
+                self._room.set()
+                drained = self._drained
+                if not self._unsettled and drained is not None and not drained.done():
+                    drained.set_result(None)
 
     async def _settle(self, grace: float) -> None:
-        """Wait for in-flight events: all of them, or (once stopped) for `grace` seconds."""
-        if self._tasks and not self._stop.is_set():
-            everything = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
-            stopper = asyncio.ensure_future(self._stop.wait())
-            await asyncio.wait({everything, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            everything.cancel()
-        if self._tasks and not self._abort.is_set():
-            await self._sleep_until_settled(grace)
-        leftover = set(self._tasks)
-        for task in leftover:
+        """Wait for in-flight events: all of them, or (once stopped) for `grace` seconds;
+        then end the senders (what they still hold stays pending in the spool)."""
+        if self._unsettled and not self._abort.is_set():
+            self._drained = drained = asyncio.get_running_loop().create_future()
+            if not self._stop.is_set():
+                await _first(drained, self._stop.wait())
+            if self._unsettled and not self._abort.is_set():
+                await _first(drained, self.runtime.sleep(grace), self._abort.wait())
+            drained.cancel()
+            self._drained = None
+        self.stats.pending_at_exit = self._unsettled
+        senders = set(self._senders)
+        for task in senders:
             task.cancel()
-        if leftover:
-            await asyncio.wait(leftover)
-        self.stats.pending_at_exit = len(leftover)
-
-    async def _sleep_until_settled(self, grace: float) -> None:
-        everything = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
-        timer = asyncio.ensure_future(self.runtime.sleep(grace))
-        aborter = asyncio.ensure_future(self._abort.wait())
-        await asyncio.wait({everything, timer, aborter}, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in (timer, everything, aborter):
-            waiter.cancel()
+        if senders:
+            await asyncio.wait(senders)
 
     def _report(self, record: Record) -> None:
         self.stats.last = record

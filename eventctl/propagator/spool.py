@@ -54,13 +54,15 @@ CREATE TABLE IF NOT EXISTS runs (
 INDEXES = """
 DROP INDEX IF EXISTS spool_state;
 DROP INDEX IF EXISTS spool_run;
-CREATE UNIQUE INDEX IF NOT EXISTS spool_event ON spool (event_id, run_id);
+DROP INDEX IF EXISTS spool_event;
 CREATE INDEX IF NOT EXISTS spool_run_id ON spool (run_id);
 CREATE INDEX IF NOT EXISTS spool_pending ON spool (run_id, created_at) WHERE state = 'pending';
 """
 """A settle changes only a row's state: no index holds the state but spool_pending, which
 holds pending rows alone, so a settle removes one index entry (before, it moved two, in
-(state, created_at) and (run_id, state)). Older spools lose those two here."""
+(state, created_at) and (run_id, state)). Older spools lose those two here. Nothing is
+looked up by event_id (a settle finds its row by seq), so no index holds it: the unique
+(event_id, run_id) index of before cost a quarter of the spool's CPU per event."""
 STATES = ("pending", "delivered", "failed")
 # Older spools: events before runs existed lack run_id (and belong to no run); before
 # replay, event_id was the primary key, so one id could not be in two runs; runs lack the
@@ -138,6 +140,7 @@ class Entry(NamedTuple):
     attempts: int
     last_result: str | None
     run_id: int | None
+    seq: int = 0  # the row's, by which it settles
 
     def to_json(self) -> dict[str, Any]:
         settled = None if self.settled_at is None else _iso(self.settled_at)
@@ -193,12 +196,9 @@ class Spool:
         self.path = path
         self.pending_count = self._pending_of_propagate()
         self.run_id: int | None = None
-        # the run of each event added (or to be resent) and not yet settled: one id may be
-        # pending in several runs (replays), and settling it must touch its own run only
-        self._runs: dict[str, int | None] = {}
-        self._settled: list[tuple[str, float, int, str, str, bool, int | None]] = []
-        # the row of each event added by this spool and not yet settled: settled by rowid,
-        # which costs less than finding it by event_id and run
+        # the row of each event added by this spool (or tracked to be resent) and not yet
+        # settled: one id may be pending in several runs (replays), and settling it must
+        # touch its own row only
         self._seqs: dict[str, int] = {}
         self._settled_rows: list[tuple[str, float, int, str, int]] = []
 
@@ -231,7 +231,6 @@ class Spool:
         """One transaction: the new events, the run's cursor, every settlement noted since;
         the rowid of the last event inserted (those before it have the ones just below:
         the transaction holds the write lock, so nobody inserts in between)."""
-        settled, self._settled = self._settled, []
         rows, self._settled_rows = self._settled_rows, []
         last = 0
         try:
@@ -248,12 +247,6 @@ class Spool:
                     self.connection.execute(
                         "UPDATE runs SET cursor = ? WHERE run_id = ?", (cursor, self.run_id)
                     )
-                self.connection.executemany(
-                    "UPDATE spool SET state = ?, settled_at = ?, attempts = attempts + ?, "
-                    "last_result = ? WHERE event_id = ? AND state = 'pending' "
-                    "AND (? OR run_id IS ?)",
-                    settled,
-                )
                 self.connection.executemany(
                     "UPDATE spool SET state = ?, settled_at = ?, attempts = attempts + ?, "
                     "last_result = ? WHERE seq = ? AND state = 'pending'",
@@ -286,28 +279,26 @@ class Spool:
         self.pending_count += len(events)
 
     def track(self, entries: list[Entry]) -> None:
-        """Remember the runs of pending entries about to be resent, so that each settles in
+        """Remember the rows of pending entries about to be resent, so that each settles in
         its own run."""
-        self._runs.update((e.event_id, e.run_id) for e in entries)
+        self._seqs.update((e.event_id, e.seq) for e in entries)
 
     def settle(self, event_id: str, state: str, attempts: int, result: str) -> None:
-        """Note a pending event as delivered or failed. Settlements are committed with the
-        next `add` (or `flush`): losing them to a crash only means the event is sent again,
-        and the consumer stores a resent id once."""
+        """Note a pending event, added or tracked by this spool, as delivered or failed.
+        Settlements are committed with the next `add` (or `flush`): losing them to a crash
+        only means the event is sent again, and the consumer stores a resent id once."""
+        try:
+            seq = self._seqs.pop(event_id)
+        except KeyError:
+            raise ValueError(f"{event_id!r} was neither added nor tracked here") from None
         self.pending_count -= 1
-        seq = self._seqs.pop(event_id, None)
-        if seq is not None:
-            self._settled_rows.append((state, time.time(), attempts, result, seq))
-        else:
-            anywhere = event_id not in self._runs  # not added here: the row of any run
-            run = self._runs.pop(event_id, None)
-            self._settled.append((state, time.time(), attempts, result, event_id, anywhere, run))
-        if len(self._settled) + len(self._settled_rows) >= SETTLE_BATCH:
+        self._settled_rows.append((state, time.time(), attempts, result, seq))
+        if len(self._settled_rows) >= SETTLE_BATCH:
             self.flush()
 
     def flush(self) -> None:
         """Commit the settlements noted so far."""
-        if self._settled or self._settled_rows:
+        if self._settled_rows:
             self._commit([])
 
     def entries(
@@ -318,7 +309,7 @@ class Spool:
         self.flush()
         sql = (
             "SELECT event_id, event_type, event_payload, state, created_at, settled_at, "
-            "attempts, last_result, run_id FROM spool WHERE 1"
+            "attempts, last_result, run_id, seq FROM spool WHERE 1"
         )
         params: list[object] = []
         if states:
@@ -337,10 +328,7 @@ class Spool:
             sql += f" AND {OF_KIND}"
             params += [kind, kind]
         rows = self.connection.execute(sql + " ORDER BY created_at, rowid", params).fetchall()
-        return [
-            Entry(row[0], Event(row[1], row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
-            for row in rows
-        ]
+        return [Entry(row[0], Event(row[1], row[2]), *row[3:]) for row in rows]
 
     def runs(self) -> list[Run]:
         """Every run, oldest first."""

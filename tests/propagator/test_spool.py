@@ -12,7 +12,7 @@ import pytest
 
 from eventctl.events import Event
 from eventctl.propagator.propagator import Delivery, Plan, Propagator, Runtime, Spooling
-from eventctl.propagator.spool import Spool
+from eventctl.propagator.spool import Spool, SpoolError
 from eventctl.retry import RetryPolicy
 from eventctl.store import Incoming, Store
 from eventctl.verify import compare
@@ -87,7 +87,9 @@ async def test_pending_events_are_resent_first_with_their_ids(tmp_path: Path) ->
 
     spool = Spool.open(path)
     clock = VirtualClock()
-    replay = [(e.event_id, e.event) for e in spool.entries("pending")]
+    pending = spool.entries("pending")
+    spool.track(pending)
+    replay = [(e.event_id, e.event) for e in pending]
     stats = await clock.run(
         propagator(
             clock,
@@ -418,4 +420,57 @@ def test_a_settle_touches_no_index_but_the_pending_one_and_pending_reads_use_it(
     assert any("spool_pending" in row[-1] for row in plan)
     assert [e.event_id for e in spool.entries("pending")] == [f"id-{i}" for i in range(1, 5)]
     assert spool.counts() == {"pending": 4, "delivered": 1, "failed": 0}
+    spool.close()
+
+
+def test_a_settle_goes_by_the_row_and_an_unknown_id_is_refused(tmp_path: Path) -> None:
+    """An event settles by the row it was added (or tracked) as: nothing is looked up by
+    event_id, which no index holds; an id this spool neither added nor tracked is a bug."""
+    spool = Spool.open(tmp_path / "spool.db")
+    spool.new_run(None, "http://x/event", "events.json")
+    spool.add_many([("a", Event("t", "p")), ("b", Event("t", "p"))])
+    with pytest.raises(ValueError, match="'c' was neither added nor tracked"):
+        spool.settle("c", "delivered", 1, "200")
+    spool.close()
+    spool = Spool.open(tmp_path / "spool.db")
+    with pytest.raises(ValueError, match="neither added nor tracked"):
+        spool.settle("a", "delivered", 1, "200")  # pending, but not tracked by this one
+    pending = spool.entries("pending")
+    assert [e.seq for e in pending] == [1, 2]
+    spool.track(pending[1:])
+    spool.settle("b", "delivered", 1, "200")
+    assert spool.counts() == {"pending": 1, "delivered": 1, "failed": 0}
+    indexed = spool.connection.execute(
+        "SELECT group_concat(sql, ' ') FROM sqlite_master WHERE type = 'index'"
+    ).fetchone()[0]
+    assert "event_id" not in indexed
+    spool.close()
+
+
+async def test_a_spool_that_cannot_be_written_at_a_settle_stops_the_run_with_its_error(
+    tmp_path: Path,
+) -> None:
+    """Settlements are committed in batches; when such a commit fails, the run stops and
+    says why (before, the sender's task died and the error was dropped)."""
+    spool = Spool.open(tmp_path / "spool.db")
+    spool.new_run(None, "http://x/event", "events.json")
+    spool.add_many([(f"id-{i}", Event("t", "p")) for i in range(300)])
+    spool.close()
+    spool = Spool.open(tmp_path / "spool.db")
+    pending = spool.entries("pending")
+    spool.track(pending)
+    spool.connection.execute("PRAGMA query_only = 1")
+    clock = VirtualClock()
+    run = propagator(
+        clock,
+        httpx.MockTransport(lambda request: httpx.Response(200)),
+        Spooling(spool, resend=[(e.event_id, e.event) for e in pending]),
+        Plan(EVENTS, 1.0, count=0),
+    ).run()
+    with pytest.raises(SpoolError, match="cannot write the spool: attempt to write a readonly"):
+        await clock.run(run)
+    spool.connection.execute("PRAGMA query_only = 0")
+    # the batch whose commit failed stays pending (to be resent); the 44 settled after it
+    # are committed now
+    assert spool.counts() == {"pending": 256, "delivered": 44, "failed": 0}
     spool.close()
