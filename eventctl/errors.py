@@ -50,6 +50,11 @@ class DatabaseError(EventctlError):
     exit_code = ExitCode.DATABASE
 
 
+class DatabaseUnreachable(DatabaseError):
+    """No connection to the database server could be opened (it is down, or the network to
+    it is): another attempt at once would only wait as long again."""
+
+
 class IdempotencyConflict(EventctlError):
     """An event id (an `Idempotency-Key`, or a batch's `<key>/<index>`) is already stored
     with a different event_type or event_payload: the request is refused, not replayed."""

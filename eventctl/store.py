@@ -21,18 +21,42 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, TypedDict, Unpack
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import peewee
 from playhouse.db_url import connect
 
-from eventctl.errors import DatabaseError, IdempotencyConflict
+from eventctl.errors import DatabaseError, DatabaseUnreachable, IdempotencyConflict
 from eventctl.events import MAX_EVENT_TYPE_LENGTH, Event
 
 SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "full"}
 INSERT_CHUNK = 1000
 INSERT_COLUMNS = ("event_id", "event_type", "event_payload", "received_at")
 PG_CONNECT_TIMEOUT = 5
+# A cut link drops packets without a reset, and TCP alone would retransmit for about 15
+# minutes. So a connection fails once data it sent is unacknowledged for
+# PG_TCP_USER_TIMEOUT_MS, and one with nothing unacknowledged (idle, or awaiting an answer)
+# is probed after PG_KEEPALIVES_IDLE s of silence and fails once the user timeout has passed
+# (Linux; after PG_KEEPALIVES_COUNT probes elsewhere). The server probes its end the same
+# way, so that a session whose client is gone ends and releases its locks.
+PG_KEEPALIVES_IDLE = 5
+PG_KEEPALIVES_INTERVAL = 1
+PG_KEEPALIVES_COUNT = 5
+PG_TCP_USER_TIMEOUT_MS = 5000
+PG_CONNECTION_DEFAULTS: dict[str, int] = {
+    "connect_timeout": PG_CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": PG_KEEPALIVES_IDLE,
+    "keepalives_interval": PG_KEEPALIVES_INTERVAL,
+    "keepalives_count": PG_KEEPALIVES_COUNT,
+    "tcp_user_timeout": PG_TCP_USER_TIMEOUT_MS,
+}
+PG_SESSION_SETTINGS: dict[str, str | int] = {
+    "synchronous_commit": "on",
+    "tcp_keepalives_idle": PG_KEEPALIVES_IDLE,
+    "tcp_keepalives_interval": PG_KEEPALIVES_INTERVAL,
+    "tcp_keepalives_count": PG_KEEPALIVES_COUNT,
+}
 # Not ASCII, so no Idempotency-Key, batch id or generated id can ever be this.
 PROBE_EVENT_ID = "\u2022eventctl write probe"
 PG_DISK_FULL = "53100"
@@ -353,18 +377,20 @@ class Store:
                 "busy_timeout": busy_timeout_ms,
             }
         else:
-            query = urlsplit(database_url).query
-            if "connect_timeout=" not in query:
-                kwargs["connect_timeout"] = PG_CONNECT_TIMEOUT
-            if "options=" not in query:
-                kwargs["options"] = "-c synchronous_commit=on"
+            given = parse_qs(urlsplit(database_url).query, keep_blank_values=True)
+            kwargs.update((k, v) for k, v in PG_CONNECTION_DEFAULTS.items() if k not in given)
+            if "options" not in given:
+                kwargs["options"] = " ".join(f"-c {k}={v}" for k, v in PG_SESSION_SETTINGS.items())
         try:
             database = connect(database_url, **kwargs)
         except (RuntimeError, ValueError, ImportError) as exc:
             raise DatabaseError(f"{where}: cannot use this database URL: {exc}") from None
         store = cls(database, database_url)
-        with store._errors("cannot open the database"):
+        with store._errors(
+            "cannot open the database", DatabaseError if path else DatabaseUnreachable
+        ):
             database.connect(reuse_if_open=True)
+        with store._errors("cannot open the database"):
             if create:
                 database.create_tables(list(store.models), safe=True)
             elif not database.table_exists("events"):
@@ -375,7 +401,7 @@ class Store:
         return store
 
     @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
+    def _errors(self, doing: str, error: type[DatabaseError] = DatabaseError) -> Iterator[None]:
         try:
             yield
         except peewee.PeeweeException as exc:
@@ -384,9 +410,9 @@ class Store:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if cause := _cause(exc):
                 message = f"{cause} ({message})"
-            raise DatabaseError(f"{describe_url(self.url)}: {doing}: {message}") from exc
+            raise error(f"{describe_url(self.url)}: {doing}: {message}") from exc
         except OSError as exc:
-            raise DatabaseError(f"{describe_url(self.url)}: {doing}: {exc}") from exc
+            raise error(f"{describe_url(self.url)}: {doing}: {exc}") from exc
 
     def _paths(self) -> _Files:
         assert self.path is not None
@@ -413,8 +439,13 @@ class Store:
         """Make sure this thread's connection has the files at the path open (SQLite).
 
         A connection to files that were deleted or replaced is closed; the write path then
-        reopens the path, and a reader refuses until the write path has done so."""
+        reopens the path, and a reader refuses until the write path has done so.
+        On PostgreSQL the write path connects here, if it is not connected: failing, it
+        raises DatabaseUnreachable."""
         if self.path is None:
+            if writer and self.database.is_closed():
+                with self._errors("cannot connect to the database", DatabaseUnreachable):
+                    self.database.connect()
             return
         local = self._local
         if (

@@ -5,9 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from eventctl.errors import DatabaseError, IdempotencyConflict
+from eventctl.errors import DatabaseError, DatabaseUnreachable, IdempotencyConflict
 from eventctl.events import Event
-from eventctl.store import FOLLOW_BATCH, EventFilter, Follower, Incoming, Store, describe_url
+from eventctl.store import (
+    FOLLOW_BATCH,
+    PG_CONNECTION_DEFAULTS,
+    PG_KEEPALIVES_IDLE,
+    EventFilter,
+    Follower,
+    Incoming,
+    Store,
+    describe_url,
+)
 from tests.helpers import postgres_url
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -162,13 +171,46 @@ def test_postgres_commits_synchronously() -> None:
         store.close()
 
 
+@pytest.mark.postgres
+def test_postgres_connections_notice_a_dead_link_on_both_ends() -> None:
+    store = Store.open(postgres_url(), create=True)
+    try:
+        dsn = store.database.connection().get_dsn_parameters()  # type: ignore[no-untyped-call]
+        assert {k: dsn.get(k) for k in PG_CONNECTION_DEFAULTS} == {
+            "connect_timeout": "5",
+            "keepalives": "1",
+            "keepalives_idle": "5",
+            "keepalives_interval": "1",
+            "keepalives_count": "5",
+            "tcp_user_timeout": "5000",
+        }
+        # the server's end: a session whose client is gone ends and releases its locks
+        show = store.database.execute_sql  # type: ignore[attr-defined]
+        names = ("idle", "interval", "count")
+        assert [show(f"SHOW tcp_keepalives_{k}").fetchone()[0] for k in names] == ["5", "1", "5"]
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_database_url_keeps_its_own_connection_parameters() -> None:
+    url = postgres_url()
+    store = Store.open(f"{url}{'&' if '?' in url else '?'}tcp_user_timeout=2000&keepalives=0")
+    try:
+        dsn = store.database.connection().get_dsn_parameters()  # type: ignore[no-untyped-call]
+        assert (dsn.get("tcp_user_timeout"), dsn.get("keepalives")) == ("2000", "0")
+        assert dsn.get("keepalives_idle") == str(PG_KEEPALIVES_IDLE)
+    finally:
+        store.close()
+
+
 def test_a_directory_that_does_not_exist(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="cannot open the database"):
         Store.open(f"sqlite:///{tmp_path}/no/such/dir/events.db", create=True)
 
 
 def test_unreachable_postgres_is_a_clean_error() -> None:
-    with pytest.raises(DatabaseError) as caught:
+    with pytest.raises(DatabaseUnreachable) as caught:
         Store.open("postgresql://nobody:secret@127.0.0.1:1/none", create=True)
     assert "secret" not in str(caught.value)
     assert "cannot open the database" in str(caught.value)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from eventctl.errors import DatabaseError, EventctlError, IdempotencyConflict
+from eventctl.errors import DatabaseError, DatabaseUnreachable, EventctlError, IdempotencyConflict
 from eventctl.store import Fanout, Incoming, Store
 
 log = logging.getLogger("eventctl.consumer.writer")
@@ -194,13 +194,13 @@ class Writer:
             self.last_error = exc
             if self.on_commit:
                 self.on_commit(size, 0, time.perf_counter() - started, self.queued, True)
-            if len(batch) > 1:
+            if len(batch) > 1 and not isinstance(exc, DatabaseUnreachable):
                 log.warning("a commit of %d events failed (%s); retrying each request", size, exc)
-                for sub in batch:
-                    self._store([sub])
+                self._store_each(batch)
                 return
             log.error("%s", exc)
-            batch[0].error = exc
+            for sub in batch:
+                sub.error = exc
         else:
             self.last_error = None
             new = 0
@@ -215,6 +215,18 @@ class Writer:
             if new and self.on_stored:
                 self.on_stored()
         self._wake(batch)
+
+    def _store_each(self, batch: list[_Submission]) -> None:
+        """Store each request of a failed batch alone, until one finds the database
+        unreachable: the rest get its error, as each would wait as long again for its own."""
+        for position, sub in enumerate(batch):
+            self._store([sub])
+            rest = batch[position + 1 :]
+            if rest and isinstance(sub.error, DatabaseUnreachable):
+                for other in rest:
+                    other.error = sub.error
+                self._wake(rest)
+                return
 
     def _wake(self, batch: list[_Submission]) -> None:
         loop = batch[0].loop
