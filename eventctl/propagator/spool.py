@@ -15,11 +15,13 @@ its entries are resent only by the replay, never by `propagate`.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from eventctl.errors import EventctlError, ExitCode
 from eventctl.events import Event
@@ -90,6 +92,55 @@ RUN_SELECT = (
 OF_KIND = (
     "(run_id IS NULL AND ? = 'propagate' OR run_id IN (SELECT run_id FROM runs WHERE kind = ?))"
 )
+
+
+PIECE = 128
+"""Most rows one INSERT or UPDATE statement of the spool writes (5 values a row: within the
+999 variables of SQLite's oldest limit). A statement of many rows costs half the CPU of as
+many one-row statements; pieces of 128, 64, ... 1 rows keep the statements few, so that
+they stay in the connection's cache."""
+UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
+SETTLE_ONE = (
+    "UPDATE spool SET state = ?, settled_at = ?, attempts = attempts + ?, last_result = ? "
+    "WHERE seq = ? AND state = 'pending'"
+)
+
+T = TypeVar("T")
+
+
+def _pieces(rows: list[T]) -> Iterator[list[T]]:
+    """`rows` in pieces of PIECE rows, then of the powers of two below it."""
+    i, size = 0, PIECE
+    while i < len(rows):
+        while size > len(rows) - i:
+            size //= 2
+        yield rows[i : i + size]
+        i += size
+
+
+def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
+
+
+@functools.cache
+def _insert_sql(n: int) -> str:
+    """The INSERT of `n` new pending events."""
+    values = ", ".join(["(?, ?, ?, 'pending', ?, ?)"] * n)
+    return (
+        "INSERT INTO spool (event_id, event_type, event_payload, state, created_at, run_id) "
+        f"VALUES {values}"
+    )
+
+
+@functools.cache
+def _settle_sql(n: int) -> str:
+    """The UPDATE of `n` settlements (state, settled_at, attempts, last_result, seq)."""
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * n)
+    return (
+        "UPDATE spool SET state = v.column1, settled_at = v.column2, "
+        "attempts = attempts + v.column3, last_result = v.column4 "
+        f"FROM (VALUES {values}) AS v WHERE spool.seq = v.column5 AND spool.state = 'pending'"
+    )
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
@@ -236,22 +287,18 @@ class Spool:
         try:
             with self.connection:
                 self.connection.execute("BEGIN")
+                for new in _pieces(inserts):
+                    self.connection.execute(_insert_sql(len(new)), _flat(new))
                 if inserts:
-                    self.connection.executemany(
-                        "INSERT INTO spool (event_id, event_type, event_payload, state, "
-                        "created_at, run_id) VALUES (?, ?, ?, 'pending', ?, ?)",
-                        inserts,
-                    )
                     (last,) = self.connection.execute("SELECT last_insert_rowid()").fetchone()
                 if cursor is not None:
                     self.connection.execute(
                         "UPDATE runs SET cursor = ? WHERE run_id = ?", (cursor, self.run_id)
                     )
-                self.connection.executemany(
-                    "UPDATE spool SET state = ?, settled_at = ?, attempts = attempts + ?, "
-                    "last_result = ? WHERE seq = ? AND state = 'pending'",
-                    rows,
-                )
+                if not UPDATE_FROM:
+                    self.connection.executemany(SETTLE_ONE, rows)
+                for settled in _pieces(rows) if UPDATE_FROM else ():
+                    self.connection.execute(_settle_sql(len(settled)), _flat(settled))
         except sqlite3.Error as exc:
             raise SpoolError(f"{self.path}: cannot write the spool: {exc}") from None
         return int(last)

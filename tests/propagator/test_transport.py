@@ -232,6 +232,40 @@ async def test_no_answer_in_time_is_a_read_timeout(peer_factory: PeerFactory) ->
     assert transport_error_text(caught.value) == "timeout"
 
 
+async def test_one_timer_times_out_each_exchange_near_its_own_deadline(
+    peer_factory: PeerFactory,
+) -> None:
+    async def answer_some(request: bytes, writer: asyncio.StreamWriter) -> None:
+        if b"slow" in request:
+            await asyncio.sleep(10)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    peer = await peer_factory(answer_some)
+    loop = asyncio.get_running_loop()
+
+    async def timed(transport: LeanTransport, body: bytes, timeout: float) -> float | None:
+        started = loop.time()
+        try:
+            await transport.handle_async_request(post(peer.url, body, timeout=timeout))
+        except httpx.ReadTimeout:
+            return loop.time() - started
+        return None
+
+    async with LeanTransport() as transport:
+        waits = await asyncio.gather(
+            timed(transport, b"slow", 0.4),
+            timed(transport, b"slow", 0.8),
+            *(timed(transport, b"fast", 0.4) for _ in range(20)),
+        )
+        assert waits[2:] == [None] * 20  # answered in time: never timed out after
+        late = [wait - timeout for wait, timeout in zip(waits[:2], (0.4, 0.8), strict=True)]
+        assert all(0 <= x < 0.4 / 4 + 0.05 for x in late if x is not None), waits
+        assert None not in waits[:2]
+        await asyncio.sleep(0.3)
+        assert not transport._deadlines.due  # nothing left to watch, no timer left running
+        assert transport._deadlines.timer is None
+
+
 async def test_nobody_listening_is_a_connect_error() -> None:
     async with LeanTransport() as transport:
         with pytest.raises(httpx.ConnectError) as caught:
