@@ -101,7 +101,13 @@ class ForwardRoute:
     """One route of `serve`'s store and forward: every stored event whose type matches
     goes on to `url`, retried until delivered (config/consumer_config.yaml `forward:`)."""
 
-    url: str = field(metadata={"check": _route_url, "doc": "where matching events are POSTed"})
+    url: str = field(
+        metadata={
+            "check": _route_url,
+            "doc": "where matching events are POSTed (a list: several share them, failing over)",
+        }
+    )
+    """One URL, or several separated by a space (`url:` as a list in the YAML)."""
     name: str = _route_field("", None, "the route's own name (default: the url)")
     match: tuple[str, ...] = _route_field(
         (), None, "event-type globs (fnmatch, case-sensitive); none: every event"
@@ -134,6 +140,10 @@ class ForwardRoute:
 
     def matches(self, event_type: str) -> bool:
         return not self.match or any(fnmatchcase(event_type, glob) for glob in self.match)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(self.url.split())
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,10 @@ def _route(item: Any, where: str) -> ForwardRoute:
 def _route_value(key: str, value: Any, where: str) -> Any:
     if key == "match":
         return _globs(value, where)
+    if key == "url" and isinstance(value, list):
+        if not all(isinstance(url, str) for url in value):
+            raise ConfigError(f"{where}: must be a URL or a list of URLs, not {value!r}")
+        return " ".join(_endpoint_urls(value, where))
     f = _ROUTE_FIELDS[key]
     kind = _field_type(f)
     if value is None:  # `ordered:` with nothing after it is not false
@@ -234,6 +248,47 @@ def _url_routes(urls: list[str], where: str) -> tuple[ForwardRoute, ...]:
 
 
 ROUTES = KeyReader(_routes_from_yaml, _routes_from_text, _routes_from_flag)
+
+
+MAX_ENDPOINTS = 64
+"""Most URLs in `api_endpoint` (and its flag and variable)."""
+
+
+def _endpoints_from_yaml(value: Any, where: str) -> tuple[str, ...]:
+    """`api_endpoint:`: one URL, or a list of them that share the events."""
+    urls = [value] if isinstance(value, str) else value
+    if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+        raise ConfigError(f"{where}: must be a URL or a list of URLs, not {value!r}")
+    return _endpoint_urls(urls, where)
+
+
+def _endpoints_from_text(text: str, where: str) -> tuple[str, ...]:
+    """`EVENTCTL_API_ENDPOINT`: URLs separated by whitespace."""
+    return _endpoint_urls(text.split(), where)
+
+
+def _endpoints_from_flag(value: Any, where: str) -> tuple[str, ...]:
+    """`--endpoint URL`, repeatable (a single string from callers that pass one)."""
+    urls = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(url, str) for url in urls):
+        raise ConfigError(f"{where}: must be a list of URLs, not {value!r}")
+    return _endpoint_urls([url.strip() for url in urls], where)
+
+
+def _endpoint_urls(urls: list[str], where: str) -> tuple[str, ...]:
+    if not urls:
+        raise ConfigError(f"{where}: must name at least one http:// or https:// URL")
+    if len(urls) > MAX_ENDPOINTS:
+        raise ConfigError(f"{where}: names {len(urls)} URLs; at most {MAX_ENDPOINTS} are allowed")
+    for i, url in enumerate(urls):
+        if problem := _route_url(url):
+            raise ConfigError(f"{where}: {problem}, not {url!r}")
+        if url in urls[:i]:
+            raise ConfigError(f"{where}: {url!r} is given twice; give each URL once")
+    return tuple(urls)
+
+
+ENDPOINTS = KeyReader(_endpoints_from_yaml, _endpoints_from_text, _endpoints_from_flag)
 
 
 MAX_RESPONSE_RULES = 100
@@ -498,8 +553,12 @@ class PropagatorConfig:
     """Settings of `eventctl propagate` (config/propagator_config.yaml)."""
 
     interval_seconds: float = _option(5.0, _positive, "seconds between two events", "--interval")
-    api_endpoint: str = _option(
-        "http://localhost:8000/event", _http_url, "where events are sent", "--endpoint"
+    api_endpoint: tuple[str, ...] = _option(
+        ("http://localhost:8000/event",),
+        None,
+        "where events are sent (repeatable: several share the events, failing over)",
+        "--endpoint",
+        ENDPOINTS,
     )
     events_file: str = _option(DEFAULT_EVENTS_FILE, None, "JSON list of events to choose from")
     max_in_flight: int = _option(100, _positive, "most events unsettled at once")
@@ -520,6 +579,11 @@ class PropagatorConfig:
     spool_max_pending: int = _option(10_000, _positive, "pending events before generation pauses")
     signing_secret_file: str = _option("", None, "file holding the whsec_ secret to sign with")
     auth_token_file: str = _option("", None, "file holding the bearer token to send")
+
+    @property
+    def endpoints_text(self) -> str:
+        """The endpoints as one line, as the spool's runs and the status show them."""
+        return " ".join(self.api_endpoint)
 
 
 C = TypeVar("C", ConsumerConfig, PropagatorConfig)

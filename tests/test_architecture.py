@@ -14,6 +14,7 @@ SHARED = {
     "auth",
     "config",
     "delivery",
+    "endpoints",
     "errors",
     "histogram",
     "events",

@@ -9,6 +9,7 @@ import pytest
 from eventctl.config import (
     DEFAULT_CONSUMER_CONFIG,
     DEFAULT_PROPAGATOR_CONFIG,
+    MAX_ENDPOINTS,
     MAX_RESPONSE_BODY_BYTES,
     MAX_RESPONSE_LATENCY_SECONDS,
     MAX_RESPONSE_RULES,
@@ -44,7 +45,9 @@ def test_shipped_config_files_hold_the_contract() -> None:
     propagator = load_config(
         PropagatorConfig, ROOT / DEFAULT_PROPAGATOR_CONFIG, required=True, environ={}
     )
-    assert propagator == PropagatorConfig(5.0, "http://localhost:8000/event", "events/events.json")
+    assert propagator == PropagatorConfig(
+        5.0, ("http://localhost:8000/event",), "events/events.json"
+    )
 
 
 def test_defaults_when_the_default_file_is_absent(tmp_path: Path) -> None:
@@ -96,6 +99,14 @@ def test_consumer_config_errors_name_file_and_key(tmp_path: Path, text: str, mes
         ("interval_seconds: 0\n", "interval_seconds: must be a number greater than 0"),
         ("interval_seconds: fast\n", "interval_seconds: must be a number, not 'fast'"),
         ("api_endpoint: localhost:8000\n", "api_endpoint: must be an http:// or https:// URL"),
+        (
+            "api_endpoint: [http://a:1/e, b:2]\n",
+            "api_endpoint: must be an http:// or https:// URL, not 'b:2'",
+        ),
+        ("api_endpoint: [http://a:1/e, http://a:1/e]\n", "'http://a:1/e' is given twice"),
+        ("api_endpoint: []\n", "api_endpoint: must name at least one http:// or https:// URL"),
+        ("api_endpoint: 8000\n", "api_endpoint: must be a URL or a list of URLs, not 8000"),
+        ("api_endpoint: [http://a:1/e, 2]\n", "must be a URL or a list of URLs"),
         ("events_file: 3\n", "events_file: must be a string, not 3"),
     ],
 )
@@ -686,3 +697,42 @@ def test_serve_names_a_bad_route_in_its_config_file(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"eventctl: error: {config}: forward[1].match: must be a list of strings, not 5"
     ]
+
+
+def test_api_endpoint_is_one_url_or_a_list_from_the_file_the_environment_or_repeated_flags(
+    tmp_path: Path,
+) -> None:
+    one = write(tmp_path, 'api_endpoint: "http://a:1/event"\n')
+    assert load_config(PropagatorConfig, one, required=True, environ={}).api_endpoint == (
+        "http://a:1/event",
+    )
+    listed = write(tmp_path, "api_endpoint:\n  - http://a:1/event\n  - http://b:2/event\n")
+    cfg = load_config(PropagatorConfig, listed, required=True, environ={})
+    assert cfg.api_endpoint == ("http://a:1/event", "http://b:2/event")
+    assert cfg.endpoints_text == "http://a:1/event http://b:2/event"
+    environ = {"EVENTCTL_API_ENDPOINT": " http://c:3/e\thttp://d:4/e "}
+    from_env = load_config(PropagatorConfig, listed, required=True, environ=environ)
+    assert from_env.api_endpoint == ("http://c:3/e", "http://d:4/e")
+    flags = {"api_endpoint": ["http://e:5/e", "http://f:6/e", "http://g:7/e"]}
+    from_flags = load_config(
+        PropagatorConfig, listed, required=True, environ=environ, overrides=flags
+    )
+    assert from_flags.api_endpoint == ("http://e:5/e", "http://f:6/e", "http://g:7/e")
+    with pytest.raises(ConfigError, match="EVENTCTL_API_ENDPOINT: must name at least one"):
+        load_config(PropagatorConfig, listed, required=True, environ={"EVENTCTL_API_ENDPOINT": ""})
+    too_many = {"api_endpoint": [f"http://h:{port}/e" for port in range(1, MAX_ENDPOINTS + 2)]}
+    with pytest.raises(ConfigError, match=f"--endpoint: names {MAX_ENDPOINTS + 1} URLs; at most"):
+        load_config(PropagatorConfig, listed, required=True, environ={}, overrides=too_many)
+
+
+def test_a_forwarding_route_may_take_several_urls(tmp_path: Path) -> None:
+    text = "forward:\n  - name: both\n    url: [http://a:1/e, http://b:2/e]\n  - http://c:3/e\n"
+    cfg = load_config(ConsumerConfig, write(tmp_path, text), required=True, environ={})
+    assert [r.urls for r in cfg.forward] == [("http://a:1/e", "http://b:2/e"), ("http://c:3/e",)]
+    assert ConsumerConfig.from_json(cfg.to_json()) == cfg
+    bad = "forward:\n  - url: [http://a:1/e, 3]\n"
+    with pytest.raises(ConfigError, match=r"forward\[0\]\.url: must be a URL or a list of URLs"):
+        load_config(ConsumerConfig, write(tmp_path, bad), required=True, environ={})
+    twice = "forward:\n  - url: [http://a:1/e, http://a:1/e]\n"
+    with pytest.raises(ConfigError, match=r"forward\[0\]\.url: 'http://a:1/e' is given twice"):
+        load_config(ConsumerConfig, write(tmp_path, twice), required=True, environ={})

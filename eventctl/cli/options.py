@@ -95,7 +95,9 @@ PropagatorConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
-EndpointOption = Annotated[str | None, config_option(PropagatorConfig, "api_endpoint")]
+EndpointOption = Annotated[
+    list[str] | None, config_option(PropagatorConfig, "api_endpoint", metavar="URL")
+]
 EventsFileOption = Annotated[str | None, config_option(PropagatorConfig, "events_file")]
 IntervalOption = Annotated[float | None, config_option(PropagatorConfig, "interval_seconds")]
 SpoolOption = Annotated[str | None, config_option(PropagatorConfig, "spool_path")]

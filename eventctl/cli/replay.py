@@ -73,8 +73,13 @@ def _check_url(to: str) -> None:
 @guarded
 def replay(
     to: Annotated[
-        str | None,
-        typer.Option("--to", help="POST the events to this URL.", metavar="URL"),
+        list[str] | None,
+        typer.Option(
+            "--to",
+            help="POST the events to this URL (repeatable: several share the events, "
+            "failing over as propagate's endpoints do).",
+            metavar="URL",
+        ),
     ] = None,
     from_file: Annotated[
         Path | None,
@@ -158,8 +163,8 @@ def replay(
 
     if to is None and not dry_run:
         raise typer.BadParameter("where to? give --to URL", param_hint="--to")
-    if to is not None:
-        _check_url(to)
+    for url in to or ():
+        _check_url(url)
     if dry_run and as_curl:
         raise typer.BadParameter("give either --dry-run or --as-curl", param_hint="--as-curl")
     if as_json and not dry_run:
@@ -187,7 +192,7 @@ def replay(
         signing_secret_file=signing_secret_file,
         auth_token_file=auth_token_file,
     )
-    destination = to or cfg.api_endpoint
+    destination = cfg.endpoints_text
     env = current()
     if from_file is not None:
         source = Replay.from_file(
@@ -198,11 +203,11 @@ def replay(
         source = Replay.from_database(ccfg.database_url, selection, to=destination, new_ids=new_ids)
     try:
         if dry_run:
-            _dry_run(source, to, pacing, as_json=as_json)
+            _dry_run(source, cfg.endpoints_text if to else None, pacing, as_json=as_json)
             return
         if as_curl:
             credentials = propagator_credentials(cfg, env.environ)
-            _print_curl(source, destination, credentials)
+            _print_curl(source, cfg.api_endpoint[0], credentials)
             return
 
         def plan(upto: int | None, after: int | None, window: str | None) -> tuple[int, int, Pages]:

@@ -6,9 +6,10 @@ import dataclasses
 import functools
 import shlex
 import sys
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -36,10 +37,13 @@ from eventctl.cli.options import (
     with_events,
 )
 from eventctl.config import PropagatorConfig as P
-from eventctl.errors import ExitCode, InvalidEvent, Refused, ServerFailed
+from eventctl.errors import ExitCode, InvalidEvent, Refused, ServerFailed, Unavailable
 from eventctl.events import Event, new_event_id, parse_json, validate_event
 from eventctl.propagator.templates import EventPool, load_events_file
 from eventctl.textsafe import visible
+
+if TYPE_CHECKING:
+    from eventctl.propagator.propagator import Sent
 
 
 @guarded
@@ -270,17 +274,22 @@ def send_once(
         event = source.pick(random.Random(), 1, lambda: datetime.now(UTC))
     if overrides:
         event = validate_event({**event._asdict(), **_parse_sets(overrides)})
-    sent = send_event(
+    event_id = idempotency_key or new_event_id()
+    credentials = propagator_credentials(cfg, current().environ)
+    reached, sent = _send_to_first(
         cfg.api_endpoint,
-        event,
-        event_id=idempotency_key or new_event_id(),
-        timeout=cfg.request_timeout_seconds,
-        clock=time.monotonic,
-        credentials=propagator_credentials(cfg, current().environ),
+        lambda url: send_event(
+            url,
+            event,
+            event_id=event_id,
+            timeout=cfg.request_timeout_seconds,
+            clock=time.monotonic,
+            credentials=credentials,
+        ),
     )
     if as_json:
         outcome = {
-            "endpoint": cfg.api_endpoint,
+            "endpoint": reached,
             "status_code": sent.status,
             "event_id": sent.event_id,
             "replayed": sent.replayed,
@@ -289,7 +298,7 @@ def send_once(
             "response": sent.body,
         }
         out.document(current().stdout, outcome)
-    where = f"{cfg.api_endpoint}: {sent.status}"
+    where = f"{reached}: {sent.status}"
     answer = classify(sent.status)
     if answer is Answer.REFUSED:
         raise Refused(f"refused by {where} {sent.error_text()}")
@@ -300,7 +309,31 @@ def send_once(
         replayed = " (replayed: already stored)" if sent.replayed else ""
         current().print(
             visible(
-                f"{sent.status} {event.event_type} -> {cfg.api_endpoint} "
+                f"{sent.status} {event.event_type} -> {reached} "
                 f"event_id={sent.event_id} {sent.latency * 1000:.1f} ms{replayed}"
             )
         )
+
+
+def _send_to_first(urls: Sequence[str], send: Callable[[str], Sent]) -> tuple[str, Sent]:
+    """Send to each of `urls` in turn (one event, one id) until one answers other than a
+    5xx; the URL and answer of the last try. Unavailable when none answered at all."""
+    unreachable: list[str] = []
+    answer: tuple[str, Sent] | None = None
+    for url in urls:
+        try:
+            sent = send(url)
+        except Unavailable as exc:
+            unreachable.append(str(exc))
+            continue
+        answer = (url, sent)
+        if sent.status < 500:
+            break
+        if url != urls[-1]:
+            typer.echo(
+                visible(f"{sent.status} from {url}; trying the next endpoint"),
+                file=current().stderr,
+            )
+    if answer is None:
+        raise Unavailable("; ".join(unreachable))
+    return answer

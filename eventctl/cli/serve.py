@@ -129,7 +129,7 @@ def up(
 
     def propagate(endpoint: str) -> Stats:
         return propagate_events(
-            dataclasses.replace(pcfg, api_endpoint=endpoint),
+            dataclasses.replace(pcfg, api_endpoint=(endpoint,)),
             events,
             count=count,
             duration=seconds,

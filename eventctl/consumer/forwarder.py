@@ -30,6 +30,7 @@ import httpx
 from eventctl.auth import Credentials
 from eventctl.config import ForwardRoute
 from eventctl.delivery import Answer, Attempt, post_once, timeout_extensions
+from eventctl.endpoints import Endpoints
 from eventctl.errors import DatabaseError
 from eventctl.events import Event
 from eventctl.outbox import PAUSED, Batch, Breaker, Entry, Outbox, RouteRow, Settled
@@ -114,7 +115,7 @@ class _Route:
     id: int
     credentials: Credentials
     transport: httpx.AsyncBaseTransport
-    url: httpx.URL
+    endpoints: Endpoints
     extensions: dict[str, Any]
     senders_max: int  # sends at once: 1 when ordered, else max_in_flight
     counters: RouteCounters = field(default_factory=RouteCounters)
@@ -175,7 +176,7 @@ class Forwarder:
         self.configs = list(routes)
         self.credentials = list(credentials or [Credentials() for _ in routes])
         self.make_transport = transport or (
-            lambda r: http_transport(r.url, max_connections=r.max_in_flight)
+            lambda r: http_transport(*r.urls, max_connections=r.max_in_flight)
         )
         self.wall_ms = wall_ms
         self.rng = rng or random.Random()
@@ -242,7 +243,7 @@ class Forwarder:
                 id=ids[config.name],
                 credentials=credentials,
                 transport=self.make_transport(config),
-                url=httpx.URL(config.url),
+                endpoints=Endpoints(config.urls, time.monotonic),
                 extensions=timeout_extensions(config.timeout_seconds),
                 senders_max=1 if config.ordered else config.max_in_flight,
             )
@@ -386,20 +387,7 @@ class Forwarder:
             if time.monotonic() - claimed_at > lease_ms(config) / 1000 - config.timeout_seconds:
                 self._done(route, None)
                 return
-            route.counters.attempts += 1
-            attempt = await post_once(
-                route.transport,
-                route.url,
-                route.credentials,
-                entry.event_id,
-                Event(entry.event_type, entry.event_payload),
-                extensions=route.extensions,
-                clock=time.monotonic,
-                wall_clock=_now,
-                # httpx's timeouts are per phase (connect, write, each read): a send must
-                # end within its lease
-                total_timeout=config.timeout_seconds,
-            )
+            attempt = await self._attempt(route, entry)
         except asyncio.CancelledError:
             self._done(route, None)  # stopping: its lease is given back
             raise
@@ -407,6 +395,41 @@ class Forwarder:
             log.exception("forwarding to %s: sending event %s failed", config.name, entry.event_id)
             attempt = Attempt(None, type(exc).__name__, 0.0, None, False)
         self._finish(route, entry, attempt)
+
+    async def _attempt(self, route: _Route, entry: Entry) -> Attempt:
+        """Send `entry` on `route`: to one of its URLs, and (several) at once to another
+        healthy one after a failure, within one timeout in all; the last attempt's answer."""
+        config, endpoints = route.config, route.endpoints
+        event = Event(entry.event_type, entry.event_payload)
+        deadline = time.monotonic() + config.timeout_seconds
+        endpoint = None
+        while True:
+            endpoint = endpoints.pick(endpoint)
+            route.counters.attempts += 1
+            try:
+                attempt = await post_once(
+                    route.transport,
+                    endpoint.url,
+                    route.credentials,
+                    entry.event_id,
+                    event,
+                    extensions=route.extensions,
+                    clock=time.monotonic,
+                    wall_clock=_now,
+                    # httpx's timeouts are per phase (connect, write, each read): a send must
+                    # end within its lease
+                    total_timeout=max(deadline - time.monotonic(), 0.0),
+                )
+            except BaseException:
+                endpoints.released(endpoint)
+                raise
+            endpoints.answered(endpoint, attempt.status, attempt.error)
+            if (
+                attempt.answer is not Answer.TRY_AGAIN
+                or not endpoints.has_healthy(besides=endpoint)
+                or time.monotonic() >= deadline
+            ):
+                return attempt
 
     def _finish(self, route: _Route, entry: Entry, attempt: Attempt) -> None:
         config = route.config

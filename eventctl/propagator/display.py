@@ -14,6 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from eventctl.endpoints import Endpoints
 from eventctl.histogram import Histogram
 from eventctl.propagator.propagator import QUANTILES, Record, Stats
 from eventctl.textsafe import visible
@@ -104,9 +105,10 @@ def render(stats: Stats, now: float, *, title: str = TITLE) -> RenderableType:
         in_flight.append(f"  cap hit: {waiting}", style="bold yellow")
     if stats.spool_full:
         in_flight.append("  spool full: generation paused", style="bold yellow")
-    head.add_row(
-        "endpoint", Text(visible(stats.endpoint)), "elapsed", _elapsed(now - stats.started_at)
-    )
+    endpoints = stats.endpoints
+    several = endpoints is not None and len(endpoints) > 1
+    shown = f"{len(endpoints)} endpoints" if several and endpoints else stats.endpoint
+    head.add_row("endpoint", Text(visible(shown)), "elapsed", _elapsed(now - stats.started_at))
     head.add_row(*_pace(stats, now), "in flight", in_flight)
 
     counts = _counts(stats)
@@ -147,9 +149,37 @@ def render(stats: Stats, now: float, *, title: str = TITLE) -> RenderableType:
             str(record.attempt),
         )
     parts: list[RenderableType] = [head, Text(), counts, Text(), latency]
+    if several and endpoints is not None:
+        parts += [Text(), endpoint_table(endpoints, now)]
     if stats.recent:
         parts += [Text(), recent]
     return Panel(Group(*parts), title=title, title_align="left", expand=False)
+
+
+STATE_STYLE = {"up": "green", "down": "bold red", "probing": "yellow"}
+
+
+def endpoint_table(endpoints: Endpoints, now: float) -> Table:
+    """A row per endpoint: its state (how long it stays down), attempts, outcomes."""
+    table = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
+    table.add_column("endpoint", max_width=40, no_wrap=True, overflow="ellipsis")
+    for name in ("state", "attempts", "delivered", "failed"):
+        table.add_column(name, justify="left" if name == "state" else "right")
+    table.add_column("last error", max_width=30, no_wrap=True, overflow="ellipsis")
+    for endpoint in endpoints.all:
+        state = Text(endpoint.state, style=STATE_STYLE[endpoint.state])
+        if endpoint.state == "down":
+            left = endpoint.down_until - now
+            state.append(f" {left:.1f}s" if left > 0 else " (next probes)", style="dim")
+        table.add_row(
+            Text(visible(endpoint.text)),
+            state,
+            str(endpoint.attempts),
+            str(endpoint.delivered),
+            Text(str(endpoint.failed), style="red" if endpoint.failed else ""),
+            Text(visible(endpoint.last_error or "")),
+        )
+    return table
 
 
 def log_line(record: Record, started_at: float) -> str:
@@ -168,6 +198,8 @@ def log_line(record: Record, started_at: float) -> str:
         parts.append(f"retry in {record.retry_in:.2f}s")
     if record.replayed:
         parts.append("replayed")
+    if record.endpoint is not None:
+        parts.append(f"to {visible(record.endpoint)}")
     parts.append(f"id={record.event_id}")
     return "  ".join(parts)
 
@@ -184,6 +216,7 @@ def record_json(record: Record, started_at: float) -> dict[str, Any]:
         "latency_ms": None if record.latency is None else round(record.latency * 1000, 3),
         "retry_in": record.retry_in,
         "replayed": record.replayed,
+        **({} if record.endpoint is None else {"endpoint": record.endpoint}),
     }
 
 
@@ -248,7 +281,23 @@ def summary_lines(summary: dict[str, Any], *, title: str = TITLE) -> list[str]:
     cpu = summary["cpu_per_event_us"]
     if cpu is not None and sent >= CPU_MIN_EVENTS and sent >= CPU_MIN_RATE * elapsed:
         second.append(f"CPU {cpu:.1f} µs/event")
-    return [first, "; ".join(second), *stage_lines(summary)]
+    return [first, "; ".join(second), *stage_lines(summary), *endpoint_lines(summary)]
+
+
+def endpoint_lines(summary: dict[str, Any]) -> list[str]:
+    """With several endpoints: the failovers, and a line per endpoint."""
+    if "endpoints" not in summary:
+        return []
+    lines = [f"{_plural(summary['failovers'], 'failover')} to another endpoint"]
+    for e in summary["endpoints"]:
+        line = (
+            f"  {visible(e['endpoint'])}: {e['state']}, {_plural(e['attempts'], 'attempt')}, "
+            f"{e['delivered']} delivered, {e['failed']} failed"
+        )
+        if e["last_error"]:
+            line += f" (last: {visible(e['last_error'])})"
+        lines.append(line)
+    return lines
 
 
 class Display:

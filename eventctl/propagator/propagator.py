@@ -23,12 +23,14 @@ import httpx
 from eventctl.auth import Credentials
 from eventctl.delivery import (
     Answer,
+    Attempt,
     classify,
     event_body,
     post_once,
     request_headers,
     timeout_extensions,
 )
+from eventctl.endpoints import Endpoint, Endpoints
 from eventctl.errors import InvalidEvent, Unavailable
 from eventctl.events import Event, new_event_id
 from eventctl.histogram import Histogram
@@ -63,6 +65,7 @@ class Record(NamedTuple):
     latency: float | None = None
     retry_in: float | None = None
     replayed: bool = False
+    endpoint: str | None = None  # where the attempt went, when there are several
 
     @property
     def result(self) -> str:
@@ -105,6 +108,7 @@ class Stats:
     origin: float = 0.0
     schedule: Schedule | None = None
     stage_sent: list[int] = field(default_factory=list)
+    endpoints: Endpoints | None = None
 
     def percentile(self, q: float, data: deque[float]) -> float | None:
         """Quantile (0-1) of the last LATENCY_WINDOW values of `data` (lateness), seconds."""
@@ -172,7 +176,15 @@ class Stats:
             "cpu_per_event_us": round(self.cpu_seconds / sent * 1e6, 1) if sent else None,
             "rate_changed": self.schedule is not None and self.schedule.scaled,
             "stages": self.stages(),
+            **self._endpoints(now),
         }
+
+    def _endpoints(self, now: float) -> dict[str, object]:
+        """With several endpoints: each one's state and counts, and the failovers."""
+        endpoints = self.endpoints
+        if endpoints is None or len(endpoints) == 1:
+            return {}
+        return {"failovers": endpoints.failovers, "endpoints": endpoints.summary(now)}
 
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999, "max": 1.0}
@@ -243,16 +255,22 @@ async def _in_thread(read: Callable[[], Sequence[Scheduled]]) -> Sequence[Schedu
 
 @dataclass(frozen=True)
 class Delivery:
-    """Where each event goes and how: POSTed to `endpoint` through `transport` with
+    """Where each event goes and how: POSTed to `endpoint` (one URL, or several that
+    share the events, see eventctl.endpoints) through `transport` with
     `credentials`, each attempt given `timeout` seconds, failed attempts retried by
     `policy`, and at most `max_in_flight` events unsettled at once."""
 
-    endpoint: str
+    endpoint: str | Sequence[str]
     transport: httpx.AsyncBaseTransport
     credentials: Credentials = field(default_factory=Credentials)
     timeout: float = 10.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     max_in_flight: int = 100
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        endpoint = self.endpoint
+        return (endpoint,) if isinstance(endpoint, str) else tuple(endpoint)
 
 
 @dataclass(frozen=True)
@@ -324,11 +342,13 @@ class Propagator:
         events = plan.events
         self.source = events if isinstance(events, EventPool) else EventPool.plain(events)
         self.on_record = observers.on_record
-        self._url = httpx.URL(delivery.endpoint)  # parsed once, not per request
+        self.endpoints = Endpoints(delivery.urls, runtime.clock)  # URLs parsed once
+        self._several = len(self.endpoints) > 1
         self._extensions = timeout_extensions(delivery.timeout)
         self.stats = observers.stats or Stats(
-            delivery.endpoint, plan.interval, delivery.max_in_flight
+            " ".join(delivery.urls), plan.interval, delivery.max_in_flight
         )
+        self.stats.endpoints = self.endpoints
         self.schedule = plan.schedule
         if self.schedule is None and plan.replay is None and plan.interval > 0:
             self.schedule = Schedule.steady(1 / plan.interval, plan.duration)
@@ -457,6 +477,10 @@ class Propagator:
                 if offset is None or start + offset > now or self._done():
                     break
             if not fresh:
+                if stats.capped or stats.spool_full:
+                    # all dropped: look again in GATHER_SECONDS, not at every tick (flat out,
+                    # a wake-up per tick cost more CPU than the events sent)
+                    committed = now
                 continue
             if spool is not None:
                 spool.add_many(fresh)
@@ -643,29 +667,37 @@ class Propagator:
         if self.on_record is not None:
             self.on_record(record)
 
-    async def _post(self, event_id: str, event: Event, attempt: int) -> tuple[Record, float | None]:
-        """One attempt: the record of what happened, and the Retry-After delay if any."""
+    async def _post(
+        self, endpoint: Endpoint, event_id: str, event: Event, attempt: int
+    ) -> tuple[Record, float | None]:
+        """One attempt, to `endpoint`: the record of what happened, and the Retry-After
+        delay if any."""
         runtime, delivery = self.runtime, self.delivery
-        tried = await post_once(
-            delivery.transport,
-            self._url,
-            delivery.credentials,
-            event_id,
-            event,
-            extensions=self._extensions,
-            clock=runtime.clock,
-            wall_clock=runtime.wall_clock,
-        )
-        now = runtime.clock()
-        status = tried.status
-        if status is None:
-            error = tried.error
-            record = Record(
-                "failed", event_id, event.event_type, attempt, now, None, error, tried.latency
+        try:
+            tried = await post_once(
+                delivery.transport,
+                endpoint.url,
+                delivery.credentials,
+                event_id,
+                event,
+                extensions=self._extensions,
+                clock=runtime.clock,
+                wall_clock=runtime.wall_clock,
             )
-            return record, None
-        if classify(status) is Answer.DELIVERED:
-            record = Record(
+        except BaseException:
+            self.endpoints.released(endpoint)
+            raise
+        record = self._record(tried, event_id, event, attempt)
+        if self._several:  # one endpoint is always the one: its health changes nothing
+            self.endpoints.answered(endpoint, tried.status, tried.error)
+            record = record._replace(endpoint=endpoint.text)
+        return record, tried.retry_after if record.outcome == "failed" else None
+
+    def _record(self, tried: Attempt, event_id: str, event: Event, attempt: int) -> Record:
+        now = self.runtime.clock()
+        status = tried.status
+        if status is not None and classify(status) is Answer.DELIVERED:
+            return Record(
                 "delivered",
                 event_id,
                 event.event_type,
@@ -675,23 +707,26 @@ class Propagator:
                 latency=tried.latency,
                 replayed=tried.replayed,
             )
-            return record, None
-        record = Record(
-            "failed", event_id, event.event_type, attempt, now, status, latency=tried.latency
+        return Record(
+            "failed", event_id, event.event_type, attempt, now, status, tried.error, tried.latency
         )
-        return record, tried.retry_after
 
     async def _deliver(self, event_id: str, event: Event, due: float) -> None:
         """Attempt until delivered, refused, or out of attempts or time; settle the event.
-        The latency of an answer counts from `due`, its service time from its attempt."""
+        The latency of an answer counts from `due`, its service time from its attempt. An
+        attempt that failed is tried again at once on another endpoint when one is healthy
+        (with the same id, so it is stored once), else after the policy's delay."""
         stats, clock, policy = self.stats, self.runtime.clock, self.delivery.policy
         spool = None if self.spooling is None else self.spooling.spool
         timeline = stats.timeline
+        endpoints = self.endpoints
         deadline = clock() + policy.max_elapsed_seconds
+        endpoint = None
         try:
             for attempt in range(1, policy.attempts + 1):
                 stats.attempts += 1
-                record, retry_after = await self._post(event_id, event, attempt)
+                endpoint = endpoints.pick(endpoint)
+                record, retry_after = await self._post(endpoint, event_id, event, attempt)
                 if timeline is not None:
                     at = record.at - stats.origin
                     if attempt > 1:
@@ -710,6 +745,9 @@ class Propagator:
                 refused = classify(record.status) is Answer.REFUSED
                 if refused or attempt == policy.attempts or left <= 0:
                     break
+                if self._several and endpoints.has_healthy(besides=endpoint):
+                    self._report(record._replace(outcome="retrying", retry_in=0.0))
+                    continue
                 delay = retry_after
                 if delay is None:
                     delay = policy.delay(attempt, self.runtime.jitter_rng)

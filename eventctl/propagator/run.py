@@ -17,7 +17,7 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -201,7 +201,7 @@ def spool_hints(stats: Stats, cfg: PropagatorConfig, run: Run | None) -> list[st
 
 def propagator_transport(cfg: PropagatorConfig) -> httpx.AsyncBaseTransport:
     """The transport to `cfg`'s endpoint, as many connections as events in flight."""
-    return http_transport(cfg.api_endpoint, max_connections=cfg.max_in_flight)
+    return http_transport(*cfg.api_endpoint, max_connections=cfg.max_in_flight)
 
 
 async def _refresh(display: Display, clock: Callable[[], float]) -> None:
@@ -314,7 +314,7 @@ def _begin_run(
     if count == 0:
         return None, count
     events_file = str(Path(cfg.events_file).resolve())
-    run, resumed = spool.begin_run(count, cfg.api_endpoint, events_file, new=new)
+    run, resumed = spool.begin_run(count, cfg.endpoints_text, events_file, new=new)
     if resumed and count is not None:
         count = max(count - run.generated, 0)
     return run, count
@@ -334,7 +334,7 @@ def write_run_report(  # noqa: PLR0913 - the run's stats, summary and settings; 
     assert stats.timeline is not None
     meta = {
         "command": command,
-        "endpoint": cfg.api_endpoint,
+        "endpoint": cfg.endpoints_text,
         "started_at": started.isoformat(timespec="seconds"),
         "duration_seconds": summary["elapsed_seconds"],
         "workers": workers,
@@ -388,7 +388,7 @@ def propagate_events(  # noqa: PLR0913 - one keyword per flag of propagate; titl
     try:
         run, count = _begin_run(spool, cfg, count, new=new_run)
         resend = _resend(spool, spool.entries("pending", kind="propagate"))
-        stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
+        stats = Stats(cfg.endpoints_text, cfg.interval_seconds, cfg.max_in_flight)
         stats.keys = keys
         if report is not None:
             stats.timeline = Timeline()
@@ -443,15 +443,20 @@ class ReplayJob:
     plan: Callable[[int | None, int | None, str | None], tuple[int, int, Pages]]
 
 
-def check_reachable(url: str, timeout: float) -> None:
-    """Raise Unavailable unless a TCP connection to `url`'s host and port opens."""
-    parsed = httpx.URL(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.host, port), timeout=timeout).close()
-    except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise Unavailable(f"cannot connect to {url}: {reason}") from None
+def check_reachable(urls: Sequence[str], timeout: float) -> None:
+    """Raise Unavailable unless a TCP connection to the host and port of one of `urls`
+    opens (the others are found down by their first attempt)."""
+    problems = []
+    for url in urls:
+        parsed = httpx.URL(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.host, port), timeout=timeout).close()
+        except OSError as exc:
+            problems.append(f"{url}: {exc.strerror or str(exc) or type(exc).__name__}")
+        else:
+            return
+    raise Unavailable(f"cannot connect to {'; '.join(problems)}")
 
 
 def replay_events(  # noqa: PLR0913 - the job, display mode, --new-run, title, environ, streams
@@ -486,7 +491,7 @@ def replay_events(  # noqa: PLR0913 - the job, display mode, --new-run, title, e
             check_reachable(cfg.api_endpoint, cfg.request_timeout_seconds)
             run = spool.new_run(
                 total,
-                cfg.api_endpoint,
+                cfg.endpoints_text,
                 job.name,
                 kind="replay",
                 run_key=job.key,
@@ -494,7 +499,7 @@ def replay_events(  # noqa: PLR0913 - the job, display mode, --new-run, title, e
                 window=job.window,
             )
         resend = _resend(spool, spool.entries("pending", run_id=run.run_id))
-        stats = Stats(cfg.api_endpoint, job.interval, cfg.max_in_flight, pacing=job.pacing)
+        stats = Stats(cfg.endpoints_text, job.interval, cfg.max_in_flight, pacing=job.pacing)
         display = make_display(mode, stats, title=title, stdout=stdout, stderr=stderr)
         propagator = Propagator(
             Plan(replay=pages),
@@ -509,7 +514,8 @@ def replay_events(  # noqa: PLR0913 - the job, display mode, --new-run, title, e
             )
         else:
             display.print(
-                f"replaying {total} events from {job.name} to {cfg.api_endpoint} (run {run.run_id})"
+                f"replaying {total} events from {job.name} to {cfg.endpoints_text} "
+                f"(run {run.run_id})"
             )
         stats = _run_async(_propagate(propagator, display))
         summary = stats.summary(propagator.runtime.clock())

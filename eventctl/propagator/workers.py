@@ -38,6 +38,7 @@ from typing import Any, TextIO
 from rich.console import Console
 
 from eventctl.config import PropagatorConfig
+from eventctl.endpoints import Endpoints
 from eventctl.errors import EventctlError, ExitCode
 from eventctl.histogram import Histogram
 from eventctl.propagator.display import TITLE, Display
@@ -120,6 +121,7 @@ def _snapshot(stats: Stats, kind: str) -> dict[str, Any]:
         latency=stats.latency.to_json(),
         service=stats.service.to_json(),
         recent=[list(record) for record in stats.recent],
+        endpoints=None if stats.endpoints is None else stats.endpoints.to_json(),
     )
     if kind == "final":
         data.update(
@@ -173,7 +175,8 @@ class _PipeDisplay(Display):
 
 def _build(spec: dict[str, Any], spool: Spool, stream: TextIO) -> tuple[Propagator, _PipeDisplay]:
     """The propagator of a worker's spec, in its run of `spool`, reporting on `stream`."""
-    cfg = PropagatorConfig(**spec["config"])
+    config = spec["config"]
+    cfg = PropagatorConfig(**{**config, "api_endpoint": tuple(config["api_endpoint"])})
     environ = os.environ
     credentials = propagator_credentials(cfg, environ)
     count = spec["count"]
@@ -187,7 +190,7 @@ def _build(spec: dict[str, Any], spool: Spool, stream: TextIO) -> tuple[Propagat
     pending = [e for e in spool.entries("pending", kind="propagate") if e.event_id in wanted]
     spool.track(pending)
     spool.pending_count = len(pending)
-    stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight)
+    stats = Stats(cfg.endpoints_text, cfg.interval_seconds, cfg.max_in_flight)
     if spec["timeline"]:
         stats.timeline = Timeline()
     display = _PipeDisplay(stats, stream, records=spec["records"])
@@ -344,6 +347,9 @@ class _Fleet:
         )
         stats.recent.clear()
         stats.recent.extend(recent[-(stats.recent.maxlen or 0) :])
+        parts = [data["endpoints"] for data in found if data.get("endpoints")]
+        if stats.endpoints is not None and parts:
+            stats.endpoints.add_up(parts)
         if recent:
             stats.last = recent[-1]
 
@@ -480,10 +486,11 @@ def propagate_in_workers(  # noqa: PLR0913 - propagate_events' keywords, and wor
         spool.close()
     if schedule is None:
         schedule = Schedule.steady(1 / cfg.interval_seconds, duration)
-    stats = Stats(cfg.api_endpoint, cfg.interval_seconds, cfg.max_in_flight * workers)
+    stats = Stats(cfg.endpoints_text, cfg.interval_seconds, cfg.max_in_flight * workers)
     stats.keys = keys
     stats.schedule = schedule
     stats.stage_sent = [0] * len(schedule.stages)
+    stats.endpoints = Endpoints(cfg.api_endpoint, time.monotonic)
     display = make_display(
         mode, stats, title=f"{title} ({workers} workers)", stdout=stdout, stderr=stderr
     )

@@ -668,3 +668,62 @@ def spool_pending() -> int:
         return spool.counts()["pending"]
     finally:
         spool.close()
+
+
+def test_propagate_fails_over_from_a_dead_endpoint_and_stores_every_event_once(
+    server: Server,
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/event"
+    live = server.url + "/event"
+    result = propagate(
+        *("--endpoint", dead, "--endpoint", live, "--interval", "0.01", "--count", "40"),
+        "--json-log",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "40 sent, 40 delivered, 0 failed, 0 pending" in result.stderr
+    assert "to another endpoint" in result.stderr
+    assert f"  {dead}: down," in result.stderr
+    assert f"  {live}: up," in result.stderr
+    rows = stored_rows(server.database_url)
+    assert len(rows) == len({event_id for event_id, _ in rows}) == 40
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    failovers = [line for line in lines if line["kind"] == "retrying"]
+    assert failovers
+    assert {line["endpoint"] for line in failovers} == {dead}
+    summary = lines[-1]
+    assert summary["kind"] == "summary"
+    assert summary["failovers"] == len(failovers)
+    assert [e["endpoint"] for e in summary["endpoints"]] == [dead, live]
+    assert run_cli("verify", "--database-url", server.database_url).returncode == 0
+
+
+def test_the_config_file_may_list_several_endpoints(server: Server, tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/event"
+    config = tmp_path / "propagator.yaml"
+    config.write_text(
+        f"interval_seconds: 0.01\napi_endpoint:\n  - {dead}\n  - {server.url}/event\n"
+        f"events_file: {EVENTS_FILE}\n"
+    )
+    result = run_cli("propagate", "--config", str(config), "--count", "10", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "10 sent, 10 delivered" in result.stderr
+    assert len(stored_rows(server.database_url)) == 10
+
+
+def test_send_once_tries_the_next_endpoint_when_one_does_not_answer(server: Server) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/event"
+    sent = run_cli(
+        "send-once",
+        *("--endpoint", dead, "--endpoint", server.url + "/event"),
+        *("--type", "t", "--payload", "p", "--json"),
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["endpoint"] == server.url + "/event"
+    assert len(stored_rows(server.database_url)) == 1
+    nobody = run_cli(
+        "send-once",
+        *("--endpoint", dead, "--endpoint", f"http://127.0.0.1:{free_port()}/event"),
+        *("--type", "t", "--payload", "p"),
+    )
+    assert nobody.returncode == ExitCode.UNAVAILABLE
+    assert_one_line_error(nobody.stderr, f"cannot connect to {dead}")

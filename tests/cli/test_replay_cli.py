@@ -108,6 +108,28 @@ def test_captured_events_replayed_to_a_second_consumer(
     assert sorted(r[1:] for r in doubled) == sorted(r[1:] for r in original * 2)
 
 
+def test_a_replay_to_several_urls_shares_them_and_fails_over(
+    two_consumers: tuple[Server, Server], tmp_path: Path
+) -> None:
+    a, b = two_consumers
+    fill(a.database_url, 300)
+    dead = f"http://127.0.0.1:{free_port()}/event"
+    shared = replay(
+        *("--database-url", a.database_url, "--rate", "1000"),
+        *("--to", b.url + "/event", "--to", dead, "--json-log"),
+    )
+    assert shared.returncode == 0, shared.stderr
+    assert "300 sent, 300 delivered, 0 failed, 0 pending" in shared.stderr
+    assert sorted(rows_of(b.database_url)) == sorted(rows_of(a.database_url))
+    summary = json.loads(shared.stdout.splitlines()[-1])
+    assert summary["failovers"] >= 1
+    assert [e["endpoint"] for e in summary["endpoints"]] == [b.url + "/event", dead]
+    dry = replay(
+        "--database-url", a.database_url, "--to", b.url + "/event", "--to", dead, "--dry-run"
+    )
+    assert f"to {b.url}/event {dead}," in dry.stdout
+
+
 def test_an_export_moves_events_between_machines(
     two_consumers: tuple[Server, Server], tmp_path: Path
 ) -> None:

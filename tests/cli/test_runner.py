@@ -59,12 +59,14 @@ def test_local_url_replaces_wildcards_with_loopback() -> None:
 
 
 def test_the_propagator_sends_http_through_lean_transport_and_https_through_aiohttp() -> None:
-    def transport_for(endpoint: str) -> str:
-        cfg = PropagatorConfig(api_endpoint=endpoint)
+    def transport_for(*endpoints: str) -> str:
+        cfg = PropagatorConfig(api_endpoint=endpoints)
         return type(propagator_transport(cfg)).__name__
 
     assert transport_for("http://127.0.0.1:8000/event") == "LeanTransport"
+    assert transport_for("http://127.0.0.1:8000/event", "http://[::1]:8001/e") == "LeanTransport"
     assert transport_for("https://events.example/event") == "AiohttpTransport"
+    assert transport_for("http://127.0.0.1:8000/event", "https://b.example/") == "AiohttpTransport"
 
 
 def test_the_workers_environment_is_set_for_the_block_and_restored_after(

@@ -445,3 +445,30 @@ def test_a_410_does_not_start_the_retry_clock() -> None:
 
     gone = entry_after(Attempt(410, None, 0.0, None, False), ENTRY, route(), 5_000, random.Random())
     assert (gone.kind, gone.first_attempt_ms) == ("kept", None)
+
+
+async def test_a_route_of_several_urls_fails_over_at_once_and_sends_each_event_once(
+    store: Store,
+) -> None:
+    arrived: dict[str, list[str]] = {"a.test": [], "b.test": []}
+
+    async def a_down(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        arrived[host].append(request.headers["Idempotency-Key"])
+        if host == "a.test":
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json={"status": "success"})
+
+    urls = "http://a.test/event http://b.test/event"
+    forwarder = Forwarder(store.url, [route(urls, name="both")], transport=mock(a_down))
+    await forwarder.start()
+    try:
+        ids = store_events(store, forwarder, 100)
+        await until(lambda: shown(store)["both"].delivered == 100)
+    finally:
+        await forwarder.stop()
+    assert sorted(arrived["b.test"]) == ids  # each once: none waited for a retry
+    assert 1 <= len(arrived["a.test"]) <= 3  # the first failure, then probes
+    status = shown(store)["both"]
+    assert (status.state, status.queued, status.failed, status.url) == (ACTIVE, 0, 0, urls)
+    assert forwarder.routes[0].counters.retried == 0

@@ -29,7 +29,7 @@ EVENTS = EventPool.plain([Event("order.created", "1"), Event("order.paid", "2")]
 
 def config(tmp_path: Path, endpoint: str = "http://127.0.0.1:9/event") -> PropagatorConfig:
     return PropagatorConfig(
-        api_endpoint=endpoint,
+        api_endpoint=(endpoint,),
         interval_seconds=0.01,
         spool_path=str(tmp_path / "run-spool.db"),
         events_file=str(tmp_path / "events.json"),
