@@ -1,6 +1,8 @@
 """Several endpoints: which one each attempt goes to, and which are healthy.
 
-Attempts are spread round-robin over the healthy endpoints. An endpoint that gives no
+Each attempt goes to the healthy endpoint with the fewest attempts under way (in turn among
+equals): a host that stops answering without refusing (a hung server, a cut link) holds its
+attempts until they time out, so the next ones go to the others. An endpoint that gives no
 answer (connection refused, reset, a timeout) or a 5xx is down for a back-off, doubled for
 each failure in a row up to a cap; when it is over, one attempt at a time probes it, and the
 first answer that is not a failure makes it healthy again. While every endpoint is down,
@@ -34,6 +36,7 @@ class Endpoint:
     failures: int = 0  # in a row
     down_until: float = 0.0
     probing: bool = False  # an attempt is testing it after its back-off
+    outstanding: int = 0  # attempts under way
     attempts: int = 0
     delivered: int = 0
     failed: int = 0
@@ -82,16 +85,23 @@ class Endpoints:
                 endpoint.probing = True
                 return self._chosen(endpoint, failed)
         n = len(endpoints)
+        best: Endpoint | None = None
+        best_k = 0
         for k in range(n):
             endpoint = endpoints[(self._next + k) % n]
-            if endpoint is not failed and not endpoint.failures:
-                self._next = (self._next + k + 1) % n
-                return self._chosen(endpoint, failed)
+            if endpoint is failed or endpoint.failures:
+                continue
+            if best is None or endpoint.outstanding < best.outstanding:
+                best, best_k = endpoint, k
+        if best is not None:
+            self._next = (self._next + best_k + 1) % n
+            return self._chosen(best, failed)
         return self._chosen(min(endpoints, key=lambda e: e.down_until), failed)
 
     def _chosen(self, endpoint: Endpoint, failed: Endpoint | None) -> Endpoint:
         if failed is not None and endpoint is not failed:
             self.failovers += 1
+        endpoint.outstanding += 1
         return endpoint
 
     def has_healthy(self, besides: Endpoint) -> bool:
@@ -107,6 +117,7 @@ class Endpoints:
     def answered(self, endpoint: Endpoint, status: int | None, error: str | None) -> None:
         """Count one attempt's outcome (status None: no answer) into `endpoint`'s health."""
         endpoint.attempts += 1
+        endpoint.outstanding -= endpoint.outstanding > 0  # one endpoint is not counted
         endpoint.probing = False
         if status is None or status >= 500:
             endpoint.failed += 1
@@ -122,6 +133,7 @@ class Endpoints:
 
     def released(self, endpoint: Endpoint) -> None:
         """An attempt on `endpoint` ended without an answer of its own (cancelled)."""
+        endpoint.outstanding -= endpoint.outstanding > 0
         endpoint.probing = False
 
     def to_json(self) -> dict[str, Any]:

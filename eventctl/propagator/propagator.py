@@ -685,7 +685,8 @@ class Propagator:
                 wall_clock=runtime.wall_clock,
             )
         except BaseException:
-            self.endpoints.released(endpoint)
+            if self._several:
+                self.endpoints.released(endpoint)
             raise
         record = self._record(tried, event_id, event, attempt)
         if self._several:  # one endpoint is always the one: its health changes nothing

@@ -48,12 +48,15 @@ def test_a_failure_takes_an_endpoint_out_for_a_backoff_doubled_per_failure_up_to
     a, b = endpoints.all
     endpoints.answered(a, None, "connection refused")
     assert (a.state, a.down_until, a.last_error) == ("down", BACKOFF_SECONDS, "connection refused")
-    assert {endpoints.pick().text for _ in range(4)} == {B}
+    for _ in range(4):
+        assert endpoints.pick() is b
+        endpoints.answered(b, 200, None)
     for failures in range(2, 10):
         clock.now = a.down_until
         assert endpoints.pick() is a  # the probe, once the back-off is over
         assert a.state == "probing"
         assert endpoints.pick() is b  # one probe at a time
+        endpoints.answered(b, 200, None)
         endpoints.answered(a, 503, None)
         expected = min(BACKOFF_SECONDS * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
         assert a.down_until - clock.now == expected
@@ -245,3 +248,18 @@ def test_the_live_status_shows_each_endpoints_state() -> None:
     assert "connection refused" in text
     assert A in text
     assert B in text
+
+
+def test_an_endpoint_holding_attempts_gets_no_more_until_the_others_have_as_many() -> None:
+    endpoints = Endpoints([A, B, C], Clock())
+    a, b, c = endpoints.all
+    hung = [endpoints.pick() for _ in range(3)]  # one each
+    assert hung == [a, b, c]
+    endpoints.answered(b, 200, None)
+    endpoints.answered(c, 200, None)
+    # a still holds its attempt (a hung host): the next ones go to b and c
+    assert [endpoints.pick().text for _ in range(2)] == [B, C]
+    assert (a.outstanding, b.outstanding, c.outstanding) == (1, 1, 1)
+    endpoints.released(a)
+    assert a.outstanding == 0
+    assert endpoints.pick() is a
