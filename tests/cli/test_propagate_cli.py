@@ -727,3 +727,22 @@ def test_send_once_tries_the_next_endpoint_when_one_does_not_answer(server: Serv
     )
     assert nobody.returncode == ExitCode.UNAVAILABLE
     assert_one_line_error(nobody.stderr, f"cannot connect to {dead}")
+
+
+def test_workers_add_their_endpoints_up(server: Server) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/event"
+    live = server.url + "/event"
+    result = propagate(
+        *("--endpoint", dead, "--endpoint", live, "--rate", "200", "--count", "60"),
+        *("--workers", "2", "--json-log"),
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["kind"] == "summary"
+    assert (summary["delivered"], summary["failed"]) == (60, 0)
+    by_url = {e["endpoint"]: e for e in summary["endpoints"]}
+    assert by_url[live]["delivered"] == 60
+    assert by_url[dead]["failed"] >= 2  # each worker found it down once at least
+    assert by_url[dead]["state"] == "down"
+    assert summary["failovers"] == by_url[dead]["failed"]
+    assert len(stored_rows(server.database_url)) == 60
