@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
@@ -143,7 +143,7 @@ async def post_once(  # noqa: PLR0913 - the request's parts, its transport and t
     return Attempt(status, None, latency, retry_after, replayed)
 
 
-async def _exchange(  # noqa: PLR0913 - post_once's request, passed on
+def _exchange(  # noqa: PLR0913 - post_once's request, passed on
     transport: httpx.AsyncBaseTransport,
     url: httpx.URL,
     headers: list[tuple[bytes, bytes]],
@@ -151,22 +151,37 @@ async def _exchange(  # noqa: PLR0913 - post_once's request, passed on
     *,
     extensions: dict[str, Any],
     total_timeout: float | None,
-) -> tuple[int, list[tuple[bytes, bytes]]]:
-    """The status and raw headers of one POST; raises httpx's transport errors."""
+) -> Awaitable[tuple[int, list[tuple[bytes, bytes]]]]:
+    """The status and raw headers of one POST, to await; raises httpx's transport errors.
+    A plain function: LeanTransport's own coroutine is awaited without one more around it."""
     if isinstance(transport, LeanTransport):  # without httpx's Request and Response
         deadline = None
         if total_timeout is not None:
             deadline = asyncio.get_running_loop().time() + total_timeout
-        return await transport.post(
+        return transport.post(
             url, headers, body, timeouts=extensions.get("timeout", {}), deadline=deadline
         )
+    return _through_httpx(
+        transport, url, headers, body, extensions=extensions, timeout=total_timeout
+    )
+
+
+async def _through_httpx(  # noqa: PLR0913 - the same
+    transport: httpx.AsyncBaseTransport,
+    url: httpx.URL,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    extensions: dict[str, Any],
+    timeout: float | None,
+) -> tuple[int, list[tuple[bytes, bytes]]]:
     # straight to the transport: the client's cookie, auth and redirect layers would cost
     # more CPU than the request itself, and none of them applies to these POSTs
     request = httpx.Request(
         "POST", url, headers=headers, stream=httpx.ByteStream(body), extensions=extensions
     )
     try:
-        async with asyncio.timeout(total_timeout):
+        async with asyncio.timeout(timeout):
             response = await transport.handle_async_request(request)
             await response.aclose()
     except TimeoutError:

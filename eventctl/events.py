@@ -85,11 +85,16 @@ def new_event_id() -> str:
     millis = time.time_ns() // 1_000_000
     # Not os.urandom: it releases the GIL, and on the hot path the writer thread then takes it.
     # The random module is seeded from the OS and reseeded in forked children.
-    rand = random.getrandbits(80)
-    value = (millis & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
-    value |= 0b10 << 62 | rand & (2**62 - 1)
-    digits = f"{value:032x}"
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    rand = random.getrandbits(74)
+    # unix_ts_ms (48 bits), version 7, rand_a (12), variant 0b10, rand_b (62): one format
+    # operation, a third less CPU than building the 128-bit integer and slicing its digits
+    return "%08x-%04x-7%03x-%04x-%012x" % (  # noqa: UP031
+        millis >> 16 & 0xFFFFFFFF,
+        millis & 0xFFFF,
+        rand >> 62,
+        0x8000 | rand >> 48 & 0x3FFF,
+        rand & 0xFFFFFFFFFFFF,
+    )
 
 
 def json_type(value: object) -> str:

@@ -160,7 +160,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self.keepalive_expiry = keepalive_expiry
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._slots = asyncio.Semaphore(max_connections)
-        self._prefixes: dict[int, tuple[httpx.URL, bytes]] = {}
+        self._prefixes: dict[int, tuple[httpx.URL, bytes, tuple[str, int]]] = {}
         self._deadlines = _Deadlines()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -183,7 +183,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         head.append(b"Content-Length: %d\r\n\r\n" % len(content))
         head.append(content)
         status, headers, body = await self._exchange(
-            url, b"".join(head), request.extensions.get("timeout", {}), None
+            (url.host, url.port or 80), b"".join(head), request.extensions.get("timeout", {}), None
         )
         return httpx.Response(
             status, headers=headers, stream=httpx.ByteStream(body), request=request
@@ -205,13 +205,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         for a connection slot included. Raises httpx's transport errors."""
         known = self._prefixes.get(id(url))  # by identity: hashing a URL costs a microsecond
         if known is not None and known[0] is url:
-            prefix = known[1]
+            _, prefix, key = known
         else:
             if url.scheme != "http":
                 raise httpx.UnsupportedProtocol(f"{url.scheme}:// is not served by LeanTransport")
             prefix = b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (url.raw_path, url.netloc)
+            key = (url.host, url.port or 80)
             if len(self._prefixes) < 1_000:
-                self._prefixes[id(url)] = (url, prefix)
+                self._prefixes[id(url)] = (url, prefix, key)
         data = b"".join(
             (
                 prefix,
@@ -220,18 +221,17 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 body,
             )
         )
-        status, raw, _ = await self._exchange(url, data, timeouts, deadline)
+        status, raw, _ = await self._exchange(key, data, timeouts, deadline)
         return status, raw
 
     async def _exchange(
         self,
-        url: httpx.URL,
+        key: tuple[str, int],
         data: bytes,
         timeouts: Mapping[str, float | None],
         deadline: float | None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         connect, read = timeouts.get("connect"), timeouts.get("read")
-        key = (url.host, url.port or 80)
         loop = asyncio.get_running_loop()
         if deadline is not None and self._slots.locked():
             try:
