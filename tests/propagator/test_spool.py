@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from eventctl.events import Event
+from eventctl.propagator import spool as spool_module
 from eventctl.propagator.propagator import Delivery, Plan, Propagator, Runtime, Spooling
 from eventctl.propagator.spool import Spool, SpoolError
 from eventctl.retry import RetryPolicy
@@ -473,4 +474,30 @@ async def test_a_spool_that_cannot_be_written_at_a_settle_stops_the_run_with_its
     # the batch whose commit failed stays pending (to be resent); the 44 settled after it
     # are committed now
     assert spool.counts() == {"pending": 256, "delivered": 44, "failed": 0}
+    spool.close()
+
+
+@pytest.mark.parametrize("update_from", [True, False], ids=["update-from", "one-by-one"])
+def test_a_commit_of_many_rows_keeps_each_events_row_and_settlement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_from: bool
+) -> None:
+    # 300 = 128 + 128 + 32 + 8 + 4: several pieces of a statement each; one-by-one is the
+    # way of SQLite before 3.33, which has no UPDATE ... FROM
+    monkeypatch.setattr(spool_module, "UPDATE_FROM", update_from)
+    spool = Spool.open(tmp_path / "spool.db")
+    spool.new_run(None, "http://x/event", "events.json")
+    events = [(f"id-{i:03d}", Event("t", f"p{i}")) for i in range(300)]
+    spool.add_many(events[:3])
+    spool.add_many(events[3:])
+    for i, (event_id, _) in enumerate(events):
+        state = "failed" if i % 7 == 0 else "delivered"
+        spool.settle(event_id, state, i % 3 + 1, f"r{i}")
+    spool.flush()
+    rows = spool.connection.execute(
+        "SELECT seq, event_id, event_payload, state, attempts, last_result FROM spool ORDER BY seq"
+    ).fetchall()
+    assert [row[1:3] for row in rows] == [(i, e.event_payload) for i, e in events]
+    expected = [("failed" if i % 7 == 0 else "delivered", i % 3 + 1, f"r{i}") for i in range(300)]
+    assert [row[3:] for row in rows] == expected
+    assert spool.pending_count == 0
     spool.close()
