@@ -188,6 +188,11 @@ def _route(item: Any, where: str) -> ForwardRoute:
             raise _unknown_key(where, key, _ROUTE_FIELDS)
     if "url" not in item:
         raise ConfigError(f"{where}: has no url; every route needs one")
+    if isinstance(item["url"], list) and not item.get("name"):
+        raise ConfigError(
+            f"{where}: a route of several URLs needs a name (its outbox entries and state "
+            "go by it, so adding a URL later keeps them)"
+        )
     return ForwardRoute(
         **{key: _route_value(key, value, f"{where}.{key}") for key, value in item.items()}
     )

@@ -4,18 +4,19 @@ Each attempt goes to the healthy endpoint with the fewest attempts under way (in
 equals): a host that stops answering without refusing (a hung server, a cut link) holds its
 attempts until they time out, so the next ones go to the others. An endpoint that gives no
 answer (connection refused, reset, a timeout) or a 5xx is down for a back-off, doubled for
-each failure in a row up to a cap; when it is over, one attempt at a time probes it, and the
-first answer that is not a failure makes it healthy again. While every endpoint is down,
-attempts go to the one whose back-off ends first (the retry policy then spaces them).
-With one endpoint, nothing of this changes where or when an attempt goes; its state is
-only shown.
+each failure in a row up to a cap; when it is over, one attempt (the probe) tests it, and
+the first answer that is not a failure makes it healthy again. Only attempts sent since it
+last went down count toward the next back-off: the ones it held when it went down fail
+together, as one failure. While every endpoint is down, attempts go to the one whose
+back-off ends first (the retry policy then spaces them). With one endpoint, nothing of this
+changes where or when an attempt goes; its state is only shown.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import httpx
 
@@ -23,6 +24,7 @@ BACKOFF_SECONDS = 1.0
 """How long an endpoint is down after its first failure in a row."""
 MAX_BACKOFF_SECONDS = 30.0
 """The longest back-off, as failures in a row double it."""
+NO_PROBE = -1
 
 State = Literal["up", "down", "probing"]
 
@@ -35,7 +37,8 @@ class Endpoint:
     url: httpx.URL
     failures: int = 0  # in a row
     down_until: float = 0.0
-    probing: bool = False  # an attempt is testing it after its back-off
+    marked: int = NO_PROBE  # the serial of the last pick before it last went down
+    probe: int = NO_PROBE  # the serial of the attempt probing it, if one is under way
     outstanding: int = 0  # attempts under way
     attempts: int = 0
     delivered: int = 0
@@ -43,10 +46,21 @@ class Endpoint:
     last_error: str | None = None
 
     @property
+    def probing(self) -> bool:
+        return self.probe != NO_PROBE
+
+    @property
     def state(self) -> State:
         if self.probing:
             return "probing"
         return "down" if self.failures else "up"
+
+
+class Ticket(NamedTuple):
+    """One attempt's endpoint, and the order in which it was picked."""
+
+    endpoint: Endpoint
+    serial: int
 
 
 class Endpoints:
@@ -66,24 +80,30 @@ class Endpoints:
         self.clock = clock
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.failovers = 0  # attempts sent to another endpoint after a failure
+        self.failovers = 0  # failed attempts sent again at once, to another endpoint
         self._next = 0
+        self._serial = 0
+        self._only = Ticket(self.all[0], 0) if len(self.all) == 1 else None
 
     def __len__(self) -> int:
         return len(self.all)
 
-    def pick(self, failed: Endpoint | None = None) -> Endpoint:
+    def pick(self, failed: Endpoint | None = None) -> Ticket:
         """The endpoint of the next attempt: one whose back-off is over (as its probe), else
-        a healthy one in turn (another than `failed`, the one the last attempt failed on,
-        when there is another), else the one whose back-off ends first."""
+        a healthy one with the fewest attempts under way (another than `failed`, the one
+        the last attempt failed on, when there is another), else the one whose back-off
+        ends first."""
+        if self._only is not None:
+            return self._only
         endpoints = self.all
-        if len(endpoints) == 1:
-            return endpoints[0]
+        self._serial += 1
+        serial = self._serial
         now = self.clock()
         for endpoint in endpoints:
             if endpoint.failures and not endpoint.probing and now >= endpoint.down_until:
-                endpoint.probing = True
-                return self._chosen(endpoint, failed)
+                endpoint.probe = serial
+                endpoint.outstanding += 1
+                return Ticket(endpoint, serial)
         n = len(endpoints)
         best: Endpoint | None = None
         best_k = 0
@@ -93,20 +113,16 @@ class Endpoints:
                 continue
             if best is None or endpoint.outstanding < best.outstanding:
                 best, best_k = endpoint, k
-        if best is not None:
+        if best is None:
+            best = min(endpoints, key=lambda e: e.down_until)
+        else:
             self._next = (self._next + best_k + 1) % n
-            return self._chosen(best, failed)
-        return self._chosen(min(endpoints, key=lambda e: e.down_until), failed)
-
-    def _chosen(self, endpoint: Endpoint, failed: Endpoint | None) -> Endpoint:
-        if failed is not None and endpoint is not failed:
-            self.failovers += 1
-        endpoint.outstanding += 1
-        return endpoint
+        best.outstanding += 1
+        return Ticket(best, serial)
 
     def has_healthy(self, besides: Endpoint) -> bool:
         """Whether an attempt could go at once to an endpoint other than `besides`."""
-        if len(self.all) == 1:
+        if self._only is not None:
             return False
         now = self.clock()
         return any(
@@ -114,60 +130,82 @@ class Endpoints:
             for e in self.all
         )
 
-    def answered(self, endpoint: Endpoint, status: int | None, error: str | None) -> None:
-        """Count one attempt's outcome (status None: no answer) into `endpoint`'s health."""
-        endpoint.attempts += 1
-        endpoint.outstanding -= endpoint.outstanding > 0  # one endpoint is not counted
-        endpoint.probing = False
-        if status is None or status >= 500:
-            endpoint.failed += 1
-            endpoint.failures += 1
-            endpoint.last_error = error if status is None else str(status)
-            backoff = min(self.backoff * 2 ** (endpoint.failures - 1), self.max_backoff)
-            endpoint.down_until = self.clock() + backoff
-            return
-        if 200 <= status < 300:
-            endpoint.delivered += 1
-        endpoint.failures = 0
-        endpoint.down_until = 0.0
+    def fails_over(self, endpoint: Endpoint, status: int | None) -> bool:
+        """Whether an attempt on `endpoint` that got `status` (None: no answer) is tried
+        again at once elsewhere (a failover, counted): after no answer or a 5xx, when
+        another endpoint is healthy. A 408 or 429 says to wait, not to go elsewhere."""
+        if (status is not None and status < 500) or not self.has_healthy(besides=endpoint):
+            return False
+        self.failovers += 1
+        return True
 
-    def released(self, endpoint: Endpoint) -> None:
-        """An attempt on `endpoint` ended without an answer of its own (cancelled)."""
-        endpoint.outstanding -= endpoint.outstanding > 0
-        endpoint.probing = False
+    def answered(self, ticket: Ticket, status: int | None, error: str | None) -> None:
+        """Count one attempt's outcome (status None: no answer) into its endpoint's health:
+        no answer or a 5xx is a failure; any other answer makes the endpoint healthy."""
+        endpoint, serial = ticket
+        endpoint.attempts += 1
+        self._end(ticket)
+        if status is not None and status < 500:
+            endpoint.delivered += 200 <= status < 300
+            endpoint.failures = 0
+            endpoint.down_until = 0.0
+            endpoint.probe = NO_PROBE
+            return
+        endpoint.failed += 1
+        endpoint.last_error = error if status is None else str(status)
+        if serial <= endpoint.marked:
+            return  # sent before it went down: that failure is counted already
+        endpoint.failures += 1
+        endpoint.marked = self._serial
+        backoff = min(self.backoff * 2 ** (endpoint.failures - 1), self.max_backoff)
+        endpoint.down_until = self.clock() + backoff
+
+    def released(self, ticket: Ticket) -> None:
+        """An attempt ended without an answer of its own (cancelled)."""
+        self._end(ticket)
+
+    def _end(self, ticket: Ticket) -> None:
+        endpoint, serial = ticket
+        if ticket is self._only:
+            return
+        endpoint.outstanding -= 1
+        if endpoint.probe == serial:
+            endpoint.probe = NO_PROBE
 
     def to_json(self) -> dict[str, Any]:
         """What a worker of several tells its parent (`add_up` sums them)."""
         return {
             "failovers": self.failovers,
             "endpoints": [
-                [
-                    e.attempts,
-                    e.delivered,
-                    e.failed,
-                    e.failures,
-                    e.down_until,
-                    e.probing,
-                    e.last_error,
-                ]
+                {
+                    "attempts": e.attempts,
+                    "delivered": e.delivered,
+                    "failed": e.failed,
+                    "failures": e.failures,
+                    "down_until": e.down_until,
+                    "probing": e.probing,
+                    "last_error": e.last_error,
+                }
                 for e in self.all
             ],
         }
 
     def add_up(self, parts: Sequence[dict[str, Any]]) -> None:
         """Become the sum of the workers' endpoints (`to_json` of each, same URLs in the same
-        order): counts added; down (until the latest) where any worker finds it down. The
-        monotonic clock is the machine's, the same in every process."""
+        order): counts added; probing where a worker probes it, else down (until the
+        latest) where any worker finds it down. The monotonic clock is the machine's, the
+        same in every process."""
         self.failovers = sum(int(part["failovers"]) for part in parts)
         for i, endpoint in enumerate(self.all):
             rows = [part["endpoints"][i] for part in parts]
-            endpoint.attempts = sum(row[0] for row in rows)
-            endpoint.delivered = sum(row[1] for row in rows)
-            endpoint.failed = sum(row[2] for row in rows)
-            endpoint.failures = max(row[3] for row in rows)
-            endpoint.down_until = max(row[4] for row in rows)
-            endpoint.probing = any(row[5] for row in rows) and not endpoint.failures
-            endpoint.last_error = next((row[6] for row in rows if row[6]), None)
+            endpoint.attempts = sum(row["attempts"] for row in rows)
+            endpoint.delivered = sum(row["delivered"] for row in rows)
+            endpoint.failed = sum(row["failed"] for row in rows)
+            endpoint.failures = max(row["failures"] for row in rows)
+            endpoint.down_until = max(row["down_until"] for row in rows)
+            endpoint.probe = 0 if any(row["probing"] for row in rows) else NO_PROBE
+            errors = [row["last_error"] for row in rows if row["last_error"]]
+            endpoint.last_error = errors[-1] if errors else None
 
     def summary(self, now: float) -> list[dict[str, object]]:
         return [

@@ -12,10 +12,9 @@ import subprocess
 import sys
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
@@ -215,7 +214,8 @@ def raw_in_json(text: str) -> list[str]:
 
 
 class Proc:
-    """A real eventctl subprocess whose output goes to files (so pipes never fill up)."""
+    """A real eventctl subprocess whose output goes to files (so pipes never fill up),
+    started by `popen` (a network namespace's, tests/netns.py, to run it on a host)."""
 
     def __init__(
         self,
@@ -224,26 +224,23 @@ class Proc:
         *args: str,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
+        popen: Callable[..., subprocess.Popen[str]] = subprocess.Popen,
     ) -> None:
         self.out_path = tmp_path / f"{name}.out"
         self.err_path = tmp_path / f"{name}.err"
-        self._out: IO[str] = self.out_path.open("w")
-        self._err: IO[str] = self.err_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "eventctl", *args],
-            cwd=cwd or tmp_path,
-            env=env or cli_env(),
-            stdout=self._out,
-            stderr=self._err,
-            text=True,
-        )
+        # the child writes to its own copies of the files: ours close once it has them
+        with self.out_path.open("w") as out, self.err_path.open("w") as err:
+            self.process = popen(
+                [sys.executable, "-m", "eventctl", *args],
+                cwd=cwd or tmp_path,
+                env=env or cli_env(),
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
 
     def wait(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._out.close()
-            self._err.close()
+        return self.process.wait(timeout)
 
     def kill9(self) -> None:
         self.process.send_signal(signal.SIGKILL)

@@ -41,7 +41,7 @@ from typing import Any, NoReturn, Self, TypeVar
 import httpx
 import pytest
 
-from tests.helpers import cli_env
+from tests.helpers import Proc
 
 T = TypeVar("T")
 
@@ -265,9 +265,10 @@ class Host:
                 raise AssertionError(f"{self.name}'s {network} link is {link['operstate']}")
             time.sleep(0.01)
 
-    def eventctl(self, name: str, *args: str, env: dict[str, str] | None = None) -> HostProc:
+    def eventctl(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
         """`python -m eventctl ARGS` inside this host, output to files named after `name`."""
-        return HostProc(self, name, *args, env=env)
+        logs = self.network.logs
+        return Proc(logs, name, *args, cwd=logs, env=env, popen=self.popen)
 
     def serve(
         self,
@@ -295,41 +296,10 @@ class Host:
         return Consumer(self, proc, f"http://{address}:{port}", database_url)
 
 
-class HostProc:
-    """A real eventctl subprocess inside a host, output to files (so pipes never fill up)."""
-
-    def __init__(
-        self, host: Host, name: str, *args: str, env: dict[str, str] | None = None
-    ) -> None:
-        logs = host.network.logs
-        self.out_path = logs / f"{name}.out"
-        self.err_path = logs / f"{name}.err"
-        with self.out_path.open("w") as out, self.err_path.open("w") as err:
-            self.process = host.popen(
-                [sys.executable, "-m", "eventctl", *args],
-                cwd=logs,
-                env=env or cli_env(),
-                stdout=out,
-                stderr=err,
-                text=True,
-            )
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout)
-
-    def kill9(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.wait(10)
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text()
-
-
 class Consumer:
     """A real `eventctl serve` inside a host, ready (GET /healthz answered) when built."""
 
-    def __init__(self, host: Host, proc: HostProc, url: str, database_url: str) -> None:
+    def __init__(self, host: Host, proc: Proc, url: str, database_url: str) -> None:
         self.host = host
         self.proc = proc
         self.url = url

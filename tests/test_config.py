@@ -730,9 +730,12 @@ def test_a_forwarding_route_may_take_several_urls(tmp_path: Path) -> None:
     cfg = load_config(ConsumerConfig, write(tmp_path, text), required=True, environ={})
     assert [r.urls for r in cfg.forward] == [("http://a:1/e", "http://b:2/e"), ("http://c:3/e",)]
     assert ConsumerConfig.from_json(cfg.to_json()) == cfg
-    bad = "forward:\n  - url: [http://a:1/e, 3]\n"
+    bad = "forward:\n  - name: x\n    url: [http://a:1/e, 3]\n"
     with pytest.raises(ConfigError, match=r"forward\[0\]\.url: must be a URL or a list of URLs"):
         load_config(ConsumerConfig, write(tmp_path, bad), required=True, environ={})
-    twice = "forward:\n  - url: [http://a:1/e, http://a:1/e]\n"
+    unnamed = "forward:\n  - url: [http://a:1/e, http://b:2/e]\n"
+    with pytest.raises(ConfigError, match=r"forward\[0\]: a route of several URLs needs a name"):
+        load_config(ConsumerConfig, write(tmp_path, unnamed), required=True, environ={})
+    twice = "forward:\n  - name: x\n    url: [http://a:1/e, http://a:1/e]\n"
     with pytest.raises(ConfigError, match=r"forward\[0\]\.url: 'http://a:1/e' is given twice"):
         load_config(ConsumerConfig, write(tmp_path, twice), required=True, environ={})

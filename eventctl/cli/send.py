@@ -325,6 +325,8 @@ def _send_to_first(urls: Sequence[str], send: Callable[[str], Sent]) -> tuple[st
             sent = send(url)
         except Unavailable as exc:
             unreachable.append(str(exc))
+            if url != urls[-1]:
+                typer.echo(visible(f"{exc}; trying the next endpoint"), file=current().stderr)
             continue
         answer = (url, sent)
         if sent.status < 500:

@@ -398,13 +398,15 @@ class Forwarder:
 
     async def _attempt(self, route: _Route, entry: Entry) -> Attempt:
         """Send `entry` on `route`: to one of its URLs, and (several) at once to another
-        healthy one after a failure, within one timeout in all; the last attempt's answer."""
+        healthy one after no answer or a 5xx, within one timeout in all; the last attempt's
+        answer."""
         config, endpoints = route.config, route.endpoints
         event = Event(entry.event_type, entry.event_payload)
         deadline = time.monotonic() + config.timeout_seconds
         endpoint = None
         while True:
-            endpoint = endpoints.pick(endpoint)
+            ticket = endpoints.pick(endpoint)
+            endpoint = ticket.endpoint
             route.counters.attempts += 1
             try:
                 attempt = await post_once(
@@ -421,14 +423,10 @@ class Forwarder:
                     total_timeout=max(deadline - time.monotonic(), 0.0),
                 )
             except BaseException:
-                endpoints.released(endpoint)
+                endpoints.released(ticket)
                 raise
-            endpoints.answered(endpoint, attempt.status, attempt.error)
-            if (
-                attempt.answer is not Answer.TRY_AGAIN
-                or not endpoints.has_healthy(besides=endpoint)
-                or time.monotonic() >= deadline
-            ):
+            endpoints.answered(ticket, attempt.status, attempt.error)
+            if time.monotonic() >= deadline or not endpoints.fails_over(endpoint, attempt.status):
                 return attempt
 
     def _finish(self, route: _Route, entry: Entry, attempt: Attempt) -> None:

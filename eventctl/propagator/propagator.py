@@ -30,7 +30,7 @@ from eventctl.delivery import (
     request_headers,
     timeout_extensions,
 )
-from eventctl.endpoints import Endpoint, Endpoints
+from eventctl.endpoints import Endpoints, Ticket
 from eventctl.errors import InvalidEvent, Unavailable
 from eventctl.events import Event, new_event_id
 from eventctl.histogram import Histogram
@@ -668,15 +668,15 @@ class Propagator:
             self.on_record(record)
 
     async def _post(
-        self, endpoint: Endpoint, event_id: str, event: Event, attempt: int
+        self, ticket: Ticket, event_id: str, event: Event, attempt: int
     ) -> tuple[Record, float | None]:
-        """One attempt, to `endpoint`: the record of what happened, and the Retry-After
-        delay if any."""
+        """One attempt, to the ticket's endpoint: the record of what happened, and the
+        Retry-After delay if any."""
         runtime, delivery = self.runtime, self.delivery
         try:
             tried = await post_once(
                 delivery.transport,
-                endpoint.url,
+                ticket.endpoint.url,
                 delivery.credentials,
                 event_id,
                 event,
@@ -686,12 +686,12 @@ class Propagator:
             )
         except BaseException:
             if self._several:
-                self.endpoints.released(endpoint)
+                self.endpoints.released(ticket)
             raise
         record = self._record(tried, event_id, event, attempt)
         if self._several:  # one endpoint is always the one: its health changes nothing
-            self.endpoints.answered(endpoint, tried.status, tried.error)
-            record = record._replace(endpoint=endpoint.text)
+            self.endpoints.answered(ticket, tried.status, tried.error)
+            record = record._replace(endpoint=ticket.endpoint.text)
         return record, tried.retry_after if record.outcome == "failed" else None
 
     def _record(self, tried: Attempt, event_id: str, event: Event, attempt: int) -> Record:
@@ -715,8 +715,9 @@ class Propagator:
     async def _deliver(self, event_id: str, event: Event, due: float) -> None:
         """Attempt until delivered, refused, or out of attempts or time; settle the event.
         The latency of an answer counts from `due`, its service time from its attempt. An
-        attempt that failed is tried again at once on another endpoint when one is healthy
-        (with the same id, so it is stored once), else after the policy's delay."""
+        attempt that got no answer or a 5xx is tried again at once on another endpoint when
+        one is healthy (with the same id, so it is stored once); any other retry (408, 429,
+        or no endpoint healthy) waits the policy's delay or Retry-After."""
         stats, clock, policy = self.stats, self.runtime.clock, self.delivery.policy
         spool = None if self.spooling is None else self.spooling.spool
         timeline = stats.timeline
@@ -726,8 +727,9 @@ class Propagator:
         try:
             for attempt in range(1, policy.attempts + 1):
                 stats.attempts += 1
-                endpoint = endpoints.pick(endpoint)
-                record, retry_after = await self._post(endpoint, event_id, event, attempt)
+                ticket = endpoints.pick(endpoint)
+                endpoint = ticket.endpoint
+                record, retry_after = await self._post(ticket, event_id, event, attempt)
                 if timeline is not None:
                     at = record.at - stats.origin
                     if attempt > 1:
@@ -746,7 +748,7 @@ class Propagator:
                 refused = classify(record.status) is Answer.REFUSED
                 if refused or attempt == policy.attempts or left <= 0:
                     break
-                if self._several and endpoints.has_healthy(besides=endpoint):
+                if self._several and endpoints.fails_over(endpoint, record.status):
                     self._report(record._replace(outcome="retrying", retry_in=0.0))
                     continue
                 delay = retry_after

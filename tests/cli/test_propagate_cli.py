@@ -720,13 +720,18 @@ def test_send_once_tries_the_next_endpoint_when_one_does_not_answer(server: Serv
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout)["endpoint"] == server.url + "/event"
     assert len(stored_rows(server.database_url)) == 1
+    assert (
+        sent.stderr == f"cannot connect to {dead}: connection refused; trying the next endpoint\n"
+    )
     nobody = run_cli(
         "send-once",
         *("--endpoint", dead, "--endpoint", f"http://127.0.0.1:{free_port()}/event"),
         *("--type", "t", "--payload", "p"),
     )
     assert nobody.returncode == ExitCode.UNAVAILABLE
-    assert_one_line_error(nobody.stderr, f"cannot connect to {dead}")
+    *tried, error = nobody.stderr.strip().splitlines()
+    assert tried == [f"cannot connect to {dead}: connection refused; trying the next endpoint"]
+    assert error.startswith(f"eventctl: error: cannot connect to {dead}: connection refused; ")
 
 
 def test_workers_add_their_endpoints_up(server: Server) -> None:

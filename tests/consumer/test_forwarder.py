@@ -472,3 +472,23 @@ async def test_a_route_of_several_urls_fails_over_at_once_and_sends_each_event_o
     status = shown(store)["both"]
     assert (status.state, status.queued, status.failed, status.url) == (ACTIVE, 0, 0, urls)
     assert forwarder.routes[0].counters.retried == 0
+
+
+async def test_a_route_of_several_urls_waits_on_a_429_instead_of_bouncing(store: Store) -> None:
+    requests: list[str] = []
+
+    async def busy(request: httpx.Request) -> httpx.Response:
+        requests.append(request.url.host)
+        return httpx.Response(429, headers={"Retry-After": "5"})
+
+    urls = "http://a.test/event http://b.test/event"
+    forwarder = Forwarder(store.url, [route(urls, name="both")], transport=mock(busy))
+    await forwarder.start()
+    try:
+        store_events(store, forwarder, 3)
+        await until(lambda: len(requests) >= 3)
+        await asyncio.sleep(0.5)
+    finally:
+        await forwarder.stop()
+    assert len(requests) == 3  # one send each, then the route waits its Retry-After
+    assert forwarder.routes[0].endpoints.failovers == 0
