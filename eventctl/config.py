@@ -259,25 +259,18 @@ MAX_ENDPOINTS = 64
 """Most URLs in `api_endpoint` (and its flag and variable)."""
 
 
-def _endpoints_from_yaml(value: Any, where: str) -> tuple[str, ...]:
-    """`api_endpoint:`: one URL, or a list of them that share the events."""
+def _endpoints(value: Any, where: str) -> tuple[str, ...]:
+    """`api_endpoint:` and `--endpoint` (repeated): one URL, or a list of them that share
+    the events."""
     urls = [value] if isinstance(value, str) else value
-    if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+    if not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
         raise ConfigError(f"{where}: must be a URL or a list of URLs, not {value!r}")
-    return _endpoint_urls(urls, where)
+    return _endpoint_urls([url.strip() for url in urls], where)
 
 
 def _endpoints_from_text(text: str, where: str) -> tuple[str, ...]:
     """`EVENTCTL_API_ENDPOINT`: URLs separated by whitespace."""
     return _endpoint_urls(text.split(), where)
-
-
-def _endpoints_from_flag(value: Any, where: str) -> tuple[str, ...]:
-    """`--endpoint URL`, repeatable (a single string from callers that pass one)."""
-    urls = [value] if isinstance(value, str) else list(value)
-    if not all(isinstance(url, str) for url in urls):
-        raise ConfigError(f"{where}: must be a list of URLs, not {value!r}")
-    return _endpoint_urls([url.strip() for url in urls], where)
 
 
 def _endpoint_urls(urls: list[str], where: str) -> tuple[str, ...]:
@@ -293,7 +286,7 @@ def _endpoint_urls(urls: list[str], where: str) -> tuple[str, ...]:
     return tuple(urls)
 
 
-ENDPOINTS = KeyReader(_endpoints_from_yaml, _endpoints_from_text, _endpoints_from_flag)
+ENDPOINTS = KeyReader(_endpoints, _endpoints_from_text, _endpoints)
 
 
 MAX_RESPONSE_RULES = 100

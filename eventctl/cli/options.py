@@ -39,6 +39,8 @@ def _shown_default(value: Any) -> str | None:
         return None
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
     return str(value)
 
 

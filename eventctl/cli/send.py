@@ -325,17 +325,14 @@ def _send_to_first(urls: Sequence[str], send: Callable[[str], Sent]) -> tuple[st
             sent = send(url)
         except Unavailable as exc:
             unreachable.append(str(exc))
-            if url != urls[-1]:
-                typer.echo(visible(f"{exc}; trying the next endpoint"), file=current().stderr)
-            continue
-        answer = (url, sent)
-        if sent.status < 500:
-            break
+            why = str(exc)
+        else:
+            answer = (url, sent)
+            if sent.status < 500:
+                break
+            why = f"{sent.status} from {url}"
         if url != urls[-1]:
-            typer.echo(
-                visible(f"{sent.status} from {url}; trying the next endpoint"),
-                file=current().stderr,
-            )
+            typer.echo(visible(f"{why}; trying the next endpoint"), file=current().stderr)
     if answer is None:
         raise Unavailable("; ".join(unreachable))
     return answer

@@ -688,13 +688,16 @@ class Propagator:
             if self._several:
                 self.endpoints.released(ticket)
             raise
-        record = self._record(tried, event_id, event, attempt)
+        endpoint = None
         if self._several:  # one endpoint is always the one: its health changes nothing
             self.endpoints.answered(ticket, tried.status, tried.error)
-            record = record._replace(endpoint=ticket.endpoint.text)
+            endpoint = ticket.endpoint.text
+        record = self._record(tried, event_id, event, attempt, endpoint)
         return record, tried.retry_after if record.outcome == "failed" else None
 
-    def _record(self, tried: Attempt, event_id: str, event: Event, attempt: int) -> Record:
+    def _record(
+        self, tried: Attempt, event_id: str, event: Event, attempt: int, endpoint: str | None
+    ) -> Record:
         now = self.runtime.clock()
         status = tried.status
         if status is not None and classify(status) is Answer.DELIVERED:
@@ -707,9 +710,18 @@ class Propagator:
                 status,
                 latency=tried.latency,
                 replayed=tried.replayed,
+                endpoint=endpoint,
             )
         return Record(
-            "failed", event_id, event.event_type, attempt, now, status, tried.error, tried.latency
+            "failed",
+            event_id,
+            event.event_type,
+            attempt,
+            now,
+            status,
+            tried.error,
+            tried.latency,
+            endpoint=endpoint,
         )
 
     async def _deliver(self, event_id: str, event: Event, due: float) -> None:
